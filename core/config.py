@@ -1,0 +1,437 @@
+"""Experiment configuration: YAML in, a validated, fully resolved config out.
+
+Validation happens before any work starts, and every error names the key's
+path, what was expected and what was found, and for a component name the
+nearest registered names. ``--set key=value`` overrides any dotted key
+(list items by index: ``loss.mask.0.weight=2``). ``variants`` are sets of
+overrides of the base config; ``resolve_variants`` returns one resolved config
+per variant, which is what each run logs and what re-runs it exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from losslab.core.registry import Catalog, RegistryError
+
+
+class ConfigError(Exception):
+    """The experiment config is invalid; the message lists every problem with its key path."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ComponentSpec(_Strict):
+    """A registered component by name, with its constructor params."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class LossTermSpec(ComponentSpec):
+    weight: float = Field(default=1.0, ge=0.0)
+
+
+class SourceSpec(_Strict):
+    """Where bgs and fgs come from: the built-in synthetic scenes, two folders, or a materialized dataset."""
+
+    kind: Literal["synthetic", "folders", "dataset"] = "synthetic"
+    n_bg: int = Field(default=24, ge=2)
+    n_fg: int = Field(default=24, ge=1)
+    seed: int = 0
+    size: int = Field(default=150, ge=32)
+    bg_dir: str | None = None
+    fg_dir: str | None = None
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _paths(self) -> SourceSpec:
+        if self.kind == "folders" and (not self.bg_dir or not self.fg_dir):
+            raise ValueError("source kind 'folders' needs both bg_dir and fg_dir")
+        if self.kind == "dataset" and not self.path:
+            raise ValueError("source kind 'dataset' needs path (a folder written by `lab data generate`)")
+        return self
+
+
+class GroundTruthSpec(_Strict):
+    mask: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="alpha"))
+    depth: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="ground-plane"))
+
+
+class DataSpec(_Strict):
+    source: SourceSpec = Field(default_factory=SourceSpec)
+    generator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="grid"))
+    ground_truth: GroundTruthSpec = Field(default_factory=GroundTruthSpec)
+    image_size: int = Field(default=64, ge=16, le=2048)
+    val_split: float = Field(default=0.2, gt=0.0, lt=1.0, description="fraction of bgs held out for validation")
+    max_depth: float = Field(default=50.0, gt=0.0, description="metres mapped to 1.0 in the depth target")
+    train_limit: int | None = Field(default=None, ge=1, description="samples drawn per epoch (None: all)")
+    val_limit: int | None = Field(default=None, ge=1, description="held-out samples evaluated (None: all)")
+
+
+class TrainSpec(_Strict):
+    epochs: int = Field(default=5, ge=1)
+    batch_size: int | Literal["auto"] = 32
+    optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
+    lr: float = Field(default=3e-3, gt=0.0)
+    weight_decay: float = Field(default=1e-4, ge=0.0)
+    scheduler: Literal["none", "cosine", "onecycle"] = "onecycle"
+    grad_clip: float | None = Field(default=None, gt=0.0)
+    device: str = "auto"
+    amp: bool | Literal["auto"] = "auto"
+    channels_last: bool | Literal["auto"] = "auto"
+    compile: bool = False
+    num_threads: int | None = Field(default=None, ge=1)
+    monitor: str = "val/mask_iou"
+    monitor_mode: Literal["max", "min"] = "max"
+    val_samples: int = Field(default=8, ge=0, description="held-out images kept for the prediction grid")
+    progress: bool = True
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("batch_size must be at least 1 or 'auto'")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if value not in ("auto", "cpu", "mps") and not value.startswith("cuda"):
+            raise ValueError("device must be 'auto', 'cpu', 'mps', 'cuda' or 'cuda:N'")
+        return value
+
+
+class LossSpec(_Strict):
+    mask: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(name="bce")])
+    depth: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(name="l1")])
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> LossSpec:
+        if not self.mask and not self.depth:
+            raise ValueError("at least one loss term is needed (loss.mask or loss.depth)")
+        return self
+
+
+class MetricsSpec(_Strict):
+    mask: list[str] = Field(default_factory=lambda: ["iou", "dice"])
+    depth: list[str] = Field(default_factory=lambda: ["rmse"])
+
+
+class ExperimentConfig(_Strict):
+    """One fully resolved experiment (a single variant)."""
+
+    name: str = Field(min_length=1)
+    description: str = ""
+    variant: str = "base"
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="unet"))
+    augment: list[ComponentSpec] = Field(default_factory=list)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    search: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# -- loading and overriding ----------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: experiment file not found; pass the path to a YAML experiment")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, found {type(raw).__name__}")
+    return raw
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """``"train.epochs=1"`` -> ``("train.epochs", 1)``; values are parsed as YAML scalars or lists."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.epochs=1")
+    key, _, text = item.partition("=")
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: the key before '=' is empty")
+    try:
+        value = yaml.safe_load(text) if text.strip() else ""
+    except yaml.YAMLError:
+        value = text
+    return key, value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    """Set ``a.b.0.c`` in nested dicts and lists, creating dicts on the way."""
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise ConfigError(f"--set {key}: {where!r} indexes a list of {len(node)} items")
+            if last:
+                node[int(part)] = value
+            else:
+                node = node[int(part)]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                if not isinstance(node.get(part), dict | list):
+                    node[part] = {}
+                node = node[part]
+        else:
+            raise ConfigError(f"--set {key}: {'.'.join(parts[:depth])!r} is a value, not a section")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``: dicts merge, everything else (lists too) replaces."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _expand_dotted(overrides: dict[str, Any]) -> dict[str, Any]:
+    """Variant overrides may use dotted keys (``train.lr: 0.01``) or nested sections."""
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if "." in key:
+            nested: dict[str, Any] = {}
+            set_dotted(nested, key, value)
+            out = deep_merge(out, nested)
+        else:
+            out = deep_merge(out, {key: value})
+    return out
+
+
+def resolve_variants(
+    raw: dict[str, Any], sets: list[str] | None = None, catalog: Catalog | None = None
+) -> list[ExperimentConfig]:
+    """The resolved config of every variant (the base alone when there are none), all validated.
+
+    ``--set`` items are applied last, so the command line wins over the file
+    and over the variants; ``variants.<name>.<key>=...`` edits one variant.
+    """
+    raw = copy.deepcopy(raw)
+    parsed = [parse_set(s) for s in sets or []]
+    for key, value in parsed:
+        if key.startswith("variants."):
+            set_dotted(raw, key, value)
+    variants = raw.pop("variants", None) or {}
+    if not isinstance(variants, dict):
+        raise ConfigError(f"variants: expected a mapping of variant name to overrides, found {type(variants).__name__}")
+    if not variants:
+        variants = {str(raw.get("variant") or "base"): {}}
+    per_variant: dict[str, list[str]] = {}
+    resolved: list[ExperimentConfig] = []
+    for name, overrides in variants.items():
+        found = per_variant.setdefault(str(name), [])
+        if overrides is None:
+            overrides = {}
+        if not isinstance(overrides, dict):
+            found.append(f"variants.{name}: expected a mapping of overrides, found {type(overrides).__name__}")
+            continue
+        merged = deep_merge(raw, _expand_dotted(overrides))
+        merged["variant"] = str(name)
+        for key, value in parsed:
+            if not key.startswith("variants."):
+                set_dotted(merged, key, value)
+        try:
+            cfg = ExperimentConfig.model_validate(merged)
+        except ValidationError as exc:
+            found.extend(format_validation_error(exc, merged))
+            continue
+        if catalog is not None:
+            found.extend(check_components(cfg, catalog))
+        resolved.append(cfg)
+    problems = _merge_problems(per_variant)
+    if problems:
+        raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(problems))
+    return resolved
+
+
+def _merge_problems(per_variant: dict[str, list[str]]) -> list[str]:
+    """A problem every variant shares is the base's: say it once; the others name their variant."""
+    lists = list(per_variant.values())
+    shared = [p for p in dict.fromkeys(lists[0]) if all(p in other for other in lists[1:])] if lists else []
+    out = list(shared)
+    if len(per_variant) > 1:
+        for name, found in per_variant.items():
+            out.extend(f"variants.{name}: {p}" for p in dict.fromkeys(found) if p not in shared
+                       and not p.startswith("variants."))
+            out.extend(p for p in found if p.startswith("variants."))
+    return out
+
+
+def load_experiment(
+    path: Path, sets: list[str] | None = None, catalog: Catalog | None = None
+) -> list[ExperimentConfig]:
+    """Load, override, resolve and validate an experiment file: one config per variant."""
+    try:
+        return resolve_variants(load_yaml(path), sets, catalog)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+# -- error formatting ----------------------------------------------------------------------------------
+
+
+def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
+    node = data
+    for part in loc:
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            return "<missing>"
+    return node
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", None)
+        candidates = [annotation, *(args or ())]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return []
+    return list(getattr(model, "model_fields", {}))
+
+
+def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal"))))
+        path = ".".join(str(p) for p in loc) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            allowed = _allowed_keys(loc[:-1])
+            near = difflib.get_close_matches(str(loc[-1]), allowed, n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+            lines.append(f"{path}: unknown key{hint} (allowed here: {', '.join(allowed)})")
+            continue
+        found = _lookup(data, loc)
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            lines.append(f"{path}: {message}; found {found!r}")
+    return lines
+
+
+def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
+    """Every component name must be registered, with params its factory accepts."""
+    problems: list[str] = []
+    checks: list[tuple[str, str, str, dict[str, Any] | None]] = [
+        ("data.generator.name", "generator", cfg.data.generator.name, cfg.data.generator.params),
+        ("data.ground_truth.mask.name", "ground_truth", cfg.data.ground_truth.mask.name,
+         cfg.data.ground_truth.mask.params),
+        ("data.ground_truth.depth.name", "ground_truth", cfg.data.ground_truth.depth.name,
+         cfg.data.ground_truth.depth.params),
+        ("model.name", "architecture", cfg.model.name, cfg.model.params),
+    ]
+    checks += [(f"augment.{i}.name", "augmentation", a.name, None) for i, a in enumerate(cfg.augment)]
+    for task in ("mask", "depth"):
+        checks += [(f"loss.{task}.{i}.name", "loss", t.name, t.params) for i, t in enumerate(getattr(cfg.loss, task))]
+        checks += [(f"metrics.{task}.{i}", "metric", m, None) for i, m in enumerate(getattr(cfg.metrics, task))]
+    for path, kind, name, params in checks:
+        registry = catalog[kind]
+        if name not in registry:
+            near = registry.nearest(name)
+            hint = f"; did you mean {', '.join(repr(n) for n in near)}?" if near else ""
+            problems.append(
+                f"{path}: unknown {kind} {name!r}{hint} (registered: {', '.join(registry.names()) or 'none'})"
+            )
+            continue
+        component = registry.get(name)
+        if params is not None:
+            problems.extend(_check_params(path.rsplit(".", 1)[0] + ".params", component.factory, params))
+        task_of = component.meta.get("task") or getattr(component.factory, "task", None)
+        expected = path.split(".")[1] if path.startswith(("loss.", "metrics.")) else None
+        if expected and task_of and task_of != expected:
+            problems.append(f"{path}: {kind} {name!r} is a {task_of} {kind}, listed under {expected}")
+        target = component.meta.get("target")
+        if kind == "ground_truth" and target and not path.endswith(f"{target}.name"):
+            problems.append(f"{path}: ground truth {name!r} produces {target}, not {path.split('.')[2]}")
+    return problems
+
+
+def _check_params(path: str, factory: Any, params: dict[str, Any]) -> list[str]:
+    import inspect
+
+    try:
+        signature = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return []
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
+    if accepts_any:
+        return []
+    known = [n for n, p in signature.parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    problems = []
+    for key in params:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=2, cutoff=0.5)
+            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+            problems.append(f"{path}.{key}: unknown parameter{hint} (accepted: {', '.join(known) or 'none'})")
+    return problems
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": [1, 2]}}`` -> ``{"a.b.0": 1, "a.b.1": 2}``: MLflow params of a resolved config."""
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        if not data and prefix:
+            out[prefix] = "{}"
+        for key, value in data.items():
+            out.update(flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    elif isinstance(data, list):
+        if not data and prefix:
+            out[prefix] = "[]"
+        for i, value in enumerate(data):
+            out.update(flatten(value, f"{prefix}.{i}"))
+    else:
+        out[prefix] = data
+    return out
+
+
+def dump_yaml(cfg: ExperimentConfig) -> str:
+    """The resolved config as YAML that ``lab run`` accepts as it is."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+__all__ = [
+    "ConfigError",
+    "ExperimentConfig",
+    "RegistryError",
+    "dump_yaml",
+    "flatten",
+    "load_experiment",
+    "resolve_variants",
+]

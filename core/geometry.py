@@ -1,0 +1,57 @@
+"""Scene geometry shared by the grid generator, the synthetic scenes and the depth ground truth.
+
+A pinhole camera at height ``camera_height`` metres looks level over a flat
+ground; the horizon is the image row ``horizon * H``; the focal length is
+``focal * H`` pixels. A ground pixel on row ``y`` (below the horizon) lies at
+depth ``camera_height * f / (y + 0.5 - y_h)`` metres. An object standing on
+the ground with its base on row ``y_b`` is at the depth of that row, and its
+image height is proportional to ``y_b - y_h``: this is why the grid's farther
+rows are both smaller and higher, and why size, base height and depth agree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Depth saved in 16-bit PNGs is in millimetres: 1 unit = 1 mm, so the far plane must stay below 65.535 m.
+DEPTH_PNG_UNITS_PER_METRE = 1000.0
+
+
+@dataclass(frozen=True)
+class SceneGeometry:
+    """Camera and scene layout of one background.
+
+    ``wall_depth`` is the distance of a fronto-parallel back wall (None for an
+    open scene, whose sky lies at ``far``).
+    """
+
+    horizon: float = 1.0 / 3.0
+    camera_height: float = 1.6
+    focal: float = 1.0
+    far: float = 50.0
+    wall_depth: float | None = None
+
+    def horizon_row(self, height: int) -> float:
+        return self.horizon * height
+
+    def focal_px(self, height: int) -> float:
+        return self.focal * height
+
+    def ground_depth_at(self, base_row: float, height: int) -> float:
+        """Depth in metres of the ground at image row ``base_row`` (capped at the wall or far plane)."""
+        dy = base_row + 0.5 - self.horizon_row(height)
+        limit = self.wall_depth if self.wall_depth is not None else self.far
+        if dy <= 0:
+            return float(limit)
+        return float(min(self.camera_height * self.focal_px(height) / dy, limit))
+
+    def depth_map(self, height: int, width: int) -> np.ndarray:
+        """Per-pixel depth (metres, float32) of the empty scene: ground, then wall or sky."""
+        rows = np.arange(height, dtype=np.float64) + 0.5 - self.horizon_row(height)
+        limit = self.wall_depth if self.wall_depth is not None else self.far
+        with np.errstate(divide="ignore"):
+            depth = np.where(rows > 0, self.camera_height * self.focal_px(height) / np.maximum(rows, 1e-9), limit)
+        depth = np.minimum(depth, limit).astype(np.float32)
+        return np.repeat(depth[:, None], width, axis=1)

@@ -1,0 +1,263 @@
+"""``lab run``: every (variant, seed) of an experiment, tracked in MLflow, ending in a comparison table.
+
+One parent run per ``lab run``, one child run per (variant, seed); the
+layout is the contract of ``docs/tracking.md``. ``--resume`` finds the
+latest unfinished parent of the same resolved experiment, skips its finished
+children and continues the others from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from losslab.core.config import ExperimentConfig, dump_yaml, flatten, load_experiment
+from losslab.core.plugin_manager import load_catalog
+from losslab.core.registry import Catalog
+
+Echo = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+@dataclass
+class ChildResult:
+    variant: str
+    seed: int
+    run_id: str
+    metrics: dict[str, float]
+    status: str = "finished"
+    error: str = ""
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    parent_run_id: str
+    monitor: str
+    mode: str
+    children: list[ChildResult] = field(default_factory=list)
+    table: str = ""
+    winner: str | None = None
+    report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[ChildResult]:
+        return [c for c in self.children if c.status != "finished"]
+
+
+class MlflowRunLogger:
+    """Trainer's logger bound to one child run."""
+
+    def __init__(self, tracker: Any, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        finite = {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
+        self.tracker.log_metrics(self.run_id, finite, step)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(self.run_id, path, artifact_path)
+
+
+def config_hash(configs: list[ExperimentConfig]) -> str:
+    blob = json.dumps([c.to_dict() for c in configs], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple[str, str | None]:
+    """Variant by metric, mean +/- std over seeds; and the winning variant by ``monitor``."""
+    done = [c for c in children if c.status == "finished"]
+    if not done:
+        return "no run finished", None
+    variants = list(dict.fromkeys(c.variant for c in done))
+    keys = sorted({k for c in done for k in c.metrics if k.startswith("val/")},
+                  key=lambda k: (k != monitor, "loss" in k, k))
+    stats: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for v in variants:
+        stats[v] = {}
+        for k in keys:
+            values = [c.metrics[k] for c in done if c.variant == v and k in c.metrics]
+            if values:
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                stats[v][k] = (statistics.fmean(values), sd, len(values))
+    sign = 1 if mode == "max" else -1
+    ranked = sorted((v for v in variants if monitor in stats[v]), key=lambda v: -sign * stats[v][monitor][0])
+    winner = ranked[0] if ranked else None
+    headers = ["variant", *(k.removeprefix("val/") for k in keys), "seeds"]
+    lines = []
+    for v in ranked + [v for v in variants if v not in ranked]:
+        cells = [v + (" *" if v == winner else "")]
+        for k in keys:
+            mean, sd, _ = stats[v].get(k, (math.nan, math.nan, 0))
+            cells.append(f"{mean:.4f} ± {sd:.4f}")
+        cells.append(str(max((n for _, _, n in stats[v].values()), default=0)))
+        lines.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
+    out.append(f"* best by {monitor} ({mode}); mean ± std over seeds")
+    return "\n".join(out), winner
+
+
+def _find_resumable_parent(tracker: Any, name: str, digest: str) -> Any | None:
+    runs = tracker.find_runs(name, f"tags.`losslab.role` = 'parent' and tags.`losslab.config_hash` = '{digest}'")
+    for run in runs:
+        if run.info.status != "FINISHED":
+            return run
+    return None
+
+
+def run_experiment(
+    path: Path | None = None,
+    sets: list[str] | None = None,
+    *,
+    configs: list[ExperimentConfig] | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    runs_dir: Path = Path("lab-runs"),
+    report: bool = True,
+    catalog: Catalog | None = None,
+    echo: Echo = _stderr,
+) -> ExperimentResult:
+    """Train every (variant, seed) of an experiment file (or of already resolved ``configs``)."""
+    from losslab.core.tracking import Tracker, version_tags
+    from losslab.core.trainer import Trainer, TrainingError
+    from losslab.core.visualize import save_prediction_grid
+
+    catalog = catalog or load_catalog()
+    if configs is None:
+        if path is None:
+            raise ValueError("run_experiment needs an experiment path or resolved configs")
+        configs = load_experiment(Path(path), sets, catalog)
+    name = configs[0].name
+    monitor, mode = configs[0].train.monitor, configs[0].train.monitor_mode
+    digest = config_hash(configs)
+    tracker = Tracker(tracking_uri)
+    echo(f"losslab: experiment {name!r}: {len(configs)} variant(s) x {len(configs[0].seeds)} seed(s); "
+         f"tracking at {tracker.uri}")
+
+    parent = _find_resumable_parent(tracker, name, digest) if resume else None
+    existing: dict[tuple[str, int], Any] = {}
+    if parent is not None:
+        parent_id = parent.info.run_id
+        tracker.reopen(parent_id)
+        for child in tracker.find_runs(name, f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+            key = (child.data.tags.get("losslab.variant", ""), int(child.data.tags.get("losslab.seed", -1)))
+            existing.setdefault(key, child)
+        echo(f"losslab: resuming parent run {parent_id} ({len(existing)} child run(s) found)")
+    else:
+        if resume:
+            echo("losslab: --resume found no unfinished run of this experiment; starting a new one")
+        tags = {
+            "losslab.role": "parent", "losslab.kind": "run", "losslab.config_hash": digest,
+            "losslab.variants": json.dumps([c.variant for c in configs]),
+            "losslab.seeds": json.dumps(configs[0].seeds), **version_tags(),
+        }
+        parent_id = tracker.start_run(name, name, tags)
+        tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
+                         "config.yaml")
+    result = ExperimentResult(name, parent_id, monitor, mode)
+    root = Path(runs_dir) / name / parent_id
+    try:
+        for cfg in configs:
+            for seed in cfg.seeds:
+                result.children.append(
+                    _run_child(cfg, seed, tracker, parent_id, existing.get((cfg.variant, seed)), root,
+                               catalog, resume, echo, Trainer, TrainingError, save_prediction_grid)
+                )
+    except KeyboardInterrupt:
+        tracker.end_run(parent_id, "KILLED")
+        echo(f"losslab: interrupted; continue with `lab run ... --resume` (parent run {parent_id})")
+        raise
+    result.table, result.winner = summary_table(result.children, monitor, mode)
+    summary = {
+        "monitor": monitor, "mode": mode, "winner": result.winner,
+        "rows": [{"variant": c.variant, "seed": c.seed, "run_id": c.run_id, "status": c.status,
+                  "metrics": {k.removeprefix("best/"): v for k, v in c.metrics.items()}} for c in result.children],
+    }
+    tracker.log_json(parent_id, summary, "summary.json")
+    if report:
+        result.report = _build_report(parent_id, tracker.uri, root, echo)
+    tracker.end_run(parent_id, "FAILED" if result.failed and len(result.failed) == len(result.children)
+                    else "FINISHED")
+    return result
+
+
+def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Any, root: Path,
+               catalog: Catalog, resume: bool, echo: Echo, trainer_cls: Any, error_cls: Any,
+               save_grid: Any) -> ChildResult:
+    label = f"{cfg.variant}-s{seed}"
+    if existing is not None and existing.info.status == "FINISHED":
+        metrics = {k.removeprefix("best/"): v for k, v in existing.data.metrics.items() if k.startswith("best/")}
+        echo(f"losslab: {label}: already finished in run {existing.info.run_id}; skipped")
+        return ChildResult(cfg.variant, seed, existing.info.run_id, metrics)
+    if existing is not None:
+        run_id = existing.info.run_id
+        tracker.reopen(run_id)
+    else:
+        run_id = tracker.start_run(cfg.name, label, {
+            "losslab.role": "child", "losslab.variant": cfg.variant, "losslab.seed": str(seed),
+        }, parent_id=parent_id)
+        tracker.log_params(run_id, {**flatten(cfg.to_dict()), "seed": seed})
+        tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
+    run_dir = root / label
+    try:
+        trainer = trainer_cls(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
+        outcome = trainer.fit(resume=resume)
+    except KeyboardInterrupt:
+        tracker.set_tags(run_id, {"losslab.status": "killed"})
+        tracker.end_run(run_id, "KILLED")
+        raise
+    except (error_cls, ValueError, RuntimeError) as exc:
+        message = str(exc)
+        echo(f"losslab: {label} failed: {message}")
+        tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": message[:5000]})
+        tracker.end_run(run_id, "FAILED")
+        return ChildResult(cfg.variant, seed, run_id, {}, status="failed", error=message)
+    best = {f"best/{k}": v for k, v in outcome.best.items()}
+    tracker.log_metrics(run_id, {**best, "time/total_s": outcome.total_s, "best/epoch": outcome.best_epoch},
+                        step=max(outcome.best_epoch, 0))
+    tracker.log_artifact(run_id, outcome.best_checkpoint, "checkpoints")
+    for name in ("val_per_image.csv", "val_samples.npz"):
+        if (run_dir / name).exists():
+            tracker.log_artifact(run_id, run_dir / name)
+    if (run_dir / "val_samples.npz").exists():
+        import numpy as np
+
+        with np.load(run_dir / "val_samples.npz") as data:
+            samples = {k: data[k] for k in data.files}
+        if len(samples.get("fg_bg", [])):
+            tracker.log_artifact(run_id, save_grid(samples, run_dir / "predictions.png"))
+    tracker.set_tags(run_id, {"losslab.status": "finished"})
+    tracker.end_run(run_id, "FINISHED")
+    shown = ", ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in outcome.best.items()
+                      if not k.startswith("val/mask/") and not k.startswith("val/depth/"))
+    echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch}): {shown}")
+    return ChildResult(cfg.variant, seed, run_id, dict(outcome.best))
+
+
+def _build_report(parent_id: str, uri: str, root: Path, echo: Echo) -> dict[str, Path]:
+    """The comparison report, logged under ``report/`` of the parent; a failure here never loses the runs."""
+    try:
+        from losslab.reports.build import build_report, log_report
+    except ImportError as exc:
+        echo(f"losslab: report skipped ({exc})")
+        return {}
+    try:
+        paths = build_report(parent_id, root / "report", tracking_uri=uri)
+        log_report(parent_id, paths, tracking_uri=uri)
+        return paths
+    except Exception as exc:  # noqa: BLE001 - the runs are safe in MLflow; say how to retry
+        echo(f"losslab: the report could not be built ({type(exc).__name__}: {exc}); "
+             f"retry with `lab report {parent_id}`")
+        return {}

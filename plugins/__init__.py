@@ -1,0 +1,1 @@
+"""Built-in plugins: each module registers one kind of component through the public hooks."""

@@ -1,0 +1,26 @@
+"""Built-in architectures: ``unet`` (the default), ``resnet-unet`` and ``nested-unet``.
+
+Every network takes ``(B, 6, H, W)`` (bg RGB and fg_bg RGB in [0, 1],
+stacked on channels) and returns ``{"mask": logits (B,1,H,W), "depth":
+(B,1,H,W)}`` for any H and W (padded inside to the network's stride, cropped
+back). None downloads weights: a loss study must start every variant from
+the same seeded random initialisation. Each factory takes keyword params with
+defaults, so an experiment can name an architecture with no params at all.
+"""
+
+from __future__ import annotations
+
+from losslab.core.markers import hookimpl
+from losslab.core.registry import Registry
+from losslab.plugins.architectures.nested_unet import NestedUNet
+from losslab.plugins.architectures.resnet_unet import ResNetUNet
+from losslab.plugins.architectures.unet import UNet
+
+__all__ = ["NestedUNet", "ResNetUNet", "UNet", "lab_register_architectures"]
+
+
+@hookimpl
+def lab_register_architectures(registry: Registry) -> None:
+    registry.add("unet", UNet, summary="small UNet, shared encoder, mask and depth decoders; the default")
+    registry.add("resnet-unet", ResNetUNet, summary="residual (ResNet-style) encoder with two UNet decoders")
+    registry.add("nested-unet", NestedUNet, summary="light UNet++, nested skips, a mask and a depth head")

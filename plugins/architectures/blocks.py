@@ -1,0 +1,119 @@
+"""Building blocks shared by the built-in architectures.
+
+Kept in one small module so that the three networks differ only in how they
+wire these blocks, which is what a loss study wants to compare: the same
+padding rule, the same heads and the same input check everywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IN_CHANNELS = 6
+
+
+def check_input(x: torch.Tensor, where: str) -> None:
+    """Fail with a message naming the expected shape instead of a conv's shape error deep inside."""
+    if x.ndim != 4 or x.shape[1] != IN_CHANNELS:
+        raise ValueError(
+            f"{where}: expected input of shape (B, {IN_CHANNELS}, H, W) — bg RGB and fg_bg RGB stacked "
+            f"on channels — but got {tuple(x.shape)}; build it with torch.cat([bg, fg_bg], dim=1)"
+        )
+    if not x.is_floating_point():
+        raise ValueError(
+            f"{where}: expected a float input in [0, 1], got {x.dtype}; convert uint8 with x.float() / 255"
+        )
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, int]]:
+    """Pad right and bottom (replicating the edge) so H and W are multiples of ``multiple``.
+
+    Padding, rather than resizing, keeps every 2x down/up step exactly aligned
+    with its skip connection; replicating the edge avoids a false dark border
+    that the network would have to learn to ignore. Returns the padded tensor
+    and the original (H, W) to crop back to.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate")
+    return x, (h, w)
+
+
+def crop(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """Undo :func:`pad_to_multiple`; the result is contiguous, as a loss may ``view`` it."""
+    h, w = hw
+    if x.shape[-2:] == (h, w):
+        return x
+    return x[..., :h, :w].contiguous()
+
+
+class ConvBNReLU(nn.Sequential):
+    """3x3 (or ``kernel``) conv, BatchNorm, ReLU; ``stride=2`` halves the resolution."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1, kernel: int = 3) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+class BasicBlock(nn.Module):
+    """ResNet's basic residual block: two 3x3 conv+BN, identity (or 1x1 projection) shortcut."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout)
+            )
+        # zero-init the last BN's scale: each block starts as the identity, which trains faster
+        nn.init.zeros_(self.bn2.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)
+        out = self.bn2(self.conv2(out))
+        return F.relu(out + self.shortcut(x), inplace=True)
+
+
+def upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Bilinear upsampling of ``x`` to ``ref``'s spatial size."""
+    return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class Head(nn.Module):
+    """1x1 conv to one channel: mask logits, or depth as a plain linear output (no squashing).
+
+    Depth targets are depth / max_depth in [0, 1]; a linear output keeps
+    gradients alive at both ends of that range, where a sigmoid saturates.
+    """
+
+    def __init__(self, cin: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+
+def init_weights(module: nn.Module) -> None:
+    """He init for convs (ReLU nets), unit BN; BasicBlock re-zeroes its last BN afterwards."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d | nn.GroupNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    for m in module.modules():
+        if isinstance(m, BasicBlock):
+            nn.init.zeros_(m.bn2.weight)

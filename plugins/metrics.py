@@ -1,0 +1,455 @@
+"""Built-in evaluation metrics for the mask and depth tasks, one value per image.
+
+Every built-in metric is written as *sufficient statistics* plus a *reduce*
+step: :meth:`StatMetric.stats` returns per-image sums (e.g. TP, FP, FN
+counts, or the sum of squared errors and the pixel count) and
+:meth:`StatMetric.reduce` turns sums into the metric. That one definition
+gives both aggregations a study may want:
+
+- **per image, then averaged** (the engine's default): ``metric(pred, target)``
+  returns a ``(B,)`` tensor, one value per image, and the engine averages
+  those values over the held-out set. Every image counts the same, whatever
+  the size of its foreground; an image with a tiny mask can swing IoU a lot.
+- **global** (:class:`GlobalAggregator`, :func:`global_metric`): the sums
+  are added over *all pixels of the set* first and reduced once, as a
+  segmentation benchmark's "dataset IoU" is. Large objects weigh more; an
+  empty image hardly counts. For metrics that are plain pixel means (MAE,
+  AbsRel, accuracy, delta) and images of one size both agree; for ratios
+  and roots (IoU, Dice, RMSE) they differ.
+
+Conventions
+-----------
+
+Mask metrics get the foreground *probability* map and binarise it with
+``pred > threshold`` (0.5 by default, as torchmetrics does); the target is
+binarised with ``target > 0.5``. When a ratio's denominator is zero the
+metric takes the value that says "nothing was wrong":
+
+- IoU and Dice: prediction and target both empty -> 1 (one empty, the other
+  not -> 0 as the formula gives).
+- precision: no predicted foreground -> 1 if the target is empty too, else 0;
+  recall: empty target -> 1 if the prediction is empty too, else 0.
+- boundary-f: no boundary in either -> 1; in only one of them -> 0.
+
+Depth metrics get depths in metres. Both depths are clamped below at
+``eps`` (1e-3 m by default) before any division or logarithm, so a zero or
+negative predicted depth gives a large but finite error instead of
+inf/NaN, and a zero target depth cannot divide by zero.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from typing import ClassVar
+
+import kornia
+import torch
+import torch.nn.functional as F
+from losslab.core.components import Metric, Task
+from losslab.core.markers import hookimpl
+from losslab.core.registry import Registry
+
+Stats = dict[str, torch.Tensor]
+
+
+def _check_pair(name: str, pred: torch.Tensor, target: torch.Tensor) -> None:
+    for label, t in (("pred", pred), ("target", target)):
+        if not isinstance(t, torch.Tensor) or t.ndim != 4 or t.shape[1] != 1:
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise ValueError(f"metric {name!r}: {label} must be a (B, 1, H, W) tensor, got {shape}")
+    if pred.shape != target.shape:
+        raise ValueError(f"metric {name!r}: pred {tuple(pred.shape)} and target {tuple(target.shape)} "
+                         "must have the same shape (B, 1, H, W)")
+
+
+def _safe_div(num: torch.Tensor, den: torch.Tensor, when_zero: torch.Tensor) -> torch.Tensor:
+    """num / den, and ``when_zero`` where den == 0 (no NaN, no inf, also in gradients)."""
+    zero = den == 0
+    return torch.where(zero, when_zero.to(num.dtype), num / torch.where(zero, torch.ones_like(den), den))
+
+
+class StatMetric(Metric, ABC):
+    """A metric defined by per-image sufficient statistics and a reduction.
+
+    ``forward`` = ``reduce(stats(pred, target))`` per image; the global
+    aggregation reduces the statistics summed over every image instead.
+    """
+
+    name: ClassVar[str] = ""
+
+    @abstractmethod
+    def stats(self, pred: torch.Tensor, target: torch.Tensor) -> Stats:
+        """Per-image sums, each of shape ``(B,)`` (float64)."""
+
+    @abstractmethod
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        """The metric from sums (any shape, elementwise)."""
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        _check_pair(self.name, pred, target)
+        return self.reduce(self.stats(pred, target))
+
+
+# -- mask ------------------------------------------------------------------------------------------
+
+
+class _MaskMetric(StatMetric):
+    task: ClassVar[Task] = "mask"
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        super().__init__()
+        if not 0.0 <= float(threshold) <= 1.0:
+            raise ValueError(f"metric {self.name!r}: threshold must be a probability in [0, 1], "
+                             f"got {threshold}")
+        self.threshold = float(threshold)
+
+    def binarise(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return (pred.detach() > self.threshold).double(), (target.detach() > 0.5).double()
+
+    def stats(self, pred: torch.Tensor, target: torch.Tensor) -> Stats:
+        p, t = self.binarise(pred, target)
+        tp = (p * t).sum(dim=(1, 2, 3))
+        fp = (p * (1 - t)).sum(dim=(1, 2, 3))
+        fn = ((1 - p) * t).sum(dim=(1, 2, 3))
+        n = torch.full_like(tp, float(t[0].numel()))
+        return {"tp": tp, "fp": fp, "fn": fn, "tn": n - tp - fp - fn}
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}"
+
+
+class MaskIoU(_MaskMetric):
+    """Intersection over union TP / (TP + FP + FN) of the binarised mask; both empty -> 1."""
+
+    name = "iou"
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        den = stats["tp"] + stats["fp"] + stats["fn"]
+        return _safe_div(stats["tp"], den, torch.ones_like(den))
+
+
+class MaskDice(_MaskMetric):
+    """Dice (F1) 2 TP / (2 TP + FP + FN) of the binarised mask; both empty -> 1."""
+
+    name = "dice"
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        den = 2 * stats["tp"] + stats["fp"] + stats["fn"]
+        return _safe_div(2 * stats["tp"], den, torch.ones_like(den))
+
+
+class MaskPrecision(_MaskMetric):
+    """Precision TP / (TP + FP); no predicted foreground -> 1 if the target is empty too, else 0."""
+
+    name = "precision"
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        den = stats["tp"] + stats["fp"]
+        return _safe_div(stats["tp"], den, (stats["fn"] == 0).double())
+
+
+class MaskRecall(_MaskMetric):
+    """Recall TP / (TP + FN); empty target -> 1 if the prediction is empty too, else 0."""
+
+    name = "recall"
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        den = stats["tp"] + stats["fn"]
+        return _safe_div(stats["tp"], den, (stats["fp"] == 0).double())
+
+
+class MaskAccuracy(_MaskMetric):
+    """Pixel accuracy (TP + TN) / N of the binarised mask."""
+
+    name = "accuracy"
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        n = stats["tp"] + stats["fp"] + stats["fn"] + stats["tn"]
+        return (stats["tp"] + stats["tn"]) / n
+
+
+def mask_boundary(mask: torch.Tensor) -> torch.Tensor:
+    """Inner boundary of a binary ``(B, 1, H, W)`` mask: foreground pixels with a background 8-neighbour.
+
+    Pixels outside the image are ignored (``-inf`` padding of the erosion),
+    so a mask touching the image border has no boundary along it.
+    """
+    eroded = -F.max_pool2d(-mask, 3, stride=1, padding=1)
+    return mask * (1 - eroded)
+
+
+def _disk(radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    r = torch.arange(-radius, radius + 1, device=device, dtype=dtype)
+    return ((r.view(-1, 1) ** 2 + r.view(1, -1) ** 2) <= radius**2).to(dtype).view(1, 1, 2 * radius + 1, -1)
+
+
+class BoundaryF(_MaskMetric):
+    """Boundary F-score: boundary pixels matched within ``tolerance`` px, as DAVIS's F measure.
+
+    Precision is the share of predicted boundary pixels lying within
+    ``tolerance`` pixels (Euclidean, a disk) of a true boundary pixel; recall
+    the share of true boundary pixels within ``tolerance`` of a predicted one;
+    F = 2 P R / (P + R). Boundaries are the masks' inner boundaries
+    (:func:`mask_boundary`). No boundary in either mask -> 1; in only one -> 0.
+    """
+
+    name = "boundary-f"
+
+    def __init__(self, threshold: float = 0.5, tolerance: int = 2) -> None:
+        super().__init__(threshold)
+        if int(tolerance) != tolerance or tolerance < 0:
+            raise ValueError(f"metric 'boundary-f': tolerance must be an integer >= 0 (pixels), "
+                             f"got {tolerance}")
+        self.tolerance = int(tolerance)
+
+    def _dilate(self, b: torch.Tensor) -> torch.Tensor:
+        if self.tolerance == 0:
+            return b
+        disk = _disk(self.tolerance, b.device, b.dtype)
+        return (F.conv2d(b, disk, padding=self.tolerance) > 0.5).to(b.dtype)
+
+    def stats(self, pred: torch.Tensor, target: torch.Tensor) -> Stats:
+        p, t = self.binarise(pred, target)
+        bp, bt = mask_boundary(p), mask_boundary(t)
+        dims = (1, 2, 3)
+        return {
+            "pred_matched": (bp * self._dilate(bt)).sum(dims),
+            "pred_total": bp.sum(dims),
+            "target_matched": (bt * self._dilate(bp)).sum(dims),
+            "target_total": bt.sum(dims),
+        }
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        one = torch.ones_like(stats["pred_total"])
+        precision = _safe_div(stats["pred_matched"], stats["pred_total"], one)
+        recall = _safe_div(stats["target_matched"], stats["target_total"], one)
+        return _safe_div(2 * precision * recall, precision + recall, torch.zeros_like(one))
+
+    def extra_repr(self) -> str:
+        return f"threshold={self.threshold}, tolerance={self.tolerance}"
+
+
+# -- depth -----------------------------------------------------------------------------------------
+
+
+class _DepthMetric(StatMetric):
+    """A depth metric that is a function of the per-pixel mean of some error term."""
+
+    task: ClassVar[Task] = "depth"
+    higher_is_better: ClassVar[bool] = False
+
+    def __init__(self, eps: float = 1e-3) -> None:
+        super().__init__()
+        if not float(eps) > 0:
+            raise ValueError(f"metric {self.name!r}: eps must be > 0 (metres), got {eps}")
+        self.eps = float(eps)
+
+    @abstractmethod
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The per-pixel error term whose image mean :meth:`reduce` turns into the metric."""
+
+    def stats(self, pred: torch.Tensor, target: torch.Tensor) -> Stats:
+        p = pred.detach().double().clamp_min(self.eps)
+        t = target.detach().double().clamp_min(self.eps)
+        err = self.per_pixel(p, t)
+        return {"sum": err.sum(dim=(1, 2, 3)), "n": torch.full((err.shape[0],), float(err[0].numel()),
+                                                               dtype=err.dtype, device=err.device)}
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        return stats["sum"] / stats["n"]
+
+    def extra_repr(self) -> str:
+        return f"eps={self.eps}"
+
+
+class RMSE(_DepthMetric):
+    """Root mean squared error sqrt(mean((p - t)^2)), metres."""
+
+    name = "rmse"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).pow(2)
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        return (stats["sum"] / stats["n"]).sqrt()
+
+
+class MAE(_DepthMetric):
+    """Mean absolute error mean(|p - t|), metres."""
+
+    name = "mae"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).abs()
+
+
+class AbsRel(_DepthMetric):
+    """Mean absolute relative error mean(|p - t| / t)."""
+
+    name = "absrel"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).abs() / target
+
+
+class SqRel(_DepthMetric):
+    """Mean squared relative error mean((p - t)^2 / t), metres."""
+
+    name = "sqrel"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).pow(2) / target
+
+
+class Log10(_DepthMetric):
+    """Mean absolute log10 error mean(|log10 p - log10 t|)."""
+
+    name = "log10"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log10(pred) - torch.log10(target)).abs()
+
+
+class RMSELog(_DepthMetric):
+    """Root mean squared log error sqrt(mean((ln p - ln t)^2))."""
+
+    name = "rmse-log"
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (torch.log(pred) - torch.log(target)).pow(2)
+
+    def reduce(self, stats: Stats) -> torch.Tensor:
+        return (stats["sum"] / stats["n"]).sqrt()
+
+
+class DeltaAccuracy(_DepthMetric):
+    """Threshold accuracy: share of pixels with max(p / t, t / p) < 1.25^k."""
+
+    higher_is_better: ClassVar[bool] = True
+    power: ClassVar[int] = 1
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        ratio = torch.maximum(pred / target, target / pred)
+        return (ratio < 1.25**self.power).double()
+
+
+class Delta1(DeltaAccuracy):
+    """Share of pixels with max(p / t, t / p) < 1.25."""
+
+    name = "delta1"
+    power = 1
+
+
+class Delta2(DeltaAccuracy):
+    """Share of pixels with max(p / t, t / p) < 1.25^2."""
+
+    name = "delta2"
+    power = 2
+
+
+class Delta3(DeltaAccuracy):
+    """Share of pixels with max(p / t, t / p) < 1.25^3."""
+
+    name = "delta3"
+    power = 3
+
+
+class DepthSSIM(_DepthMetric):
+    """Mean SSIM of the depth maps, each image scaled by its true depth's maximum (range 1).
+
+    SSIM's constants depend on the data range; scaling both maps by the
+    target's per-image maximum makes the range 1, so the value does not
+    depend on the scene's depth scale. Gaussian window (sigma 1.5) of
+    ``window_size`` px, reflect-padded (kornia's ``"same"``). Global
+    aggregation averages the per-pixel SSIM over all pixels of the set.
+    """
+
+    name = "ssim"
+    higher_is_better: ClassVar[bool] = True
+
+    def __init__(self, window_size: int = 11, eps: float = 1e-3) -> None:
+        super().__init__(eps)
+        if int(window_size) != window_size or window_size < 3 or window_size % 2 == 0:
+            raise ValueError(f"metric 'ssim': window_size must be an odd integer >= 3, got {window_size}")
+        self.window_size = int(window_size)
+
+    def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        scale = target.amax(dim=(1, 2, 3), keepdim=True)
+        return kornia.metrics.ssim(pred / scale, target / scale, self.window_size, max_val=1.0)
+
+    def extra_repr(self) -> str:
+        return f"window_size={self.window_size}, eps={self.eps}"
+
+
+# -- global aggregation ----------------------------------------------------------------------------
+
+
+class GlobalAggregator:
+    """Global ("dataset") aggregation: add each metric's statistics over all images, reduce once.
+
+    Usage::
+
+        agg = GlobalAggregator({"iou": MaskIoU(), "dice": MaskDice()})
+        for pred, target in batches:
+            agg.update(pred, target)
+        agg.compute()   # {"iou": ..., "dice": ...}
+
+    Only metrics built on :class:`StatMetric` (all built-ins) can be
+    aggregated globally; a third-party metric without ``stats``/``reduce``
+    is refused with a message that says so.
+    """
+
+    def __init__(self, metrics: Mapping[str, Metric]) -> None:
+        for name, metric in metrics.items():
+            if not isinstance(metric, StatMetric):
+                raise TypeError(
+                    f"metric {name!r} ({type(metric).__name__}) cannot be aggregated globally: it does not "
+                    "provide per-image statistics; subclass losslab.plugins.metrics.StatMetric "
+                    "(stats + reduce), or use the per-image mean"
+                )
+        self.metrics: dict[str, StatMetric] = dict(metrics)  # type: ignore[arg-type]
+        self._sums: dict[str, Stats] = {}
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch's statistics (sums kept in float64 on the CPU)."""
+        for name, metric in self.metrics.items():
+            _check_pair(name, pred, target)
+            batch = {k: v.sum().double().cpu() for k, v in metric.stats(pred, target).items()}
+            acc = self._sums.setdefault(name, {k: torch.zeros((), dtype=torch.float64) for k in batch})
+            for k, v in batch.items():
+                acc[k] = acc[k] + v
+
+    def compute(self) -> dict[str, float]:
+        """Each metric reduced from the sums of every image seen; NaN for a metric that saw no image."""
+        return {
+            name: float(metric.reduce(self._sums[name])) if name in self._sums else math.nan
+            for name, metric in self.metrics.items()
+        }
+
+    def reset(self) -> None:
+        self._sums.clear()
+
+
+def global_metric(metric: Metric, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """One metric aggregated globally over ``(pred, target)`` batches (see :class:`GlobalAggregator`)."""
+    agg = GlobalAggregator({getattr(metric, "name", "") or type(metric).__name__: metric})
+    for pred, target in batches:
+        agg.update(pred, target)
+    return next(iter(agg.compute().values()))
+
+
+BUILTIN_METRICS: tuple[type[StatMetric], ...] = (
+    MaskIoU, MaskDice, MaskPrecision, MaskRecall, MaskAccuracy, BoundaryF,
+    RMSE, MAE, AbsRel, SqRel, Log10, RMSELog, Delta1, Delta2, Delta3, DepthSSIM,
+)
+
+
+@hookimpl
+def lab_register_metrics(registry: Registry) -> None:
+    """Register the built-in mask and depth metrics."""
+    for cls in BUILTIN_METRICS:
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        registry.add(cls.name, cls, summary=summary, task=cls.task, higher_is_better=cls.higher_is_better)

@@ -1,0 +1,1 @@
+"""Comparison reports built from what the tracker (MLflow) holds."""

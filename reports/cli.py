@@ -1,0 +1,52 @@
+"""``lab report``: the command-line face of :func:`losslab.reports.build.build_report`.
+
+The lead mounts :func:`report` on the ``lab`` app (``app.command()(report)``); it is a plain
+typer command function so it can also be tested on its own app.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def report(
+    ref: Annotated[str, typer.Argument(help="Experiment name (its latest parent run) or a parent run id.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder the report is written to.")] = Path(
+        "reports-out"
+    ),
+    format: Annotated[str, typer.Option("--format", "-f", help="Comma-separated: html, md.")] = "html,md",
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)."),
+    ] = None,
+    log: Annotated[
+        bool, typer.Option("--log/--no-log", help="Also log the report under report/ of the parent run.")
+    ] = False,
+) -> None:
+    """Build the comparison report of a study from what MLflow holds."""
+    from losslab.reports.build import build_report, log_report, parse_formats
+    from losslab.reports.collect import ReportError, make_client, resolve_parent
+
+    uri = tracking_uri or _default_uri()
+    try:
+        paths = build_report(ref, out, formats=parse_formats(format), tracking_uri=uri)
+        if log:
+            parent = resolve_parent(make_client(uri), ref)
+            log_report(parent.info.run_id, paths, tracking_uri=uri)
+    except ReportError as exc:
+        typer.echo(f"lab report: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    for fmt, path in paths.items():
+        typer.echo(f"{fmt}: {path}")
+
+
+def _default_uri() -> str | None:
+    """MLFLOW_TRACKING_URI when set, else the ``mlflow.db`` of the working directory (docs/tracking.md)."""
+    import os
+
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None
+    return f"sqlite:///{Path('mlflow.db').resolve()}"

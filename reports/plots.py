@@ -1,0 +1,232 @@
+"""The figures of a report, drawn with matplotlib into PNG bytes.
+
+Figures are made with ``matplotlib.figure.Figure`` directly (never pyplot), so drawing needs no
+display, touches no global backend state and can run in a worker thread of ``lab run``.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from losslab.reports.analysis import MetricResult, metric_label
+from losslab.reports.collect import ChildRun, Study
+
+DPI = 90
+MAX_SAMPLES = 3
+_SPLIT_STYLE = {"train": "-", "val": "--"}
+
+
+@dataclass(frozen=True)
+class Plot:
+    """A finished figure: a file stem, the PNG bytes and a caption."""
+
+    name: str
+    png: bytes
+    caption: str
+
+
+def _png(fig: object) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")  # type: ignore[attr-defined]
+    return buffer.getvalue()
+
+
+def _colors(n: int) -> list[tuple[float, float, float, float]]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _grid(n: int, cols: int = 3) -> tuple[int, int]:
+    cols = max(1, min(cols, n))
+    return math.ceil(n / cols), cols
+
+
+# -- learning curves ---------------------------------------------------------------------------------
+
+
+def curve_groups(study: Study) -> dict[str, list[str]]:
+    """History keys grouped by what they measure; ``train/x`` and ``val/x`` share one panel ``x``.
+
+    Returns ``{"losses": [...], "metrics": [...]}`` of panel names such as ``loss``,
+    ``mask/bce``, ``mask_iou``.
+    """
+    bases: set[str] = set()
+    for child in study.ok_children:
+        for key in child.histories:
+            split, _, base = key.partition("/")
+            if split in _SPLIT_STYLE and base:
+                bases.add(base)
+    losses = sorted(b for b in bases if b == "loss" or "/" in b)
+    metrics = sorted(b for b in bases if b not in losses)
+    return {"losses": losses, "metrics": metrics}
+
+
+def _mean_band(histories: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean and standard deviation over the runs that logged each step."""
+    by_step: dict[int, list[float]] = {}
+    for history in histories:
+        for step, value in history:
+            if math.isfinite(value):
+                by_step.setdefault(step, []).append(value)
+    steps = np.array(sorted(by_step), dtype=np.int64)
+    mean = np.array([np.mean(by_step[s]) for s in steps])
+    std = np.array([np.std(by_step[s], ddof=1) if len(by_step[s]) > 1 else 0.0 for s in steps])
+    return steps, mean, std
+
+
+def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
+    """One panel per loss term or metric; a line per variant and split, band = +/- 1 std over seeds."""
+    if not panels:
+        return None
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    rows, cols = _grid(len(panels))
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colors = _colors(len(study.variants))
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for color, variant in zip(colors, study.variants, strict=True):
+            children = [c for c in study.ok_children if c.variant == variant]
+            for split, style in _SPLIT_STYLE.items():
+                key = f"{split}/{panel}"
+                histories = [c.histories[key] for c in children if key in c.histories]
+                if not histories:
+                    continue
+                steps, mean, std = _mean_band(histories)
+                ax.plot(steps, mean, style, color=color, linewidth=1.6)
+                if len(histories) > 1:
+                    ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
+        is_metric = "/" not in panel and panel != "loss"
+        ax.set_title(metric_label(f"val/{panel}") if is_metric else panel, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    handles = [Line2D([], [], color=c, label=v) for c, v in zip(colors, study.variants, strict=True)]
+    handles += [Line2D([], [], color="0.3", linestyle=s, label=split) for split, s in _SPLIT_STYLE.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=9)
+    fig.suptitle(title)
+    name = "curves_" + title.lower().replace(" ", "_")
+    return Plot(name, _png(fig), f"{title}: mean over seeds per epoch, band = +/- 1 standard deviation "
+                                 "(solid: training, dashed: validation).")
+
+
+# -- scores with intervals ---------------------------------------------------------------------------
+
+
+def score_bars(results: list[MetricResult], variants: list[str]) -> Plot | None:
+    """Each metric's mean per variant with its 95% interval, and the per-seed values as dots."""
+    results = [r for r in results if r.summaries]
+    if not results:
+        return None
+    from matplotlib.figure import Figure
+
+    rows, cols = _grid(len(results), 4)
+    fig = Figure(figsize=(3.4 * cols, 2.9 * rows), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    colors = dict(zip(variants, _colors(len(variants)), strict=True))
+    for ax, r in zip(axes.flat, results, strict=False):
+        names = [v for v in variants if v in r.summaries]
+        for x, v in enumerate(names):
+            s = r.summaries[v]
+            err = [[s.mean - s.low], [s.high - s.mean]] if s.n > 1 else None
+            ax.bar(x, s.mean, color=colors[v], alpha=0.75, yerr=err, capsize=4)
+            seeds = list(r.per_seed[v].values())
+            ax.plot([x] * len(seeds), seeds, "o", color="black", markersize=3)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        arrow = "higher is better" if r.higher_is_better else "lower is better"
+        ax.set_title(f"{r.label} ({arrow})", fontsize=9)
+        lows = [min([r.summaries[v].low, *r.per_seed[v].values()]) for v in names]
+        highs = [max([r.summaries[v].high, *r.per_seed[v].values()]) for v in names]
+        finite = [x for x in lows + highs if math.isfinite(x)]
+        if finite:
+            lo, hi = min(finite), max(finite)
+            pad = 0.15 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-6)
+            ax.set_ylim(lo - pad, hi + pad)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in list(axes.flat)[len(results):]:
+        ax.set_visible(False)
+    return Plot("scores", _png(fig), "Scores at the best epoch: mean over seeds, bar = 95% interval, "
+                                     "dots = individual seeds.")
+
+
+# -- the same validation images across variants ------------------------------------------------------
+
+
+def _samples_of(children: list[ChildRun], seed: int | None) -> tuple[ChildRun | None, dict[str, np.ndarray]]:
+    pool = [c for c in children if c.samples_path is not None and (seed is None or c.seed == seed)]
+    if not pool:
+        return None, {}
+    chosen = min(pool, key=lambda c: c.seed)
+    with np.load(chosen.samples_path, allow_pickle=False) as data:  # type: ignore[arg-type]
+        return chosen, {k: np.asarray(data[k]) for k in data.files}
+
+
+def sample_grids(study: Study, max_samples: int = MAX_SAMPLES) -> list[Plot]:
+    """Per validation image: input and ground truth, then each variant's mask, depth and errors."""
+    by_variant = {v: [c for c in study.ok_children if c.variant == v] for v in study.variants}
+    with_samples = {v: cs for v, cs in by_variant.items() if any(c.samples_path for c in cs)}
+    if not with_samples:
+        return []
+    seed_sets = [{c.seed for c in cs if c.samples_path} for cs in with_samples.values()]
+    common = set.intersection(*seed_sets)
+    seed = min(common) if common else None
+    loaded = {v: _samples_of(cs, seed) for v, cs in with_samples.items()}
+    loaded = {v: x for v, x in loaded.items() if x[1] and "index" in x[1]}
+    if not loaded:
+        return []
+    indices = set.intersection(*[set(d["index"].tolist()) for _, d in loaded.values()])
+    first = next(iter(loaded.values()))[1]
+    order = [int(i) for i in first["index"].tolist() if int(i) in indices][:max_samples]
+    seed_note = f"seed {seed}" if seed is not None else "each variant's first seed"
+    return [_sample_figure(loaded, image_index, seed_note) for image_index in order]
+
+
+def _sample_figure(loaded: dict[str, tuple[ChildRun | None, dict[str, np.ndarray]]], image_index: int,
+                   seed_note: str) -> Plot:
+    from matplotlib.figure import Figure
+
+    variants = list(loaded)
+    ref = loaded[variants[0]][1]
+    k = int(np.flatnonzero(ref["index"] == image_index)[0])
+    gt_mask = ref["mask"][k].astype(np.float32)
+    gt_depth = ref["depth"][k].astype(np.float32)
+    rows = []
+    for v in variants:
+        data = loaded[v][1]
+        j = int(np.flatnonzero(data["index"] == image_index)[0])
+        rows.append((v, data["pred_mask"][j].astype(np.float32), data["pred_depth"][j].astype(np.float32)))
+    depth_max = float(max([gt_depth.max()] + [d.max() for _, _, d in rows]))
+    depth_err_max = max([float(np.abs(d - gt_depth).max()) for _, _, d in rows] + [1e-6])
+
+    fig = Figure(figsize=(4 * 2.0, (1 + len(rows)) * 2.0), layout="constrained")
+    axes = fig.subplots(1 + len(rows), 4, squeeze=False)
+    top = [("input fg_bg", ref["fg_bg"][k], {}), ("background", ref["bg"][k], {}),
+           ("GT mask", gt_mask, {"cmap": "gray", "vmin": 0, "vmax": 1}),
+           ("GT depth (m)", gt_depth, {"cmap": "viridis", "vmin": 0, "vmax": depth_max})]
+    for ax, (title, image, kw) in zip(axes[0], top, strict=True):
+        ax.imshow(image, **kw)
+        ax.set_title(title, fontsize=8)
+    for row, (v, pm, pd) in zip(axes[1:], rows, strict=True):
+        panels = [
+            (f"{v}: mask", pm, {"cmap": "gray", "vmin": 0, "vmax": 1}),
+            ("|mask error|", np.abs(pm - gt_mask), {"cmap": "magma", "vmin": 0, "vmax": 1}),
+            (f"{v}: depth", pd, {"cmap": "viridis", "vmin": 0, "vmax": depth_max}),
+            ("|depth error| (m)", np.abs(pd - gt_depth), {"cmap": "magma", "vmin": 0, "vmax": depth_err_max}),
+        ]
+        for ax, (title, image, kw) in zip(row, panels, strict=True):
+            ax.imshow(image, **kw)
+            ax.set_title(title, fontsize=8)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(f"validation image {image_index}", fontsize=10)
+    return Plot(f"samples_{image_index}", _png(fig),
+                f"Validation image {image_index} ({seed_note}): input and ground truth, then each variant's "
+                "predicted mask and depth with absolute error maps (same colour scale across variants).")

@@ -1,0 +1,254 @@
+"""`lab run` end to end on the embedded synthetic data: MLflow records read back, determinism, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from losslab.core import hookimpl
+from losslab.core.cli import app
+from losslab.core.config import load_experiment
+from losslab.core.plugin_manager import load_catalog
+from losslab.core.trainer import Trainer, TrainingError
+from tests.conftest import write_experiment
+
+runner = CliRunner()
+
+
+def _lab(*args: str):
+    result = runner.invoke(app, list(args), catch_exceptions=False)
+    return result
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    """Two variants x two seeds of the tiny experiment, run once for the module's checks."""
+    tmp = tmp_path_factory.mktemp("e2e")
+    exp = write_experiment(tmp / "tiny.yaml", seeds=[0, 1],
+                           variants={"bce": {}, "dice": {"loss.mask": [{"name": "dice"}]}})
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    result = _lab("run", str(exp), "--tracking-uri", uri, "--runs-dir", str(tmp / "runs"), "--no-report",
+                  "--set", "train.epochs=2")
+    return types.SimpleNamespace(tmp=tmp, exp=exp, uri=uri, result=result)
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def test_run_prints_the_table_and_the_winner(finished_run):
+    out = finished_run.result.output
+    assert finished_run.result.exit_code == 0, out
+    assert "variant" in out and "mask_iou" in out and "winner:" in out
+    assert out.count("± ") >= 4  # mean ± std cells for both variants
+
+
+def test_mlflow_holds_one_parent_and_a_child_per_variant_and_seed(finished_run):
+    client = _client(finished_run.uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("losslab.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("losslab.role") == "child"]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {(c.data.tags["losslab.variant"], c.data.tags["losslab.seed"]) for c in children} == {
+        ("bce", "0"), ("bce", "1"), ("dice", "0"), ("dice", "1")}
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.info.status == "FINISHED"
+        params = child.data.params
+        assert params["train.epochs"] == "2" and params["data.image_size"] == "32"
+        expected_loss = "bce" if child.data.tags["losslab.variant"] == "bce" else "dice"
+        assert params["loss.mask.0.name"] == expected_loss
+        history = client.get_metric_history(child.info.run_id, "val/mask_iou")
+        assert sorted(m.step for m in history) == [0, 1]
+        assert all(0.0 <= m.value <= 1.0 for m in history)
+        for key in ("train/loss", f"train/mask/{expected_loss}", "train/depth/l1", "val/depth_rmse",
+                    "time/epoch_s", "perf/samples_per_s"):
+            assert len(client.get_metric_history(child.info.run_id, key)) == 2, key
+        assert "best/val/mask_iou" in child.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "checkpoints", "predictions.png", "val_per_image.csv", "val_samples.npz"} <= artifacts
+        assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
+    assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_logged_config_reruns_the_same_experiment(finished_run, tmp_path):
+    import mlflow
+
+    client = _client(finished_run.uri)
+    exp = client.get_experiment_by_name("tiny")
+    child = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("losslab.variant") == "dice")
+    path = mlflow.artifacts.download_artifacts(run_id=child.info.run_id, artifact_path="config.yaml",
+                                               dst_path=str(tmp_path), tracking_uri=finished_run.uri)
+    (cfg,) = load_experiment(Path(path))
+    (expected,) = [c for c in load_experiment(finished_run.exp, ["train.epochs=2"]) if c.variant == "dice"]
+    assert cfg == expected
+
+
+def test_prediction_grid_and_per_image_rows(finished_run):
+    run_dirs = sorted((finished_run.tmp / "runs" / "tiny").glob("*/bce-s0"))
+    grid = cv2.imread(str(run_dirs[0] / "predictions.png"))
+    assert grid is not None and grid.shape[0] > 4 * 32 and grid.shape[1] >= 5 * 32
+    rows = (run_dirs[0] / "val_per_image.csv").read_text().splitlines()
+    assert rows[0].startswith("index,bg,fg,flip,row,col,mask_iou,depth_rmse")
+    assert len(rows) == 1 + 24
+
+
+def test_predict_writes_mask_and_depth_pngs(finished_run, tmp_path):
+    ckpt = sorted((finished_run.tmp / "runs" / "tiny").glob("*/bce-s0/best.pt"))[0]
+    from losslab.core.compositor import Compositor
+    from losslab.core.sources import SyntheticSources
+    from losslab.plugins.generators import GridGenerator
+
+    sources = SyntheticSources(4, 2, seed=0, size=64)
+    recipe = GridGenerator().recipes([0], [1], (64, 64))[3]
+    bg, fg_bg, _ = Compositor(sources).compose(recipe)
+    (tmp_path / "bg").mkdir()
+    (tmp_path / "fgbg").mkdir()
+    cv2.imwrite(str(tmp_path / "bg" / "bg0.png"), cv2.cvtColor(bg, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(tmp_path / "fgbg" / f"{recipe.stem}.png"), cv2.cvtColor(fg_bg, cv2.COLOR_RGB2BGR))
+    result = _lab("predict", "--checkpoint", str(ckpt), "--bg", str(tmp_path / "bg"), "--fg-bg",
+                  str(tmp_path / "fgbg"), "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    mask = cv2.imread(str(tmp_path / "out" / f"{recipe.stem}_mask.png"), cv2.IMREAD_UNCHANGED)
+    depth = cv2.imread(str(tmp_path / "out" / f"{recipe.stem}_depth.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (64, 64) and mask.dtype == np.uint8 and set(np.unique(mask)) <= {0, 255}
+    assert depth.shape == (64, 64) and depth.dtype == np.uint16
+
+
+def test_predict_from_run_id(finished_run, tmp_path):
+    client = _client(finished_run.uri)
+    exp = client.get_experiment_by_name("tiny")
+    child = next(r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("losslab.role") == "child")
+    img = np.full((40, 50, 3), 128, np.uint8)
+    cv2.imwrite(str(tmp_path / "bg.png"), img)
+    cv2.imwrite(str(tmp_path / "fg_bg.png"), img)
+    result = _lab("predict", "--run", child.info.run_id, "--tracking-uri", finished_run.uri, "--bg",
+                  str(tmp_path / "bg.png"), "--fg-bg", str(tmp_path / "fg_bg.png"), "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(tmp_path / "o" / "fg_bg_mask.png"), cv2.IMREAD_UNCHANGED).shape == (40, 50)
+
+
+def _config(tmp_path: Path, **overrides):
+    return load_experiment(write_experiment(tmp_path / "e.yaml", **overrides))[0]
+
+
+def test_same_seed_same_metrics_on_cpu(tmp_path):
+    cfg = _config(tmp_path)
+    catalog = load_catalog()
+    first = Trainer(cfg, 3, catalog, tmp_path / "a").fit().history
+    second = Trainer(cfg, 3, catalog, tmp_path / "b").fit().history
+    other = Trainer(cfg, 4, catalog, tmp_path / "c").fit().history
+    strip = [{k: v for k, v in h.items() if not k.startswith(("time/", "perf/"))} for h in first]
+    assert strip == [{k: v for k, v in h.items() if not k.startswith(("time/", "perf/"))} for h in second]
+    assert first[-1]["train/loss"] != other[-1]["train/loss"]
+
+
+def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_path):
+    cfg = _config(tmp_path, train={"epochs": 3})
+    catalog = load_catalog()
+    straight = Trainer(cfg, 0, catalog, tmp_path / "straight").fit().history
+
+    def stop_after_first(epoch, metrics):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, 0, catalog, tmp_path / "cut").fit(on_epoch=stop_after_first)
+    resumed = Trainer(cfg, 0, catalog, tmp_path / "cut").fit(resume=True).history
+    assert [h["epoch"] for h in resumed] == [0, 1, 2]
+    for a, b in zip(straight, resumed, strict=True):
+        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-6)
+        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-6)
+
+
+def test_cli_resume_skips_finished_children(tmp_path, tracking_uri):
+    exp = write_experiment(tmp_path / "r.yaml", variants={"a": {}, "b": {"train.lr": 0.02}}, train={"epochs": 1})
+    common = ["--tracking-uri", tracking_uri, "--runs-dir", str(tmp_path / "runs"), "--no-report"]
+    first = _lab("run", str(exp), *common)
+    assert first.exit_code == 0, first.output
+    client = _client(tracking_uri)
+    exp_id = client.get_experiment_by_name("tiny").experiment_id
+    parent = next(r for r in client.search_runs([exp_id]) if r.data.tags["losslab.role"] == "parent")
+    client.update_run(parent.info.run_id, status="KILLED")  # as if it had been interrupted
+    b_child = next(r for r in client.search_runs([exp_id]) if r.data.tags.get("losslab.variant") == "b")
+    client.update_run(b_child.info.run_id, status="KILLED")
+    again = _lab("run", str(exp), *common, "--resume")
+    assert again.exit_code == 0, again.output
+    assert "a-s0: already finished" in again.output
+    runs = client.search_runs([exp_id])
+    assert len(runs) == 3  # no new parent, no new child
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+
+def test_nan_loss_stops_naming_the_term_and_step(tmp_path):
+    import torch
+
+    from losslab.core.components import Loss
+
+    class Exploding(Loss):
+        task = "depth"
+        input_kind = "depth"
+        calls = 0
+
+        def forward(self, pred, target):
+            Exploding.calls += 1
+            value = (pred - target).abs().mean()
+            return value * (float("nan") if Exploding.calls >= 3 else 1.0)
+
+    @hookimpl
+    def lab_register_losses(registry):
+        registry.add("exploding", Exploding, task="depth")
+
+    class EP:
+        name = "nanplug"
+        dist = types.SimpleNamespace(name="nan-dist", version="9")
+
+        def load(self):
+            return types.SimpleNamespace(lab_register_losses=lab_register_losses)
+
+    catalog = load_catalog(entry_points=[EP()])
+    cfg = _config(tmp_path, loss={"mask": [{"name": "bce"}], "depth": [{"name": "exploding"}]})
+    with pytest.raises(TrainingError, match=r"depth/exploding from plugin 'nanplug' \(nan-dist 9\) is nan at step 2"):
+        Trainer(cfg, 0, catalog, tmp_path / "nan").fit()
+    assert torch.isfinite(torch.tensor(1.0))
+
+
+def test_config_error_is_a_clear_message_not_a_traceback(tmp_path):
+    exp = write_experiment(tmp_path / "bad.yaml", model={"name": "unnet"})
+    result = runner.invoke(app, ["run", str(exp), "--tracking-uri", f"sqlite:///{tmp_path}/m.db"])
+    assert result.exit_code == 2
+    assert "model.name: unknown architecture 'unnet'; did you mean 'unet'" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"]])
+def test_help_and_plugins_do_not_import_mlflow_or_optuna(args):
+    code = (
+        "import sys; from typer.testing import CliRunner; from losslab.core.cli import app;"
+        f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output;"
+        "bad = [m for m in ('mlflow', 'optuna') if m in sys.modules]; assert not bad, bad; print(r.output)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    if args == ["plugins"]:
+        assert "loss" in out.stdout and "bce" in out.stdout and "losslab" in out.stdout
+
+
+def test_plugins_kind_filter_lists_only_that_kind():
+    result = _lab("plugins", "--kind", "loss")
+    lines = [line for line in result.output.splitlines()[1:] if not line.startswith(("skipped", "losslab:"))]
+    assert lines and all(line.startswith("loss ") for line in lines)
+    assert yaml is not None
