@@ -49,8 +49,12 @@ def run(
     resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run of this experiment.")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Where checkpoints are kept.")] = Path("lab-runs"),
     report: Annotated[bool, typer.Option(help="Build the comparison report at the end.")] = True,
+    nproc: Annotated[int, typer.Option(help="Train each run on N processes (DDP through torchrun).")] = 1,
 ) -> None:
     """Train one network per (variant, seed), log to MLflow and print the comparison table."""
+    if nproc > 1:
+        _launch_torchrun(nproc)
+        return
     from losslab.core.config import ConfigError
     from losslab.core.plugin_manager import PluginError
     from losslab.core.registry import RegistryError
@@ -66,6 +70,8 @@ def run(
     except KeyboardInterrupt:
         fail("interrupted; run the same command with --resume to continue", code=130)
         return
+    if not result.is_main:
+        return  # under torchrun only rank 0 reports
     typer.echo("")
     typer.echo(result.table)
     if result.winner:
@@ -75,6 +81,22 @@ def run(
     if result.failed:
         fail(f"{len(result.failed)} of {len(result.children)} run(s) failed: "
              + "; ".join(f"{c.variant}-s{c.seed}: {c.error}" for c in result.failed), code=1)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under torchrun on one machine (see docs/distributed.md for several)."""
+    args = list(sys.argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "losslab.core.cli", *args]
+    typer.echo("launching: " + " ".join(command[2:]), err=True)
+    os.execvp(command[0], command)
 
 
 @app.command()
@@ -121,7 +143,7 @@ def _describe_architecture(component, size: int) -> str:
 
         stats = profile_model(component.create(), size)
         return f" [{stats['params'] / 1e6:.2f} M params, {stats['flops'] / 1e9:.3f} GFLOPs at {size}x{size}]"
-    except Exception as exc:  # noqa: BLE001 - listing must not fail on one architecture
+    except Exception as exc:
         return f" [could not profile: {type(exc).__name__}: {exc}]"
 
 

@@ -75,6 +75,8 @@ class DataSpec(_Strict):
     max_depth: float = Field(default=50.0, gt=0.0, description="metres mapped to 1.0 in the depth target")
     train_limit: int | None = Field(default=None, ge=1, description="samples drawn per epoch (None: all)")
     val_limit: int | None = Field(default=None, ge=1, description="held-out samples evaluated (None: all)")
+    device_compose: bool | Literal["auto"] = Field(
+        default="auto", description="compose batches on the device (auto: on CUDA, for virtual data)")
 
 
 class TrainSpec(_Strict):

@@ -10,6 +10,7 @@ nothing to disk.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 import cv2
@@ -36,13 +37,64 @@ class SampleSet(Protocol):
     def get(self, indices: Sequence[int]) -> dict[str, np.ndarray]: ...
 
 
-class VirtualSamples:
-    """Samples composed on the fly from recipes and sources; nothing is written."""
+class ScaledSources:
+    """Sources seen at another resolution: bgs resized once (area) and cached, fgs as they are.
 
-    def __init__(self, sources: Sources, recipes: Sequence[Recipe], mask_gt: Any, depth_gt: Any) -> None:
+    Composing at the training resolution from full-resolution fgs costs a
+    fraction of composing at the source resolution and resizing afterwards,
+    and fits each fg from its full-resolution pixels.
+    """
+
+    def __init__(self, sources: Sources, size: int) -> None:
+        self.inner, self.size = sources, size
+        self._bg: dict[int, np.ndarray] = {}
+
+    @property
+    def n_bg(self) -> int:
+        return self.inner.n_bg
+
+    @property
+    def n_fg(self) -> int:
+        return self.inner.n_fg
+
+    def bg(self, index: int) -> np.ndarray:
+        if index not in self._bg:
+            self._bg[index] = cv2.resize(self.inner.bg(index), (self.size, self.size), interpolation=cv2.INTER_AREA)
+        return self._bg[index]
+
+    def fg(self, index: int) -> np.ndarray:
+        return self.inner.fg(index)
+
+    def geometry(self, index: int) -> SceneGeometry:
+        return self.inner.geometry(index)
+
+
+def scale_recipe(recipe: Recipe, factor: float) -> Recipe:
+    """The same placement at ``factor`` times the resolution (base row kept on the ground)."""
+    size = max(1, round(recipe.size * factor))
+    base = round(recipe.base_y * factor)
+    return replace(recipe, x=round(recipe.x * factor), y=base - size, size=size)
+
+
+class VirtualSamples:
+    """Samples composed on the fly from recipes and sources; nothing is written.
+
+    With ``out_size`` set (the training resolution), samples are composed
+    directly at that size: bgs are resized once, recipes scaled, fgs fitted
+    from their full-resolution pixels.
+    """
+
+    def __init__(self, sources: Sources, recipes: Sequence[Recipe], mask_gt: Any, depth_gt: Any,
+                 out_size: int | None = None) -> None:
         self.sources = sources
         self.recipes = list(recipes)
         self.mask_gt, self.depth_gt = mask_gt, depth_gt
+        native = sources.bg(0).shape[0] if len(self.recipes) else 0
+        self.factor = 1.0
+        if out_size is not None and native and out_size != native:
+            self.factor = out_size / native
+            sources = ScaledSources(sources, out_size)
+        self.compose_sources = sources
         self.compositor = Compositor(sources)
         self._bg_ids = np.fromiter((r.bg for r in self.recipes), dtype=np.int64, count=len(self.recipes))
 
@@ -54,12 +106,14 @@ class VirtualSamples:
 
     def get(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         recipes = [self.recipes[int(i)] for i in indices]
+        if self.factor != 1.0:
+            recipes = [scale_recipe(r, self.factor) for r in recipes]
         composed = self.compositor.compose_batch(recipes)
         return {
             "bg": composed["bg"],
             "fg_bg": composed["fg_bg"],
-            "mask": self.mask_gt(composed, recipes, self.sources).astype(np.uint8),
-            "depth": self.depth_gt(composed, recipes, self.sources).astype(np.float32),
+            "mask": self.mask_gt(composed, recipes, self.compose_sources).astype(np.uint8),
+            "depth": self.depth_gt(composed, recipes, self.compose_sources).astype(np.float32),
         }
 
 
@@ -82,7 +136,7 @@ def build_samples(data: DataSpec, catalog: Catalog) -> SampleSet:
     recipes = generator.recipes(list(range(sources.n_bg)), list(range(sources.n_fg)), (size, size))
     mask_gt = catalog.create("ground_truth", data.ground_truth.mask.name, **data.ground_truth.mask.params)
     depth_gt = catalog.create("ground_truth", data.ground_truth.depth.name, **data.ground_truth.depth.params)
-    return VirtualSamples(sources, recipes, mask_gt, depth_gt)
+    return VirtualSamples(sources, recipes, mask_gt, depth_gt, out_size=data.image_size)
 
 
 def split_by_bg(samples: SampleSet, val_split: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +160,7 @@ def resize_arrays(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndar
     Nearest for depth keeps every depth value one that exists in the input
     (no invented depths at object boundaries).
     """
-    n, h, w = arrays["mask"].shape
+    _, h, w = arrays["mask"].shape
     if (h, w) == (size, size):
         return arrays
     out = {k: v for k, v in arrays.items() if k not in ("bg", "fg_bg", "mask", "depth")}
@@ -136,6 +190,10 @@ def to_tensors(arrays: dict[str, np.ndarray], max_depth: float, device: torch.de
 class BatchLoader:
     """Batches of a sample set as tensors on the device, in a seeded order.
 
+    ``batch_size`` is the global batch; with ``world_size`` > 1 (DDP) each rank
+    takes every ``world_size``-th sample of each global batch, so the ranks
+    together see exactly what a single process sees.
+
     ``limit`` draws a fresh random subset of that many samples each epoch (the
     whole set when None); the order depends only on (seed, epoch), so a resumed
     run sees the same batches it would have seen.
@@ -144,6 +202,7 @@ class BatchLoader:
     def __init__(
         self, samples: SampleSet, indices: np.ndarray, *, batch_size: int, image_size: int, max_depth: float,
         device: torch.device, shuffle: bool, seed: int = 0, limit: int | None = None, drop_last: bool = False,
+        rank: int = 0, world_size: int = 1,
     ) -> None:
         if len(indices) == 0:
             raise ValueError("no samples to load: the split left this set empty")
@@ -151,6 +210,7 @@ class BatchLoader:
         self.batch_size, self.image_size, self.max_depth = batch_size, image_size, max_depth
         self.device, self.shuffle, self.seed, self.limit = device, shuffle, seed, limit
         self.drop_last = drop_last and len(self.epoch_indices(0)) >= batch_size
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     def epoch_indices(self, epoch: int) -> np.ndarray:
@@ -165,12 +225,19 @@ class BatchLoader:
         n = len(self.epoch_indices(self.epoch))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def chunks(self) -> Iterator[np.ndarray]:
+        """The sample indices of each batch of the current epoch."""
         order = self.epoch_indices(self.epoch)
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
             if self.drop_last and len(chunk) < self.batch_size:
                 break
+            chunk = chunk[self.rank :: self.world_size]
+            if len(chunk):
+                yield chunk
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for chunk in self.chunks():
             batch = self.load(chunk)
             batch["index"] = torch.from_numpy(chunk.astype(np.int64))
             yield batch

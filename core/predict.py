@@ -31,7 +31,7 @@ def load_checkpoint(checkpoint: Path | None, run_id: str | None, tracking_uri: s
         tmp = Path(tempfile.mkdtemp(prefix="lab-predict-"))
         try:
             checkpoint = tracker.download(run_id, "checkpoints/best.pt", tmp)
-        except Exception as exc:  # noqa: BLE001 - MLflow raises many types; the message is what matters
+        except Exception as exc:
             raise PredictError(f"run {run_id} in {tracker.uri} has no checkpoints/best.pt artifact "
                                f"({type(exc).__name__}); pass a child run id of `lab run`") from None
     assert checkpoint is not None
@@ -39,7 +39,7 @@ def load_checkpoint(checkpoint: Path | None, run_id: str | None, tracking_uri: s
         raise PredictError(f"checkpoint {checkpoint} does not exist")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PredictError(f"{checkpoint} is not a losslab checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise PredictError(f"{checkpoint} is not a losslab checkpoint (no model/config inside)")

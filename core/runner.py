@@ -29,6 +29,19 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
 
+def _silent(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A child run found when resuming: its id, MLflow status and best metrics."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float]
+
+
 @dataclass
 class ChildResult:
     variant: str
@@ -49,10 +62,23 @@ class ExperimentResult:
     table: str = ""
     winner: str | None = None
     report: dict[str, Path] = field(default_factory=dict)
+    is_main: bool = True
 
     @property
     def failed(self) -> list[ChildResult]:
         return [c for c in self.children if c.status != "finished"]
+
+
+class NullTracker:
+    """What ranks other than 0 use under torchrun: the same calls, nothing recorded."""
+
+    uri = "(not tracked on this rank)"
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def nothing(*args: Any, **kwargs: Any) -> Any:
+            return [] if name == "find_runs" else ""
+
+        return nothing
 
 
 class MlflowRunLogger:
@@ -130,6 +156,8 @@ def run_experiment(
     echo: Echo = _stderr,
 ) -> ExperimentResult:
     """Train every (variant, seed) of an experiment file (or of already resolved ``configs``)."""
+    from losslab.core import distributed
+    from losslab.core.device import resolve_device
     from losslab.core.tracking import Tracker, version_tags
     from losslab.core.trainer import Trainer, TrainingError
     from losslab.core.visualize import save_prediction_grid
@@ -142,20 +170,25 @@ def run_experiment(
     name = configs[0].name
     monitor, mode = configs[0].train.monitor, configs[0].train.monitor_mode
     digest = config_hash(configs)
-    tracker = Tracker(tracking_uri)
+    rank = distributed.init(resolve_device(configs[0].train.device).type)
+    if not rank.is_main:
+        echo = _silent
+    tracker: Any = Tracker(tracking_uri) if rank.is_main else NullTracker()
     echo(f"losslab: experiment {name!r}: {len(configs)} variant(s) x {len(configs[0].seeds)} seed(s); "
-         f"tracking at {tracker.uri}")
+         f"tracking at {tracker.uri}" + (f"; {rank.world_size} processes" if rank.enabled else ""))
 
-    parent = _find_resumable_parent(tracker, name, digest) if resume else None
-    existing: dict[tuple[str, int], Any] = {}
+    parent = _find_resumable_parent(tracker, name, digest) if resume and rank.is_main else None
+    existing: dict[tuple[str, int], Previous] = {}
+    parent_id = ""
     if parent is not None:
         parent_id = parent.info.run_id
         tracker.reopen(parent_id)
         for child in tracker.find_runs(name, f"tags.`mlflow.parentRunId` = '{parent_id}'"):
             key = (child.data.tags.get("losslab.variant", ""), int(child.data.tags.get("losslab.seed", -1)))
-            existing.setdefault(key, child)
+            best = {k.removeprefix("best/"): v for k, v in child.data.metrics.items() if k.startswith("best/")}
+            existing.setdefault(key, Previous(child.info.run_id, child.info.status, best))
         echo(f"losslab: resuming parent run {parent_id} ({len(existing)} child run(s) found)")
-    else:
+    elif rank.is_main:
         if resume:
             echo("losslab: --resume found no unfinished run of this experiment; starting a new one")
         tags = {
@@ -166,7 +199,8 @@ def run_experiment(
         parent_id = tracker.start_run(name, name, tags)
         tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
                          "config.yaml")
-    result = ExperimentResult(name, parent_id, monitor, mode)
+    parent_id, existing = distributed.broadcast_object((parent_id, existing))
+    result = ExperimentResult(name, parent_id, monitor, mode, is_main=rank.is_main)
     root = Path(runs_dir) / name / parent_id
     try:
         for cfg in configs:
@@ -186,23 +220,22 @@ def run_experiment(
                   "metrics": {k.removeprefix("best/"): v for k, v in c.metrics.items()}} for c in result.children],
     }
     tracker.log_json(parent_id, summary, "summary.json")
-    if report:
+    if report and rank.is_main:
         result.report = _build_report(parent_id, tracker.uri, root, echo)
     tracker.end_run(parent_id, "FAILED" if result.failed and len(result.failed) == len(result.children)
                     else "FINISHED")
     return result
 
 
-def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Any, root: Path,
-               catalog: Catalog, resume: bool, echo: Echo, trainer_cls: Any, error_cls: Any,
+def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
+               root: Path, catalog: Catalog, resume: bool, echo: Echo, trainer_cls: Any, error_cls: Any,
                save_grid: Any) -> ChildResult:
     label = f"{cfg.variant}-s{seed}"
-    if existing is not None and existing.info.status == "FINISHED":
-        metrics = {k.removeprefix("best/"): v for k, v in existing.data.metrics.items() if k.startswith("best/")}
-        echo(f"losslab: {label}: already finished in run {existing.info.run_id}; skipped")
-        return ChildResult(cfg.variant, seed, existing.info.run_id, metrics)
+    if existing is not None and existing.status == "FINISHED":
+        echo(f"losslab: {label}: already finished in run {existing.run_id}; skipped")
+        return ChildResult(cfg.variant, seed, existing.run_id, dict(existing.metrics))
     if existing is not None:
-        run_id = existing.info.run_id
+        run_id = existing.run_id
         tracker.reopen(run_id)
     else:
         run_id = tracker.start_run(cfg.name, label, {
@@ -231,7 +264,7 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     for name in ("val_per_image.csv", "val_samples.npz"):
         if (run_dir / name).exists():
             tracker.log_artifact(run_id, run_dir / name)
-    if (run_dir / "val_samples.npz").exists():
+    if (run_dir / "val_samples.npz").exists() and not isinstance(tracker, NullTracker):
         import numpy as np
 
         with np.load(run_dir / "val_samples.npz") as data:
@@ -257,7 +290,7 @@ def _build_report(parent_id: str, uri: str, root: Path, echo: Echo) -> dict[str,
         paths = build_report(parent_id, root / "report", tracking_uri=uri)
         log_report(parent_id, paths, tracking_uri=uri)
         return paths
-    except Exception as exc:  # noqa: BLE001 - the runs are safe in MLflow; say how to retry
+    except Exception as exc:
         echo(f"losslab: the report could not be built ({type(exc).__name__}: {exc}); "
              f"retry with `lab report {parent_id}`")
         return {}

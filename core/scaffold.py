@@ -116,13 +116,14 @@ def new_plugin(
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise typer.Exit(2) from None
     names = plugin_names(name)
-    typer.echo(f"created {names['dist']} in {root}:")
+    shown = str(root) if root.is_absolute() else f"./{root.as_posix()}"  # pip needs ./ to see a path
+    typer.echo(f"created {names['dist']} in {shown}:")
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         typer.echo(f"  {path.relative_to(root)}")
     typer.echo(
         "\nnext:\n"
-        f"  pip install -e {root}\n"
-        f"  pytest {root}\n"
+        f"  pip install -e {shown}\n"
+        f"  pytest {shown}\n"
         f"  lab plugins --kind loss      # lists {names['short']} from {names['dist']} 0.1.0\n"
         f"  then use it in an experiment: loss: {{mask: [{{name: {names['short']}, weight: 1.0}}]}}\n"
         "  the guide: docs/plugins.md"
@@ -177,7 +178,7 @@ A losslab plugin that adds the mask loss `$short`.
 ```bash
 pip install -e .              # registers the entry point
 pytest                        # the tests in tests/
-lab plugins --kind loss       # $short  $short  $dist 0.1.0  ...
+lab plugins --kind loss       # loss  $short  $short  $dist 0.1.0  ...
 ```
 
 Use it in an experiment:

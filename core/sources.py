@@ -22,6 +22,7 @@ from typing import Protocol, runtime_checkable
 
 import cv2
 import numpy as np
+
 from losslab.core.geometry import SceneGeometry
 
 

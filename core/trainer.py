@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from losslab.core import distributed
 from losslab.core.config import ExperimentConfig
 from losslab.core.datasets import BatchLoader, build_samples, split_by_bg
 from losslab.core.device import precision_for, resolve_device, seed_everything
@@ -86,6 +87,9 @@ class Trainer:
         if train.num_threads:
             torch.set_num_threads(train.num_threads)
         self.device = resolve_device(train.device)
+        self.dist = distributed.init(self.device.type)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
         self.precision = precision_for(self.device, train.amp, train.channels_last)
         seed_everything(seed, deterministic=self.device.type == "cpu")
 
@@ -96,17 +100,33 @@ class Trainer:
             pick = np.random.default_rng([data.source.seed, 104729]).permutation(self.val_idx)[: data.val_limit]
             self.val_idx = np.sort(pick)
 
-        self.model = self._build_model().to(self.device)
+        model = self._build_model()
+        if self.dist.enabled and self.device.type == "cuda":
+            # one set of batch statistics across ranks, as on one process (PyTorch has SyncBatchNorm on CUDA only;
+            # on CPU each rank normalises its own shard, so results match a single process within tolerance)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward = torch.compile(self.model) if train.compile else self.model
+        self.forward: nn.Module = torch.compile(self.model) if train.compile else self.model
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.forward, device_ids=ids)
         batch_size = train.batch_size if isinstance(train.batch_size, int) else self._auto_batch()
+        if batch_size % self.dist.world_size:
+            raise TrainingError(f"train.batch_size {batch_size} is the global batch and must be divisible by "
+                                f"the {self.dist.world_size} processes; choose a multiple of {self.dist.world_size}")
         self.batch_size = batch_size
-        common = dict(image_size=data.image_size, max_depth=data.max_depth, device=self.device)
+        common = dict(image_size=data.image_size, max_depth=data.max_depth, device=self.device,
+                      rank=self.dist.rank, world_size=self.dist.world_size)
         self.train_loader = BatchLoader(self.samples, self.train_idx, batch_size=batch_size, shuffle=True,
                                         seed=seed, limit=data.train_limit, drop_last=True, **common)
         self.val_loader = BatchLoader(self.samples, self.val_idx, batch_size=batch_size, shuffle=False, **common)
-        self.augment = [catalog.create("augmentation", a.name, seed=seed, **a.params) for a in cfg.augment]
+        self.train_batches, self.val_batches = self._device_loaders(data.device_compose)
+        aug_seed = seed + 100_003 * self.dist.rank  # each rank draws its own augmentations
+        self.augment = [catalog.create("augmentation", a.name, seed=aug_seed, **a.params) for a in cfg.augment]
         self.objective = Objective(cfg.loss, catalog).to(self.device)
         self.metrics = {
             f"{task}_{name}": catalog.create("metric", name).to(self.device)
@@ -138,6 +158,21 @@ class Trainer:
                                 f"{type(model).__name__}, not a torch.nn.Module")
         return model
 
+    def _device_loaders(self, mode: bool | str) -> tuple[Any, Any]:
+        """Compose batches on the device (CUDA by default) when every ground truth has a device plan."""
+        from losslab.core.device_data import DeviceBatchLoader, DeviceSamples, supports_device
+
+        wanted = self.device.type == "cuda" if mode == "auto" else bool(mode)
+        if not wanted:
+            return self.train_loader, self.val_loader
+        if not supports_device(self.samples):
+            if mode is True:
+                raise TrainingError("data.device_compose is true, but this data is not a virtual dataset whose "
+                                    "ground truths all have a device plan; set data.device_compose: auto")
+            return self.train_loader, self.val_loader
+        on_device = DeviceSamples(self.samples, self.device)  # type: ignore[arg-type]
+        return DeviceBatchLoader(on_device, self.train_loader), DeviceBatchLoader(on_device, self.val_loader)
+
     def _auto_batch(self) -> int:
         from losslab.core.batch_size import find_batch_size
 
@@ -165,7 +200,7 @@ class Trainer:
 
     def state(self) -> dict[str, Any]:
         return {
-            "model": self.model.state_dict(),
+            "model": self.model.state_dict(),  # the plain module: no DDP or compile prefixes
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict() if self.scaler else None,
@@ -234,7 +269,7 @@ class Trainer:
 
     def train_epoch(self, progress: Any) -> dict[str, float]:
         self.model.train()
-        loader = self.train_loader
+        loader = self.train_batches
         loader.epoch = self.epoch
         sums: dict[str, torch.Tensor] = {}
         count = 0
@@ -274,8 +309,11 @@ class Trainer:
             self.step += 1
             progress.update(1)
         self.objective.assert_finite({k: v for k, v in sums.items()}, step=self.step)
+        totals = distributed.all_reduce_sum({**{k: float(v.item()) for k, v in sums.items()}, "#count": count},
+                                            self.device)
+        count = int(totals.pop("#count"))
         elapsed = time.perf_counter() - started
-        result = {f"train/{k}": float(v.item()) / max(count, 1) for k, v in sums.items()}
+        result = {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
         result["perf/samples_per_s"] = count / max(elapsed, 1e-9)
         result["lr"] = float(self.optimizer.param_groups[0]["lr"])
         return result
@@ -290,7 +328,7 @@ class Trainer:
         rows: list[dict[str, Any]] = []
         kept: dict[str, list[np.ndarray]] = {}
         recipes = getattr(self.samples, "recipes", None)
-        for batch in self.val_loader:
+        for batch in self.val_batches:
             x = self._inputs(batch)
             out = self._run_model(x)
             out = {k: v.float() for k, v in out.items()}
@@ -329,12 +367,18 @@ class Trainer:
                 }
                 for k, v in parts.items():
                     kept.setdefault(k, []).append(v)
-        result = {f"val/{k}": v / max(count, 1) for k, v in sums.items()}
+        totals = distributed.all_reduce_sum({**sums, "#count": count}, self.device)
+        count = int(totals.pop("#count"))
+        if self.dist.enabled:
+            rows = sorted((r for part in distributed.gather_objects(rows) for r in part), key=lambda r: r["index"])
+            kept = _merge_kept(distributed.gather_objects(kept), keep)
+        result = {f"val/{k}": v / max(count, 1) for k, v in totals.items()}
         for name in self.metrics:
             values = np.array([r[name] for r in rows], dtype=np.float64)
             result[f"val/{name}"] = float(np.nanmean(values)) if len(values) else float("nan")
         samples = {k: np.concatenate(v) for k, v in kept.items()}
         return result, rows, samples
+
 
     def fit(self, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
         from tqdm.auto import tqdm
@@ -345,8 +389,8 @@ class Trainer:
         started = time.perf_counter()
         total_steps = len(self.train_loader) * cfg.epochs
         progress = tqdm(total=total_steps, initial=len(self.train_loader) * self.epoch, unit="step",
-                        desc=f"{self.cfg.variant} seed {self.seed}", disable=not cfg.progress, leave=False,
-                        dynamic_ncols=True)
+                        desc=f"{self.cfg.variant} seed {self.seed}", leave=False, dynamic_ncols=True,
+                        disable=not cfg.progress or not self.dist.is_main)
         best_rows: list[dict[str, Any]] = []
         best_samples: dict[str, np.ndarray] = {}
         try:
@@ -359,10 +403,12 @@ class Trainer:
                 val_metrics, rows, samples = self.evaluate(keep=cfg.val_samples)
                 metrics = {**train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
                 if cfg.monitor not in metrics:
+                    known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
                     raise TrainingError(f"train.monitor is {cfg.monitor!r}, which this run does not compute; "
-                                        f"choose one of: {', '.join(sorted(k for k in metrics if k.startswith('val/')))}")
+                                        f"choose one of: {known}")
                 self.history.append({"epoch": self.epoch, **metrics})
-                self.logger.metrics(metrics, step=self.epoch)
+                if self.dist.is_main:
+                    self.logger.metrics(metrics, step=self.epoch)
                 progress.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in val_metrics.items()
                                       if k in (cfg.monitor, "val/loss")})
                 value = metrics[cfg.monitor]
@@ -372,15 +418,18 @@ class Trainer:
                     self.best_value, self.best_epoch = value, self.epoch - 1
                     self.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
                     best_rows, best_samples = rows, samples
-                    _atomic_save(self.state(), self.best_path)
-                    self._write_eval_artifacts(best_rows, best_samples)
-                _atomic_save(self.state(), self.last_path)
+                    if self.dist.is_main:
+                        _atomic_save(self.state(), self.best_path)
+                        self._write_eval_artifacts(best_rows, best_samples)
+                if self.dist.is_main:
+                    _atomic_save(self.state(), self.last_path)
+                distributed.barrier()
                 if on_epoch is not None:
                     on_epoch(self.epoch - 1, metrics)
         finally:
             progress.close()
         total_s = time.perf_counter() - started
-        if not self.best_path.exists():
+        if self.dist.is_main and not self.best_path.exists():
             _atomic_save(self.state(), self.best_path)
         if not best_rows and (self.run_dir / "val_per_image.csv").exists():
             best_rows = list(csv.DictReader(io.StringIO((self.run_dir / "val_per_image.csv").read_text())))
@@ -400,3 +449,12 @@ class Trainer:
             tmp = self.run_dir / "val_samples.tmp.npz"
             np.savez_compressed(tmp, **samples)
             os.replace(tmp, self.run_dir / "val_samples.npz")
+
+
+def _merge_kept(parts: list[dict[str, list[np.ndarray]]], keep: int) -> dict[str, list[np.ndarray]]:
+    """Every rank's kept images, in index order, the first ``keep`` of them."""
+    merged = {k: np.concatenate([a for p in parts for a in p.get(k, [])]) for k in (parts[0] if parts else {})}
+    if not merged:
+        return {}
+    order = np.argsort(merged["index"], kind="stable")[:keep]
+    return {k: [v[order]] for k, v in merged.items()}

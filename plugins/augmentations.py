@@ -45,7 +45,9 @@ def check_batch(batch: dict[str, torch.Tensor], where: str) -> tuple[int, int, i
         )
     ref = batch["bg"]
     if not isinstance(ref, torch.Tensor) or ref.ndim != 4:
-        raise AugmentationError(f"augmentation {where!r}: bg must be a (B,3,H,W) tensor, got {_describe(ref)}")
+        raise AugmentationError(
+            f"augmentation {where!r}: bg must be a (B,3,H,W) tensor, got {_describe(ref)}"
+        )
     b, _, h, w = ref.shape
     for key in (*IMAGE_KEYS, *TARGET_KEYS):
         t = batch[key]
@@ -119,6 +121,9 @@ class Geometric(SeededAugmentation):
         translate: maximum shift as a fraction of width and height.
         scale: zoom factor range ``(low, high)``.
         padding_mode: ``"reflection"``, ``"border"`` or ``"zeros"``.
+        image_resample: interpolation of bg and fg_bg, ``"bilinear"`` (default) or
+            ``"nearest"`` (every output pixel is then a copy of an input pixel, so a
+            mask thresholded from the warped images equals the warped mask exactly).
     """
 
     name = "geometric"
@@ -132,6 +137,7 @@ class Geometric(SeededAugmentation):
         translate: float = 0.1,
         scale: Sequence[float] = (0.9, 1.1),
         padding_mode: str = "reflection",
+        image_resample: str = "bilinear",
     ) -> None:
         super().__init__(seed)
         _check_prob("geometric", "hflip_p", hflip_p)
@@ -144,12 +150,16 @@ class Geometric(SeededAugmentation):
         scale_range = tuple(float(s) for s in scale)
         if len(scale_range) != 2 or not 0 < scale_range[0] <= scale_range[1]:
             raise AugmentationError(
-                f"augmentation 'geometric': scale must be a (low, high) pair with 0 < low <= high, got {scale!r}"
+                f"augmentation 'geometric': scale must be a (low, high) pair, 0 < low <= high; got {scale!r}"
             )
         if padding_mode not in PADDING_MODES:
             raise AugmentationError(
                 f"augmentation 'geometric': padding_mode must be one of {', '.join(PADDING_MODES)}, "
                 f"got {padding_mode!r}"
+            )
+        if image_resample not in ("bilinear", "nearest"):
+            raise AugmentationError(
+                f"augmentation 'geometric': image_resample is 'bilinear' or 'nearest', got {image_resample!r}"
             )
         self.padding_mode = padding_mode
         self.pipeline = K.AugmentationSequential(
@@ -159,7 +169,7 @@ class Geometric(SeededAugmentation):
                 translate=(translate, translate) if translate > 0 else None,
                 scale=scale_range,
                 padding_mode=padding_mode,
-                resample="bilinear",
+                resample=image_resample,
                 p=affine_p,
             ),
             data_keys=["input", "mask"],  # "mask" keys are resampled with nearest interpolation
@@ -186,10 +196,22 @@ class Photometric(SeededAugmentation):
     noise, simulating a lighting change between the two shots. Mask and depth
     are returned untouched. Outputs are clamped to [0, 1].
 
+    The jitter is Kornia's ``ColorJiggle``, whose four steps are per pixel
+    (brightness adds, contrast scales, saturation and hue act in HSV), so a
+    pixel's result depends only on its value and the drawn factors: that is
+    what keeps uncovered pixels equal in bg and fg_bg. A pair is jittered in
+    one call, side by side on the width axis, so it shares one parameter
+    draw; independent images are stacked on the batch axis instead, so each
+    draws its own.
+
+    ``hue`` defaults to 0 because it is by far the dearest step on a CPU (an
+    RGB -> HSV -> RGB round trip, several times the cost of the other three
+    together); set it, e.g. ``hue: 0.05``, where colour shifts matter.
+
     Args:
         seed: seed of the random stream.
         brightness, contrast, saturation: jitter strength (factor drawn from ``[1 - v, 1 + v]``).
-        hue: hue shift drawn from ``[-hue, hue]`` (at most 0.5).
+        hue: hue shift drawn from ``[-hue, hue]`` turns of the hue circle (at most 0.5).
         jitter_p: probability of the colour jitter per sample.
         noise_std: standard deviation of additive gaussian noise (0 disables it).
         noise_p: probability of the noise per sample.
@@ -204,7 +226,7 @@ class Photometric(SeededAugmentation):
         brightness: float = 0.2,
         contrast: float = 0.2,
         saturation: float = 0.2,
-        hue: float = 0.05,
+        hue: float = 0.0,
         jitter_p: float = 0.8,
         noise_std: float = 0.0,
         noise_p: float = 0.5,
@@ -216,36 +238,42 @@ class Photometric(SeededAugmentation):
         for label, value, high in (("brightness", brightness, 1.0), ("contrast", contrast, 1.0),
                                    ("saturation", saturation, 1.0), ("hue", hue, 0.5)):
             if not 0 <= value <= high:
-                raise AugmentationError(f"augmentation 'photometric': {label} must be in [0, {high}], got {value}")
+                raise AugmentationError(
+                    f"augmentation 'photometric': {label} must be in [0, {high}], got {value}"
+                )
         if noise_std < 0:
             raise AugmentationError(f"augmentation 'photometric': noise_std must be >= 0, got {noise_std}")
         self.noise_std, self.noise_p, self.independent = float(noise_std), float(noise_p), bool(independent)
-        self.jitter = K.ColorJitter(brightness, contrast, saturation, hue, p=jitter_p)
-        self.pair = K.AugmentationSequential(self.jitter, data_keys=["input", "input"])
+        self.pipeline = K.AugmentationSequential(
+            K.ColorJiggle(brightness, contrast, saturation, hue, p=jitter_p), data_keys=["input"]
+        )
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        b, h, w = check_batch(batch, self.name)
-        bg, fg_bg = batch["bg"], batch["fg_bg"]
+        b, _, w = check_batch(batch, self.name)
         with self._seeded() as call_seed:
-            if self.independent:
-                bg, fg_bg = self.jitter(bg), self.jitter(fg_bg)
-            else:  # one parameter draw applied to both images
-                bg, fg_bg = self.pair(bg, fg_bg)
+            if self.independent:  # 2B samples: every image draws its own factors
+                both = self.pipeline(torch.cat([batch["bg"], batch["fg_bg"]], dim=0))
+                bg, fg_bg = both[:b], both[b:]
+            else:  # B samples of width 2W: one draw per pair
+                both = self.pipeline(torch.cat([batch["bg"], batch["fg_bg"]], dim=3))
+                bg, fg_bg = both[..., :w], both[..., w:]
         if self.noise_std > 0:
             gen = torch.Generator(device=bg.device).manual_seed(call_seed)
-            bg, fg_bg = self._add_noise(bg, fg_bg, gen, b, h, w)
+            bg, fg_bg = self._add_noise(bg, fg_bg, gen)
         out = dict(batch)
-        out["bg"], out["fg_bg"] = bg, fg_bg
+        out["bg"], out["fg_bg"] = bg.contiguous(), fg_bg.contiguous()
         return out
 
     def _add_noise(
-        self, bg: torch.Tensor, fg_bg: torch.Tensor, gen: torch.Generator, b: int, h: int, w: int
+        self, bg: torch.Tensor, fg_bg: torch.Tensor, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dev, dtype = bg.device, bg.dtype
-        on = (torch.rand(b, 1, 1, 1, generator=gen, device=dev) < self.noise_p).to(dtype)
-        noise = torch.randn(b, 3, h, w, generator=gen, device=dev, dtype=dtype) * self.noise_std * on
-        noise_fg = torch.randn(b, 3, h, w, generator=gen, device=dev, dtype=dtype) * self.noise_std * on
-        fg_noise = noise_fg if self.independent else noise
+        """Gaussian noise on the samples selected with ``noise_p``; one field per pair unless independent."""
+        b, dev, dtype = bg.shape[0], bg.device, bg.dtype
+        on = (torch.rand(b, 1, 1, 1, generator=gen, device=dev) < self.noise_p).to(dtype) * self.noise_std
+        noise = torch.randn(bg.shape, generator=gen, device=dev, dtype=dtype) * on
+        fg_noise = noise
+        if self.independent:
+            fg_noise = torch.randn(bg.shape, generator=gen, device=dev, dtype=dtype) * on
         return (bg + noise).clamp_(0.0, 1.0), (fg_bg + fg_noise).clamp_(0.0, 1.0)
 
 
@@ -256,5 +284,5 @@ def _check_prob(where: str, label: str, p: float) -> None:
 
 @hookimpl
 def lab_register_augmentations(registry: Registry) -> None:
-    registry.add("geometric", Geometric, summary="flip + random affine, identical on bg, fg_bg, mask and depth")
-    registry.add("photometric", Photometric, summary="colour jitter (+ optional noise) on images; same or independent")
+    registry.add("geometric", Geometric, summary="flip and affine, identical on bg, fg_bg, mask and depth")
+    registry.add("photometric", Photometric, summary="colour jitter and optional noise, on images only")

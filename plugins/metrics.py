@@ -47,6 +47,7 @@ from typing import ClassVar
 import kornia
 import torch
 import torch.nn.functional as F
+
 from losslab.core.components import Metric, Task
 from losslab.core.markers import hookimpl
 from losslab.core.registry import Registry
@@ -377,6 +378,12 @@ class DepthSSIM(_DepthMetric):
         self.window_size = int(window_size)
 
     def per_pixel(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if min(pred.shape[-2:]) <= self.window_size // 2:
+            raise ValueError(
+                f"metric 'ssim': images of {pred.shape[-2]}x{pred.shape[-1]} px are too small for an "
+                f"{self.window_size}-px window (reflect padding needs sides > {self.window_size // 2}); "
+                "pass a smaller window_size"
+            )
         scale = target.amax(dim=(1, 2, 3), keepdim=True)
         return kornia.metrics.ssim(pred / scale, target / scale, self.window_size, max_val=1.0)
 

@@ -36,6 +36,7 @@ _ACRONYMS = {
     "iou": "IoU", "rmse": "RMSE", "mae": "MAE", "absrel": "AbsRel", "sqrel": "SqRel", "f1": "F1",
     "ssim": "SSIM", "bce": "BCE", "mse": "MSE", "log10": "log10", "rmse_log": "RMSE(log)",
     "delta1": "delta<1.25", "delta2": "delta<1.25^2", "delta3": "delta<1.25^3", "mape": "MAPE",
+    "rmse-log": "RMSE(log)", "boundary-f": "boundary F",
 }
 
 
@@ -116,7 +117,10 @@ class Comparison:
 
     @property
     def gain(self) -> float:
-        return self._gain(self.seed) if math.isfinite(self.seed.diff) else self._gain(self.image)
+        """Over seeds when they can be tested, else over images (matching :attr:`gain_half_width`)."""
+        if self.seed.possible or (not self.image.possible and math.isfinite(self.seed.diff)):
+            return self._gain(self.seed)
+        return self._gain(self.image)
 
     @property
     def gain_half_width(self) -> float:

@@ -139,10 +139,23 @@ class Study:
 
 
 def make_client(tracking_uri: str | None = None) -> MlflowClient:
-    """An MLflow client on ``tracking_uri`` (default: MLflow's own resolution, e.g. the env var)."""
+    """An MLflow client on ``tracking_uri`` (default: MLflow's own resolution, e.g. the env var).
+
+    A SQLite store that does not exist is an error here: MLflow would silently create an empty
+    one, and the user would be told their experiment does not exist instead of where to look.
+    """
+    import mlflow
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=tracking_uri) if tracking_uri else MlflowClient()
+    uri = str(tracking_uri or mlflow.get_tracking_uri())
+    if uri.startswith("sqlite:///"):
+        path = Path(uri[len("sqlite:///"):])
+        if str(path) != ":memory:" and not path.exists():
+            raise ReportError(
+                f"no MLflow store at {path} (tracking URI {uri}); run `lab report` in the folder where "
+                "`lab run` wrote mlflow.db, or pass --tracking-uri"
+            )
+    return MlflowClient(tracking_uri=uri)
 
 
 def resolve_parent(client: MlflowClient, ref: str) -> Run:

@@ -85,6 +85,7 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
         return None
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import MaxNLocator
 
     rows, cols = _grid(len(panels))
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
@@ -105,6 +106,7 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
         is_metric = "/" not in panel and panel != "loss"
         ax.set_title(metric_label(f"val/{panel}") if is_metric else panel, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
@@ -210,9 +212,11 @@ def _sample_figure(loaded: dict[str, tuple[ChildRun | None, dict[str, np.ndarray
     top = [("input fg_bg", ref["fg_bg"][k], {}), ("background", ref["bg"][k], {}),
            ("GT mask", gt_mask, {"cmap": "gray", "vmin": 0, "vmax": 1}),
            ("GT depth (m)", gt_depth, {"cmap": "viridis", "vmin": 0, "vmax": depth_max})]
-    for ax, (title, image, kw) in zip(axes[0], top, strict=True):
-        ax.imshow(image, **kw)
+    for col, (ax, (title, image, kw)) in enumerate(zip(axes[0], top, strict=True)):
+        shown = ax.imshow(image, **kw)
         ax.set_title(title, fontsize=8)
+        if col == 3:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     for row, (v, pm, pd) in zip(axes[1:], rows, strict=True):
         panels = [
             (f"{v}: mask", pm, {"cmap": "gray", "vmin": 0, "vmax": 1}),
@@ -220,9 +224,11 @@ def _sample_figure(loaded: dict[str, tuple[ChildRun | None, dict[str, np.ndarray
             (f"{v}: depth", pd, {"cmap": "viridis", "vmin": 0, "vmax": depth_max}),
             ("|depth error| (m)", np.abs(pd - gt_depth), {"cmap": "magma", "vmin": 0, "vmax": depth_err_max}),
         ]
-        for ax, (title, image, kw) in zip(row, panels, strict=True):
-            ax.imshow(image, **kw)
+        for col, (ax, (title, image, kw)) in enumerate(zip(row, panels, strict=True)):
+            shown = ax.imshow(image, **kw)
             ax.set_title(title, fontsize=8)
+            if col in (2, 3):  # depth and its error: colour scales in metres
+                fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

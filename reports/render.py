@@ -176,7 +176,7 @@ def render_markdown(doc: Document, assets_dir: Path) -> str:
             case Image(name, png, caption):
                 filename = unique(name, ".png")
                 (assets_dir / filename).write_bytes(png)
-                out += [f"![{caption or name}]({rel}/{filename})", ""]
+                out += [f"![{name}]({rel}/{filename})", ""]
                 if caption:
                     out += [f"*{caption}*", ""]
             case Code(text, language):

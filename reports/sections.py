@@ -109,11 +109,14 @@ def build_document(study: Study, analysis: Analysis) -> Document:
     n_seeds = max((r.summaries[v].n for r in analysis.metrics for v in r.summaries), default=0)
     n_images = max((r.n_images for r in analysis.metrics), default=0)
     built = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    if study.children or not study.trials:
+        shape = (f"{len(study.variants)} variant(s) x {len(study.seeds)} seed(s), {len(ok)} finished and "
+                 f"{len(study.failed_children)} failed child run(s)")
+    else:
+        shape = f"{len(study.trials)} trial run(s)"
     doc.add(Paragraph(
         f"Parent run {study.parent_run_id} ({study.parent_name}, kind: {study.kind}) of experiment "
-        f"{study.experiment_name!r}: {len(study.variants)} variant(s) x {len(study.seeds)} seed(s), "
-        f"{len(ok)} finished and {len(study.failed_children)} failed child run(s). Built {built} from the "
-        f"tracking store {study.tracking_uri}.",
+        f"{study.experiment_name!r}: {shape}. Built {built} from the tracking store {study.tracking_uri}.",
         css="note",
     ))
 
@@ -123,9 +126,8 @@ def build_document(study: Study, analysis: Analysis) -> Document:
     if study.failed_children:
         names = ", ".join(c.name for c in study.failed_children)
         doc.add(Paragraph(f"Failed runs are left out of every statistic: {names} (see 'Failed runs')."))
-    doc.add(Paragraph(words.method_note(n_seeds, n_images), css="note"))
-
     if analysis.metrics:
+        doc.add(Paragraph(words.method_note(n_seeds, n_images), css="note"))
         doc.add(Heading("Scores per variant"))
         doc.add(_image(plots.score_bars(analysis.metrics, study.variants)))
         for r in analysis.metrics:

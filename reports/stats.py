@@ -176,7 +176,7 @@ def format_value(x: float, digits: int = 3) -> str:
     if x is None or not math.isfinite(x):
         return "n/a"
     if x == 0:
-        return "0"
+        return "0.000"
     magnitude = math.floor(math.log10(abs(x)))
     decimals = max(0, digits - 1 - magnitude)
     decimals = min(decimals, 6)
@@ -184,8 +184,20 @@ def format_value(x: float, digits: int = 3) -> str:
 
 
 def format_pm(value: float, half_width: float) -> str:
-    """``0.031 +/- 0.008``: both with the decimals the uncertainty warrants (at least 3)."""
+    """``0.031 +/- 0.008``, ``112 +/- 25``: decimals set by the uncertainty's first digit.
+
+    One significant digit of the half-width (two when it starts with 1), and at least three
+    decimals for values below 1, so a score never reads as ``0.0 +/- 0.1``.
+    """
+    if not math.isfinite(value):
+        return "n/a"
     if not math.isfinite(half_width) or half_width <= 0:
         return format_value(value)
-    decimals = min(6, max(3, -math.floor(math.log10(half_width))))
+    magnitude = math.floor(math.log10(half_width))
+    decimals = -magnitude + (1 if f"{half_width:e}".startswith("1") else 0)
+    if abs(value) < 1:
+        decimals = max(decimals, 3)
+    elif half_width >= 1:
+        decimals = max(decimals, 1)
+    decimals = min(6, max(0, decimals))
     return f"{value:.{decimals}f} +/- {half_width:.{decimals}f}"

@@ -41,8 +41,25 @@ def comparison_sentence(c: Comparison, result: MetricResult) -> str:
         return f"{c.better} beat {c.worse} on {result.label} by {_amount(c)} ({direction}{_evidence(c)})."
     return (
         f"{c.better} and {c.worse} were not distinguishable on {result.label}: the difference, "
-        f"{_amount(c)}, is not significant ({_evidence(c)})."
+        f"{_amount(c)}, is not significant ({_evidence(c)})." + _disagreement(c)
     )
+
+
+def _disagreement(c: Comparison) -> str:
+    """When one test rejects and the other does not, say which and what that means."""
+    seed_rejects = c.seed.possible and c.seed_p_adj < ALPHA
+    image_rejects = c.image.possible and c.image_p_adj < ALPHA
+    if image_rejects and c.seed.possible and not seed_rejects:
+        return (
+            f" The gap is consistent over the {c.image.n} validation images of these runs but not across "
+            "seeds: training noise is as large as the gap, so more seeds are needed to call it."
+        )
+    if seed_rejects and c.image.possible and not image_rejects:
+        return (
+            " The gap holds across seeds but not consistently across validation images: it comes from "
+            "a minority of the images."
+        )
+    return ""
 
 
 def metric_paragraph(result: MetricResult) -> str:

@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy import ndimage
+
 from losslab.core.components import Loss
 from losslab.core.plugin_manager import load_catalog
 from losslab.plugins import losses as L
 from losslab.plugins.losses.ssim import MS_SSIM_WEIGHTS
-from scipy import ndimage
 
 MASK_LOSSES = ["bce", "dice", "iou", "tversky", "focal", "focal-tversky", "lovasz", "boundary-bce"]
 DEPTH_LOSSES = ["l1", "mse", "huber", "berhu", "ssim", "ms-ssim", "gradient", "smoothness", "silog"]
@@ -231,7 +232,7 @@ def test_ssim_by_hand_constant_images():
     assert L.ssim_loss(pred, target, 11, padding="same").item() == pytest.approx(expected, rel=1e-6)
     # MS-SSIM of constants: every cs is 1, the coarsest scale's SSIM is the luminance term
     ms = L.ms_ssim(pred, target, window_size=3, weights=[0.4, 0.6])
-    assert ms.item() == pytest.approx((1 - 2 * expected) ** 0.6, rel=1e-9)
+    assert ms.item() == pytest.approx((1 - 2 * expected) ** 0.6, rel=1e-6)
 
 
 def test_ssim_by_hand_three_by_three_window():
@@ -369,6 +370,43 @@ def test_depth_losses_match_references(seed):
     g = g.reshape(2, -1)
     ref = np.sqrt((g**2).mean(1) - 0.85 * g.mean(1) ** 2).mean()
     assert L.silog_loss(pred, target, 0.85).item() == pytest.approx(ref)
+
+
+@pytest.mark.parametrize(("window", "shape"), [(3, (2, 1, 20, 33)), (7, (2, 1, 20, 33)), (11, (2, 1, 20, 33)),
+                                               (11, (1, 1, 100, 150)), (5, (1, 1, 131, 40))])
+@pytest.mark.parametrize("padding", ["same", "valid"])
+def test_ssim_equals_kornia_on_non_square_images(window, shape, padding):
+    """The matrix-product blur (dense, and banded above 96 px) reproduces kornia's SSIM and its gradients."""
+    pred, target = random_depth_pair(7, shape=shape)
+    ours_p, ours_t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
+    ref_p, ref_t = pred.clone().requires_grad_(True), target.clone().requires_grad_(True)
+    ours = L.ssim_loss(ours_p, ours_t, window, padding=padding)
+    ref = kornia.losses.ssim_loss(ref_p, ref_t, window, padding=padding)
+    assert ours.item() == pytest.approx(ref.item(), rel=1e-9)
+    ours.backward()
+    ref.backward()
+    assert torch.allclose(ours_p.grad, ref_p.grad, rtol=1e-6, atol=1e-15)
+    assert torch.allclose(ours_t.grad, ref_t.grad, rtol=1e-6, atol=1e-15)
+
+
+@pytest.mark.parametrize(("n", "window", "padding"), [(40, 11, "same"), (150, 11, "same"), (150, 7, "valid"),
+                                                       (97, 3, "same")])
+def test_axis_blur_matches_its_matrix_and_adjoint(n, window, padding):
+    from losslab.plugins.losses.ssim import AxisBlur, blur_operator
+
+    dense = blur_operator(n, window, padding)
+    axis = AxisBlur(n, window, padding, torch.float64, torch.device("cpu"))
+    assert (len(axis.bands) > 1) == (dense.shape[0] > 96)
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(3, dense.shape[0], 5, generator=g, dtype=torch.float64)
+    assert torch.allclose(axis.rows(x), dense @ x)
+    assert torch.allclose(axis.last(x.transpose(1, 2)), (dense @ x).transpose(1, 2))
+    assert torch.allclose(axis.rows_adjoint(y), dense.T @ y)
+    assert torch.allclose(axis.last_adjoint(y.transpose(1, 2)), (dense.T @ y).transpose(1, 2))
+    # each row of the "same" operator sums to 1 (reflection keeps the window's mass)
+    if padding == "same":
+        assert torch.allclose(dense.sum(dim=1), torch.ones(n, dtype=torch.float64))
 
 
 def test_ms_ssim_matches_torchmetrics_at_full_size():

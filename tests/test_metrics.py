@@ -9,14 +9,16 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
+
 from losslab.core.components import Metric
 from losslab.core.plugin_manager import load_catalog
 from losslab.plugins import metrics as M
-from scipy import ndimage
 
 MASK = ["iou", "dice", "precision", "recall", "accuracy", "boundary-f"]
 DEPTH = ["rmse", "mae", "absrel", "sqrel", "log10", "rmse-log", "delta1", "delta2", "delta3", "ssim"]
-HIGHER = {"iou", "dice", "precision", "recall", "accuracy", "boundary-f", "delta1", "delta2", "delta3", "ssim"}
+HIGHER = {"iou", "dice", "precision", "recall", "accuracy", "boundary-f",
+          "delta1", "delta2", "delta3", "ssim"}
 
 
 def t4(rows: list[list[float]]) -> torch.Tensor:
@@ -46,6 +48,9 @@ def test_all_required_metrics_registered(registry):
 def test_shape_error_names_metric(registry, name):
     with pytest.raises(ValueError, match=rf"{name}.*\(B, 1, H, W\)"):
         registry.get(name).create()(torch.rand(2, 16, 16), torch.rand(2, 16, 16))
+    if name == "ssim":
+        with pytest.raises(ValueError, match="too small"):
+            registry.get(name).create()(torch.rand(1, 1, 4, 4) + 1, torch.rand(1, 1, 4, 4) + 1)
 
 
 # -- mask -------------------------------------------------------------------------------------------
@@ -168,7 +173,8 @@ def test_depth_metrics_match_numpy(registry):
         "absrel": (np.abs(p - t) / t).mean(1), "sqrel": ((p - t) ** 2 / t).mean(1),
         "log10": np.abs(np.log10(p) - np.log10(t)).mean(1),
         "rmse-log": np.sqrt(((np.log(p) - np.log(t)) ** 2).mean(1)),
-        "delta1": (ratio < 1.25).mean(1), "delta2": (ratio < 1.25**2).mean(1), "delta3": (ratio < 1.25**3).mean(1),
+        "delta1": (ratio < 1.25).mean(1), "delta2": (ratio < 1.25**2).mean(1),
+        "delta3": (ratio < 1.25**3).mean(1),
     }
     for name, ref in refs.items():
         assert registry.get(name).create()(pred, target).numpy() == pytest.approx(ref, rel=1e-5), name
@@ -179,12 +185,12 @@ def test_depth_ssim_matches_torchmetrics_on_scaled_maps(registry):
 
     g = torch.Generator().manual_seed(2)
     target = torch.rand(2, 1, 24, 24, generator=g, dtype=torch.float64) * 20 + 1
-    pred = target + torch.randn(target.shape, generator=g, dtype=torch.float64)
+    pred = target + 0.3 * torch.randn(target.shape, generator=g, dtype=torch.float64)  # stays > eps
     ours = registry.get("ssim").create()(pred, target)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        ref = [tm_ssim(pred[i:i + 1] / target[i].max(), target[i:i + 1] / target[i].max(), data_range=1.0).item()
-               for i in range(2)]
+        ref = [tm_ssim(pred[i:i + 1] / target[i].max(), target[i:i + 1] / target[i].max(),
+                       data_range=1.0).item() for i in range(2)]
     assert ours.numpy() == pytest.approx(ref, rel=1e-6)
 
 
@@ -192,7 +198,7 @@ def test_depth_ssim_matches_torchmetrics_on_scaled_maps(registry):
 def test_depth_metrics_finite_at_zero_and_negative_depth(registry, name):
     pred, target = t4([[0.0, -1.0, 2.0]]), t4([[0.0, 1.0, 2.0]])
     if name == "ssim":
-        pred, target = pred.expand(1, 1, 3, 3), target.expand(1, 1, 3, 3)
+        pred, target = pred.repeat(1, 1, 8, 3), target.repeat(1, 1, 8, 3)
     assert torch.isfinite(registry.get(name).create()(pred, target)).all()
 
 
@@ -220,9 +226,12 @@ def test_global_versus_per_image_by_hand():
     agg.update(d1, d1)  # errors 0
     agg.update(d3, d1)  # errors 2
     out = agg.compute()
+    # global RMSE sqrt((4 * 0 + 4 * 4) / 8) = sqrt(2); per image RMSE 0 and 2, mean 1; MAE 1 either way
     assert out["rmse"] == pytest.approx(math.sqrt(2))
     assert out["mae"] == pytest.approx(1.0)
-    assert M.RMSE()(torch.cat([d1, d2]), torch.cat([d1, d1])).mean().item() == pytest.approx(1.0)
+    assert M.RMSE()(torch.cat([d1, d3]), torch.cat([d1, d1])).mean().item() == pytest.approx(1.0)
+    agg.reset()
+    assert math.isnan(agg.compute()["rmse"])
 
 
 def test_global_aggregation_matches_one_big_image():

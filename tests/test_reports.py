@@ -119,8 +119,7 @@ def write_study(client, tmp: Path, experiment: str, variants: dict[str, dict], *
             (cdir / "val_per_image.csv").write_text(_per_image_csv(scores))
             quality = 0.9 if v == "bce+dice" else 0.6
             np.savez(cdir / "val_samples.npz", **_samples(s, quality))
-            client.log_artifact(child, str(cdir / "val_per_image.csv"))
-            client.log_artifact(child, str(cdir / "val_samples.npz"))
+            client.log_artifacts(child, str(cdir))
             client.set_terminated(child, "FINISHED")
             rows.append({"variant": v, "seed": s, "run_id": child,
                          "metrics": {k: val for k, val in best.items()}})
@@ -156,7 +155,7 @@ def write_tune(client, tmp: Path) -> str:
             "losslab.trial_state": "complete" if objective is not None else "pruned"}).info.run_id
         metrics = [Metric("objective", objective, 0, 0)] if objective is not None else []
         client.log_batch(run, metrics=metrics, params=[
-            Param("loss.mask.0.weight", str(0.1 * (number + 1))), Param("train.epochs", "3")])
+            Param("loss.mask.0.weight", str(round(0.1 * (number + 1), 3))), Param("train.epochs", "3")])
     return parent
 
 
@@ -425,6 +424,38 @@ def test_tune_study_lists_best_trials_and_optuna_plots(store: dict, tmp_path: Pa
     assert (md_dir / "optuna_param_importances.html").is_file()
 
 
+def test_no_test_possible_is_said_plainly() -> None:
+    from losslab.reports.analysis import analyze
+    from losslab.reports.collect import ChildRun, Study
+    from losslab.reports.words import task_paragraphs
+
+    def child(variant: str, iou: float) -> ChildRun:
+        return ChildRun(run_id=variant, name=f"{variant}-s0", variant=variant, seed=0, status="finished",
+                        error="", params={}, final={"best/val/mask_iou": iou}, histories={})
+
+    study = Study(tracking_uri="memory", experiment_name="e", experiment_id="0", parent_run_id="p",
+                  parent_name="p", kind="run", tags={}, params={}, variants=["a", "b"], seeds=[0],
+                  children=[child("a", 0.7), child("b", 0.9)])
+    analysis = analyze(study)
+    (iou,) = analysis.metrics
+    assert iou.ranking == ["b", "a"] and not iou.comparisons[0].tested
+    words = " ".join(task_paragraphs(analysis))
+    assert "No test was possible on mask IoU" in words and "not evidence" in words
+    assert " won " not in words and " beat " not in words
+
+
+def test_a_child_run_id_is_refused_with_the_parent_to_use(store: dict) -> None:
+    from losslab.reports.collect import ReportError, make_client, resolve_parent
+    from mlflow.tracking import MlflowClient
+
+    parent = store["ids"]["solo"]
+    client = MlflowClient(tracking_uri=store["uri"])
+    exp = client.get_experiment_by_name("solo").experiment_id
+    child = client.search_runs([exp], filter_string="tags.`losslab.role` = 'child'")[0].info.run_id
+    with pytest.raises(ReportError, match=f"is a child run.*lab report {parent}"):
+        resolve_parent(make_client(store["uri"]), child)
+
+
 # -- entry points ------------------------------------------------------------------------------------
 
 
@@ -458,6 +489,10 @@ def test_cli_builds_and_explains_errors(store: dict, tmp_path: Path) -> None:
     assert "neither an experiment name nor a run id" in missing.output and "'clear-win'" in missing.output
     bad = runner.invoke(app, ["solo", "--format", "pdf", "--tracking-uri", store["uri"]])
     assert bad.exit_code == 1 and "choose from html, md" in bad.output
+    nowhere = tmp_path / "elsewhere" / "mlflow.db"
+    absent = runner.invoke(app, ["solo", "--tracking-uri", f"sqlite:///{nowhere}", "--out", str(tmp_path)])
+    assert absent.exit_code == 1 and "no MLflow store at" in absent.output
+    assert not nowhere.parent.exists()  # nothing created on the way
 
 
 # -- the HTML in a real browser ----------------------------------------------------------------------

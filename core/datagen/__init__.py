@@ -13,7 +13,7 @@ The pieces, in data-flow order:
 Readers live in :mod:`losslab.core.storage`.
 """
 
-from losslab.core.datagen.plan import GenerationError, GenerationPlan, SourceSpec
+from losslab.core.datagen.plan import GenerationError, GenerationPlan, InputSpec
 from losslab.core.datagen.runner import GenerationInterrupted, GenerationReport, generate
 
 __all__ = [
@@ -21,6 +21,6 @@ __all__ = [
     "GenerationInterrupted",
     "GenerationPlan",
     "GenerationReport",
-    "SourceSpec",
+    "InputSpec",
     "generate",
 ]

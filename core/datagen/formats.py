@@ -19,6 +19,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
 from losslab.core.geometry import DEPTH_PNG_UNITS_PER_METRE
 
 IMAGE_FORMATS = ("jpg", "png")
@@ -84,7 +85,10 @@ def bg_path(bg: int, image_format: str) -> str:
 
 def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
     """Metres -> uint16 millimetres (rounded, clipped to 0..65535)."""
-    return np.clip(np.rint(depth_m * DEPTH_PNG_UNITS_PER_METRE), 0, 65535).astype(np.uint16)
+    units = np.multiply(depth_m, DEPTH_PNG_UNITS_PER_METRE, dtype=np.float64)
+    np.rint(units, out=units)
+    np.clip(units, 0, 65535, out=units)
+    return units.astype(np.uint16)
 
 
 def png16_to_depth(units: np.ndarray) -> np.ndarray:
@@ -179,18 +183,24 @@ def decode_depth(path: Path, depth_format: str, depth_max: float) -> np.ndarray:
 # -- atomic writes ---------------------------------------------------------------------------------------
 
 
-def temp_name(path: Path) -> Path:
+def temp_name(path: Path | str) -> str:
     """Hidden temp name beside ``path``, unique per process (two workers may write the same bg)."""
-    return path.with_name(f".{path.name}.{os.getpid()}{TEMP_SUFFIX}")
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
 
 
 def is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
-def atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path | str, data: bytes) -> None:
     """Write ``data`` to a temp name, then rename: a reader (or a resumed run) never sees a truncated file."""
     tmp = temp_name(path)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
     os.replace(tmp, path)

@@ -21,14 +21,17 @@ batches) so they hold the same pixels the virtual dataset composes.
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from losslab.core.compositor import Compositor
+
 from losslab.core.datagen import formats
+from losslab.core.datagen.fastcompose import BatchCompositor
 from losslab.core.recipes import Recipe
 from losslab.core.sources import Sources
 
@@ -58,15 +61,34 @@ class Producer:
 
     def __init__(self, sources: Sources, mask_gt: Any, depth_gt: Any, batch_size: int = 32) -> None:
         self.sources, self.mask_gt, self.depth_gt = sources, mask_gt, depth_gt
-        self.compositor = Compositor(sources)
+        self.compositor = BatchCompositor(sources)
         self.batch_size = batch_size
 
-    def __call__(self, recipes: Sequence[Recipe]) -> Iterator[tuple[Sequence[Recipe], dict[str, np.ndarray]]]:
+    def batches(self, recipes: Sequence[Recipe]) -> Iterator[Sequence[Recipe]]:
         for start in range(0, len(recipes), self.batch_size):
-            batch = recipes[start : start + self.batch_size]
-            composed = self.compositor.compose_batch(batch)
-            composed["mask"] = np.asarray(self.mask_gt(composed, batch, self.sources), dtype=np.uint8)
-            composed["depth"] = np.asarray(self.depth_gt(composed, batch, self.sources), dtype=np.float32)
+            yield recipes[start : start + self.batch_size]
+
+    def compose(self, batch: Sequence[Recipe]) -> dict[str, np.ndarray]:
+        """``bg``, ``fg_bg``, ``alpha`` as :class:`Compositor` makes them, plus each fg's ``rects``."""
+        return self.compositor.compose_batch(batch)
+
+    def truth(self, kind: str, composed: dict[str, np.ndarray], batch: Sequence[Recipe],
+              which: Sequence[int] | None = None) -> np.ndarray:
+        """The ``mask`` (uint8) or ``depth`` (float32 m) of the batch, or of its samples ``which``."""
+        if which is not None and len(which) != len(batch):
+            keep = list(which)
+            composed = {key: composed[key][keep] for key in ("bg", "fg_bg", "alpha")}
+            batch = [batch[i] for i in which]
+        if kind == "mask":
+            return np.asarray(self.mask_gt(composed, batch, self.sources), dtype=np.uint8)
+        return np.asarray(self.depth_gt(composed, batch, self.sources), dtype=np.float32)
+
+    def __call__(self, recipes: Sequence[Recipe]) -> Iterator[tuple[Sequence[Recipe], dict[str, np.ndarray]]]:
+        """Yield (batch, arrays): ``bg``, ``fg_bg``, ``alpha``, ``mask`` and ``depth`` of each batch."""
+        for batch in self.batches(recipes):
+            composed = self.compose(batch)
+            composed["mask"] = self.truth("mask", composed, batch)
+            composed["depth"] = self.truth("depth", composed, batch)
             yield batch, composed
 
     def reference_depth(self, recipe: Recipe) -> np.ndarray:
@@ -76,8 +98,42 @@ class Producer:
         return np.asarray(self.depth_gt(empty, [recipe], self.sources), dtype=np.float32)[0]
 
 
+class EncodedCache:
+    """Encoded ground-truth files by the producer's ``cache_key``, least recently used out first.
+
+    The documented grid puts every fg at the same 20 places on every bg, and a
+    mask from alpha (or a ground-plane depth under one camera geometry) does
+    not depend on the bg's pixels: such a file is encoded once per worker and
+    its bytes reused for every other bg.
+    """
+
+    def __init__(self, capacity: int = 50_000) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+
+    def get(self, key: Hashable | None) -> bytes | None:
+        if key is None:
+            return None
+        hit = self._items.get(key)
+        if hit is not None:
+            self._items.move_to_end(key)
+        return hit
+
+    def put(self, key: Hashable | None, data: bytes) -> None:
+        if key is None or self.capacity <= 0:
+            return
+        self._items[key] = data
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+
 def recipe_row(recipe: Recipe, **extra: Any) -> dict[str, Any]:
-    return {"name": sample_stem(recipe), **recipe.to_dict(), **extra}
+    """A manifest row: the sample's name and its recipe (built by hand: ``asdict`` deep-copies, slowly)."""
+    row: dict[str, Any] = {"name": sample_stem(recipe)}
+    for name in RECIPE_FIELDS:
+        row[name] = getattr(recipe, name)
+    row.update(extra)
+    return row
 
 
 class SeedWriter:
@@ -89,6 +145,7 @@ class SeedWriter:
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.depth_format, self.depth_max = depth_format, depth_max
         self._dirs: set[int] = set()
+        self._caches = {"mask": EncodedCache(), "depth": EncodedCache()}
 
     def _prepare_bg(self, bg: int, sources: Sources) -> None:
         if bg in self._dirs:
@@ -102,78 +159,156 @@ class SeedWriter:
 
     def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer) -> list[dict[str, Any]]:
         rows = []
-        root, write = self.root, formats.atomic_write
-        image_fmt, depth_fmt, depth_max = self.image_format, self.depth_format, self.depth_max
-        for batch, arrays in producer(recipes):
+        root, write = str(self.root), formats.atomic_write
+        image_fmt, depth_fmt = self.image_format, self.depth_format
+        for batch in producer.batches(recipes):
+            composed = producer.compose(batch)
+            masks = self._encoded("mask", producer, composed, batch)
+            depths = self._encoded("depth", producer, composed, batch)
             for i, recipe in enumerate(batch):
                 self._prepare_bg(recipe.bg, producer.sources)
                 stem = sample_stem(recipe)
                 image, mask, depth = formats.sample_paths(stem, recipe.bg, image_fmt, depth_fmt)
-                write(root / image, self._image(arrays["fg_bg"][i]))
-                write(root / mask, formats.encode_mask(arrays["mask"][i]))
-                write(root / depth, formats.encode_depth(arrays["depth"][i], depth_fmt, depth_max))
+                write(os.path.join(root, image), self._image(composed["fg_bg"][i]))
+                write(os.path.join(root, mask), masks[i])
+                write(os.path.join(root, depth), depths[i])
                 rows.append(recipe_row(recipe))
         return rows
+
+    def _encoded(self, kind: str, producer: Producer, composed: dict[str, np.ndarray],
+                 batch: Sequence[Recipe]) -> list[bytes]:
+        """Encoded mask or depth files of a batch; ground truth is computed only for cache misses."""
+        cache = self._caches[kind]
+        key_of = getattr(producer.mask_gt if kind == "mask" else producer.depth_gt, "cache_key", None)
+        keys = [key_of(r, producer.sources) if key_of is not None else None for r in batch]
+        out: list[bytes | None] = [cache.get(k) for k in keys]
+        missing = [i for i, data in enumerate(out) if data is None]
+        if missing:
+            arrays = producer.truth(kind, composed, batch, missing)
+            for array, i in zip(arrays, missing, strict=True):
+                if kind == "mask":
+                    data = formats.encode_mask(array)
+                else:
+                    data = formats.encode_depth(array, self.depth_format, self.depth_max)
+                cache.put(keys[i], data)
+                out[i] = data
+        return out  # type: ignore[return-value]
 
     def _image(self, rgb: np.ndarray) -> bytes:
         return formats.encode_image(rgb, self.image_format, self.jpeg_quality)
 
 
-def changed_rect(*changed: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, x0, h, w) of the smallest rectangle holding every True pixel of the masks (0 size if none)."""
-    any_changed = changed[0]
-    for extra in changed[1:]:
-        any_changed = any_changed | extra
-    rows = np.flatnonzero(any_changed.any(axis=1))
-    if rows.size == 0:
+def changed_rect(rect: Sequence[int], *changed: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, h, w): the smallest rectangle holding ``rect`` and every True pixel of the 2-D masks.
+
+    ``rect`` is (y0, x0, h, w), empty when h or w is 0. Rows are reduced first,
+    then columns only within the rows that changed, over contiguous memory.
+    """
+    y0, x0, h, w = (int(v) for v in rect)
+    height, width = changed[0].shape[:2]
+    rows = np.zeros(height, dtype=bool)
+    cols = np.zeros(width, dtype=bool)
+    if h > 0 and w > 0:
+        rows[y0 : y0 + h] = True
+        cols[x0 : x0 + w] = True
+    masks_rows = [mask.any(axis=1) for mask in changed]
+    for flags in masks_rows:
+        rows |= flags
+    ys = np.flatnonzero(rows)
+    if ys.size == 0:
         return 0, 0, 0, 0
-    cols = np.flatnonzero(any_changed[rows[0] : rows[-1] + 1].any(axis=0))
-    return int(rows[0]), int(cols[0]), int(rows[-1] - rows[0] + 1), int(cols[-1] - cols[0] + 1)
+    top, bottom = int(ys[0]), int(ys[-1]) + 1
+    for mask, flags in zip(changed, masks_rows, strict=True):
+        if flags.any():
+            cols |= mask[top:bottom].any(axis=0)
+    xs = np.flatnonzero(cols)
+    return top, int(xs[0]), bottom - top, int(xs[-1]) - int(xs[0]) + 1
 
 
 class ShardWriter:
-    """Writes one ``.npz`` shard per chunk (see the module docstring for its arrays)."""
+    """Writes one ``.npz`` shard per chunk (see the module docstring for its arrays).
+
+    A sample's mask and depth patches (with their rectangle) are cached by the
+    producers' ``cache_key`` and the bg's empty-scene depth, so a placement
+    repeated on another bg of the same geometry reuses them; only its fg_bg
+    patch is new.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        self._patches: OrderedDict[Hashable, tuple[tuple[int, int, int, int], bytes]] = OrderedDict()
+        self._refs: dict[int, tuple[np.ndarray, np.ndarray, bytes]] = {}
+
+    def _reference(self, recipe: Recipe, producer: Producer) -> tuple[np.ndarray, np.ndarray, bytes]:
+        """(bg, empty-scene depth in mm, fingerprint of that depth) of the recipe's bg, once per bg."""
+        hit = self._refs.get(recipe.bg)
+        if hit is None:
+            depth = formats.depth_to_png16(producer.reference_depth(recipe))
+            hit = (producer.sources.bg(recipe.bg).copy(), depth, hashlib.blake2b(depth.tobytes()).digest())
+            self._refs[recipe.bg] = hit
+        return hit
+
+    def _truth_patches(self, producer: Producer, composed: dict[str, np.ndarray],
+                       batch: Sequence[Recipe]) -> list[tuple[tuple[int, int, int, int], bytes]]:
+        """(rect, mask bits + depth bytes) per sample; ground truth only for cache misses."""
+        mask_key = getattr(producer.mask_gt, "cache_key", None)
+        depth_key = getattr(producer.depth_gt, "cache_key", None)
+        keys: list[Hashable | None] = []
+        for i, recipe in enumerate(batch):
+            if mask_key is None or depth_key is None:
+                keys.append(None)
+                continue
+            mk, dk = mask_key(recipe, producer.sources), depth_key(recipe, producer.sources)
+            ref_id = self._reference(recipe, producer)[2]
+            keys.append(None if mk is None or dk is None else (mk, dk, ref_id, tuple(composed["rects"][i])))
+        out = [self._patches.get(k) if k is not None else None for k in keys]
+        missing = [i for i, item in enumerate(out) if item is None]
+        if missing:
+            masks = producer.truth("mask", composed, batch, missing)
+            depths = formats.depth_to_png16(producer.truth("depth", composed, batch, missing))
+            for j, i in enumerate(missing):
+                ref = self._reference(batch[i], producer)[1]
+                mask, depth = masks[j], depths[j]
+                y0, x0, h, w = rect = changed_rect(composed["rects"][i], mask != 0, depth != ref)
+                box = (slice(y0, y0 + h), slice(x0, x0 + w))
+                data = np.packbits(mask[box], axis=None).tobytes() + depth[box].astype("<u2").tobytes()
+                out[i] = (rect, data)
+                if keys[i] is not None:
+                    self._patches[keys[i]] = (rect, data)
+                    if len(self._patches) > 50_000:
+                        self._patches.popitem(last=False)
+        return out  # type: ignore[return-value]
 
     def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer) -> list[dict[str, Any]]:
         parts: list[bytes] = []
         offsets = [0]
         rects = np.zeros((len(recipes), 4), dtype=np.int32)
-        refs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        bg_ids: set[int] = set()
         rows = []
         k = 0
-        for batch, arrays in producer(recipes):
+        for batch in producer.batches(recipes):
+            composed = producer.compose(batch)
+            patches = self._truth_patches(producer, composed, batch)
             for i, recipe in enumerate(batch):
-                if recipe.bg not in refs:
-                    refs[recipe.bg] = (arrays["bg"][i].copy(),
-                                       formats.depth_to_png16(producer.reference_depth(recipe)))
-                bg, ref = refs[recipe.bg]
-                fg_bg, mask = arrays["fg_bg"][i], arrays["mask"][i]
-                depth = formats.depth_to_png16(arrays["depth"][i])
-                y0, x0, h, w = changed_rect((fg_bg != bg).any(axis=2), mask != 0, depth != ref)
+                self._reference(recipe, producer)
+                bg_ids.add(recipe.bg)
+                (y0, x0, h, w), truth = patches[i]
                 rects[k] = (y0, x0, h, w)
-                box = (slice(y0, y0 + h), slice(x0, x0 + w))
-                blob = b"".join((
-                    fg_bg[box].tobytes(),
-                    np.packbits(mask[box], axis=None).tobytes(),
-                    depth[box].astype("<u2").tobytes(),
-                ))
-                parts.append(blob)
-                offsets.append(offsets[-1] + len(blob))
+                parts.append(composed["fg_bg"][i, y0 : y0 + h, x0 : x0 + w].tobytes())
+                parts.append(truth)
+                offsets.append(offsets[-1] + 3 * h * w + len(truth))
                 rows.append(recipe_row(recipe, shard=chunk, slot=k))
                 k += 1
-        bg_ids = sorted(refs)
+        ids = sorted(bg_ids)
         arrays_out = {
             "pixels": np.frombuffer(b"".join(parts), dtype=np.uint8),
             "offsets": np.asarray(offsets, dtype=np.int64),
             "rects": rects,
             "recipes": np.asarray([[getattr(r, f) for f in RECIPE_FIELDS] for r in recipes], dtype=np.int32),
-            "bg_ids": np.asarray(bg_ids, dtype=np.int32),
-            "bg": np.stack([refs[b][0] for b in bg_ids]),
-            "depth_ref": np.stack([refs[b][1] for b in bg_ids]),
+            "bg_ids": np.asarray(ids, dtype=np.int32),
+            "bg": np.stack([self._refs[b][0] for b in ids]),
+            "depth_ref": np.stack([self._refs[b][1] for b in ids]),
         }
         path = self.root / shard_name(chunk)
         tmp = formats.temp_name(path)

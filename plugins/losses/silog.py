@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
+
 from losslab.core.components import InputKind, Loss, Task
 from losslab.plugins.losses._checks import as_float, check_pair, check_positive
 

@@ -1,4 +1,4 @@
-"""Structural-similarity depth losses: SSIM (single scale, via kornia) and MS-SSIM (multi-scale).
+"""Structural-similarity depth losses: SSIM (single scale) and MS-SSIM (multi-scale).
 
 SSIM compares local means, variances and covariance in a Gaussian window
 (sigma 1.5), so it rewards a depth map whose local structure (edges, slopes)
@@ -8,6 +8,20 @@ is 1 (``C1 = 0.01^2``, ``C2 = 0.03^2``).
 
 Both losses are reported as :math:`(1 - \\text{SSIM}) / 2`, in [0, 1], so that
 swapping one for the other keeps a term's weight meaningful.
+
+Why not call ``kornia.losses.ssim_loss`` directly: its differentiable CPU
+path (single-channel ``conv2d`` forward and backward) cost about half of the
+default U-Net's own forward + backward at batch 16, 64x64 (see
+``benchmarks/losses.py``). The Gaussian blur is linear and separable, so
+here it is applied as small matrix products, ``A_h @ x @ A_w^T``, where ``A``
+is the blur operator of one axis with kornia's reflect padding folded in (or
+cropped to the valid windows), cut into bands on long sides
+(:class:`AxisBlur`); and the SSIM loss has its chain rule written out
+(:class:`_SSIMLossFunction`) instead of recorded op by op. The window is
+kornia's (``kornia.filters.get_gaussian_kernel1d``) and the arithmetic is
+kornia's, eps included: the tests check values and gradients against
+``kornia.losses.ssim_loss``, and values against torchmetrics and
+scikit-image.
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ from typing import ClassVar, Literal
 import kornia
 import torch
 import torch.nn.functional as F
+
 from losslab.core.components import InputKind, Loss, Task
 from losslab.plugins.losses._checks import as_float, check_pair
 
@@ -27,6 +42,185 @@ MS_SSIM_WEIGHTS: tuple[float, ...] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 _C1 = 0.01**2
 _C2 = 0.03**2
 _SIGMA = 1.5
+_EPS = 1e-12  # kornia's default, added to SSIM's denominator
+
+
+#: Sides up to this many output pixels are blurred with one dense matrix; longer ones in bands.
+_DENSE_MAX = 96
+#: Output rows per band: each band multiplies by a (_BAND, _BAND + window - 1) block only.
+_BAND = 32
+
+
+def blur_operator(n: int, window_size: int, padding: str) -> torch.Tensor:
+    """The 1-D Gaussian blur (sigma 1.5) of a side of ``n`` pixels as an ``(m, n)`` float64 matrix.
+
+    ``padding="same"``: ``m = n``, out-of-image taps reflect (kornia's
+    ``"reflect"``: index -1 reads pixel 1); needs ``n > window_size // 2``.
+    ``padding="valid"``: ``m = n - window_size + 1``, full windows only.
+    """
+    r = window_size // 2
+    kernel = kornia.filters.get_gaussian_kernel1d(window_size, _SIGMA, dtype=torch.float64).reshape(-1)
+    idx = torch.arange(n).view(-1, 1) + torch.arange(-r, r + 1).view(1, -1)
+    idx = idx.abs()
+    idx = torch.where(idx > n - 1, 2 * (n - 1) - idx, idx)
+    op = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, idx, kernel.expand(n, -1).contiguous())
+    return op[r : n - r] if padding == "valid" else op
+
+
+class AxisBlur:
+    """The blur of one image axis as a few matrix products, and its adjoint.
+
+    A short side uses the dense ``(m, n)`` operator. A long one is cut into
+    bands of :data:`_BAND` output pixels; a band reads only the
+    ``_BAND + window - 1`` input pixels its windows touch (reflection
+    included), so the cost grows with the window, not with the side.
+    """
+
+    def __init__(self, n: int, window_size: int, padding: str, dtype: torch.dtype,
+                 device: torch.device) -> None:
+        op = blur_operator(n, window_size, padding)
+        self.n, self.m = n, op.shape[0]
+        step = self.m if self.m <= _DENSE_MAX else _BAND
+        self.bands: list[tuple[int, int, int, int, torch.Tensor]] = []
+        for lo in range(0, self.m, step):
+            hi = min(self.m, lo + step)
+            used = op[lo:hi].abs().sum(dim=0).nonzero().flatten()
+            first, last = (0, n) if step == self.m else (int(used.min()), int(used.max()) + 1)
+            self.bands.append((lo, hi, first, last, op[lo:hi, first:last].to(dtype=dtype, device=device)))
+
+    def last(self, x: torch.Tensor) -> torch.Tensor:
+        """Blur along the last axis: ``(..., n) -> (..., m)``."""
+        if len(self.bands) == 1:
+            return x @ self.bands[0][4].T
+        return torch.cat([x[..., a:b] @ band.T for _, _, a, b, band in self.bands], dim=-1)
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """Blur along the second-to-last axis: ``(..., n, w) -> (..., m, w)``."""
+        if len(self.bands) == 1:
+            return self.bands[0][4] @ x
+        return torch.cat([band @ x[..., a:b, :] for _, _, a, b, band in self.bands], dim=-2)
+
+    def last_adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`last`: ``(..., m) -> (..., n)`` (no autograd)."""
+        if len(self.bands) == 1:
+            return g @ self.bands[0][4]
+        out = g.new_zeros(*g.shape[:-1], self.n)
+        for lo, hi, a, b, band in self.bands:
+            out[..., a:b] += g[..., lo:hi] @ band
+        return out
+
+    def rows_adjoint(self, g: torch.Tensor) -> torch.Tensor:
+        """Adjoint of :meth:`rows`: ``(..., m, w) -> (..., n, w)`` (no autograd)."""
+        if len(self.bands) == 1:
+            return self.bands[0][4].T @ g
+        out = g.new_zeros(*g.shape[:-2], self.n, g.shape[-1])
+        for lo, hi, a, b, band in self.bands:
+            out[..., a:b, :] += band.T @ g[..., lo:hi, :]
+        return out
+
+
+#: Axis blurs, keyed by (side, window, padding, dtype, device); a handful of image sizes per run.
+_AXES: dict[tuple[int, int, str, torch.dtype, torch.device], AxisBlur] = {}
+
+
+def _axis(n: int, window_size: int, padding: str, like: torch.Tensor) -> AxisBlur:
+    key = (n, window_size, padding, like.dtype, like.device)
+    axis = _AXES.get(key)
+    if axis is None:
+        if len(_AXES) >= 64:
+            _AXES.clear()
+        axis = _AXES[key] = AxisBlur(n, window_size, padding, like.dtype, like.device)
+    return axis
+
+
+def _blur(x: torch.Tensor, axis_h: AxisBlur, axis_w: AxisBlur) -> torch.Tensor:
+    """Separable blur of the last two axes (``A_h @ x @ A_w^T``); differentiable."""
+    return axis_h.rows(axis_w.last(x))
+
+
+def _blur_adjoint(g: torch.Tensor, axis_h: AxisBlur, axis_w: AxisBlur) -> torch.Tensor:
+    """Adjoint of :func:`_blur` (``A_h^T @ g @ A_w``): a gradient on the blurred maps back to the images."""
+    return axis_w.last_adjoint(axis_h.rows_adjoint(g))
+
+
+def ssim_maps(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11,
+              padding: str = "same") -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-pixel SSIM and contrast-structure maps of float tensors, ``(B, 1, H', W')`` each.
+
+    Matches ``kornia.metrics.ssim`` (same window, padding and eps). Runs with
+    autocast off: ``E[x^2] - E[x]^2`` in float16 would lose the variances.
+    """
+    with torch.autocast(device_type=pred.device.type, enabled=False):
+        h, w = pred.shape[-2:]
+        op_h, op_w = _axis(h, window_size, padding, pred), _axis(w, window_size, padding, pred)
+        mu_p, e_pp, e_pt = _blur(torch.cat([pred, pred * pred, pred * target], dim=1), op_h, op_w).unbind(1)
+        mu_t, e_tt = _blur(torch.cat([target, target * target], dim=1), op_h, op_w).unbind(1)
+        mu_pt = mu_p * mu_t
+        mu_pp, mu_tt = mu_p.pow(2), mu_t.pow(2)
+        cs_num = 2 * (e_pt - mu_pt) + _C2
+        cs_den = (e_pp - mu_pp) + (e_tt - mu_tt) + _C2
+        lum_num = 2 * mu_pt + _C1
+        lum_den = mu_pp + mu_tt + _C1
+        ssim = (lum_num * cs_num) / (lum_den * cs_den + _EPS)
+        cs = cs_num / cs_den
+    return ssim.unsqueeze(1), cs.unsqueeze(1)
+
+
+class _SSIMLossFunction(torch.autograd.Function):
+    """Mean of clamp((1 - SSIM) / 2, 0, 1) with a hand-derived backward.
+
+    Autograd through :func:`ssim_maps` records some thirty elementwise ops and
+    their backward; here the forward keeps a few maps and the backward is the
+    chain rule written out: with :math:`S = L_n C_n / (L_d C_d)` (luminance
+    and contrast-structure numerators and denominators of the blurred moments
+    :math:`\\mu_p, E[p^2], E[pt]`), the gradient on each moment is an
+    elementwise map, and one adjoint blur of the three maps gives the
+    gradient on ``pred``: :math:`B^T g_\\mu + 2p\\,B^T g_{pp} + t\\,B^T g_{pt}`
+    (symmetrically for ``target`` when it needs one). ``gradcheck`` and
+    kornia's autograd gradient are the tests' references.
+    """
+
+    @staticmethod
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, window_size: int,  # type: ignore[override]
+                padding: str) -> torch.Tensor:
+        h, w = pred.shape[-2:]
+        op_h, op_w = _axis(h, window_size, padding, pred), _axis(w, window_size, padding, pred)
+        stack = torch.cat([pred, target, pred * pred, target * target, pred * target], dim=1)
+        mu_p, mu_t, e_pp, e_tt, e_pt = _blur(stack, op_h, op_w).unbind(1)
+        l_n = 2 * mu_p * mu_t + _C1
+        l_d = mu_p * mu_p + mu_t * mu_t + _C1
+        c_n = 2 * (e_pt - mu_p * mu_t) + _C2
+        c_d = (e_pp - mu_p * mu_p) + (e_tt - mu_t * mu_t) + _C2
+        den = l_d * c_d + _EPS
+        ssim = l_n * c_n / den
+        half = (1 - ssim) / 2
+        ctx.save_for_backward(pred, target, mu_p, mu_t, l_n, l_d, c_n, c_d, den, ssim)
+        ctx.ops = (op_h, op_w)
+        ctx.inside = (half >= 0) & (half <= 1)  # clamp's gradient mask
+        return half.clamp(0, 1).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        pred, target, mu_p, mu_t, l_n, l_d, c_n, c_d, den, ssim = ctx.saved_tensors
+        op_h, op_w = ctx.ops
+        need_p, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        with torch.autocast(device_type=pred.device.type, enabled=False):
+            # d loss / d S, per pixel
+            g = ctx.inside.to(ssim.dtype) * (-0.5 * grad_out / ssim.numel())
+            d_ln, d_cn = g * c_n / den, g * l_n / den
+            d_ld, d_cd = -g * ssim * c_d / den, -g * ssim * l_d / den
+            maps = []
+            if need_p:
+                maps.append(2 * mu_t * (d_ln - d_cn) + 2 * mu_p * (d_ld - d_cd))
+            if need_t:
+                maps.append(2 * mu_p * (d_ln - d_cn) + 2 * mu_t * (d_ld - d_cd))
+            maps += [d_cd, 2 * d_cn]  # on E[x^2] (same for p and t) and on E[pt]
+            back = _blur_adjoint(torch.stack(maps, dim=1), op_h, op_w)
+            g_sq, g_pt = back[:, -2:-1], back[:, -1:]
+            grad_p = back[:, :1] + 2 * pred * g_sq + target * g_pt if need_p else None
+            k = int(need_p)
+            grad_t = back[:, k : k + 1] + 2 * target * g_sq + pred * g_pt if need_t else None
+        return grad_p, grad_t, None, None
 
 
 def _check_window(name: str, window_size: int) -> int:
@@ -46,7 +240,7 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11,
 
     with local statistics in a Gaussian window (sigma 1.5) of ``window_size``
     pixels, :math:`C_1 = 0.01^2`, :math:`C_2 = 0.03^2` (dynamic range 1).
-    Computed by :func:`kornia.losses.ssim_loss`.
+    Equal to :func:`kornia.losses.ssim_loss` (computed by :func:`ssim_maps`, faster on CPU).
 
     Args:
         pred: predicted depth, normalised (values slightly outside [0, 1] are fine).
@@ -67,32 +261,15 @@ def ssim_loss(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11,
     window_size = _check_window("ssim", window_size)
     if padding not in ("same", "valid"):
         raise ValueError(f"loss 'ssim': padding must be 'same' or 'valid', got {padding!r}")
-    check_pair("ssim", pred, target, min_hw=window_size if padding == "valid" else 1)
+    check_pair("ssim", pred, target, min_hw=window_size if padding == "valid" else window_size // 2 + 1)
     p, t = as_float(pred, target)
-    return kornia.losses.ssim_loss(p, t, window_size, max_val=1.0, padding=padding)
+    with torch.autocast(device_type=p.device.type, enabled=False):
+        return _SSIMLossFunction.apply(p, t, window_size, padding)
 
 
 def ms_ssim_min_size(window_size: int = 11, scales: int = 5) -> int:
     """Smallest image side MS-SSIM can use with ``scales`` scales: the coarsest must hold one window."""
     return window_size * 2 ** (scales - 1)
-
-
-def _ssim_terms(p: torch.Tensor, t: torch.Tensor, kernel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image mean SSIM and mean contrast-structure term over the valid windows, shape (B,)."""
-    k = kernel.numel()
-    kx = kernel.view(1, 1, 1, k)
-    ky = kernel.view(1, 1, k, 1)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(x, kx), ky)
-
-    mu_p, mu_t = blur(p), blur(t)
-    var_p = blur(p * p) - mu_p.pow(2)
-    var_t = blur(t * t) - mu_t.pow(2)
-    cov = blur(p * t) - mu_p * mu_t
-    cs = (2 * cov + _C2) / (var_p + var_t + _C2)
-    lum = (2 * mu_p * mu_t + _C1) / (mu_p.pow(2) + mu_t.pow(2) + _C1)
-    return (lum * cs).mean(dim=(1, 2, 3)), cs.mean(dim=(1, 2, 3))
 
 
 def ms_ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11,
@@ -150,13 +327,11 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11,
         kept = weights[:fit]
         weights = [w * total / sum(kept) for w in kept] if sum(kept) > 0 else [total / fit] * fit
     p, t = as_float(pred, target)
-    kernel = kornia.filters.get_gaussian_kernel1d(window_size, _SIGMA, device=p.device, dtype=p.dtype)
-    kernel = kernel.reshape(-1)
     result = torch.ones(p.shape[0], device=p.device, dtype=p.dtype)
     for j, w in enumerate(weights):
-        ssim_j, cs_j = _ssim_terms(p, t, kernel)
         last = j == len(weights) - 1
-        factor = ssim_j if last else cs_j
+        ssim_map, cs_map = ssim_maps(p, t, window_size, "valid")
+        factor = (ssim_map if last else cs_map).mean(dim=(1, 2, 3))
         result = result * factor.clamp_min(1e-6).pow(w)
         if not last:
             p, t = F.avg_pool2d(p, 2), F.avg_pool2d(t, 2)
