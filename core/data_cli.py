@@ -75,7 +75,10 @@ MaskOpt = Annotated[str, Opt(help="Mask ground truth: alpha (default) or diff (d
 DepthOpt = Annotated[str, Opt(help="Depth ground truth: ground-plane, layers or model.")]
 LayoutOpt = Annotated[str, Opt(help="seed (documented folders) or shards (few large .npz files).")]
 DepthFormatOpt = Annotated[str, Opt(help="Seed layout depth: png16 (16-bit PNG, mm) or jpg8 (8-bit JPEG).")]
-ChunkOpt = Annotated[int, Opt(help="Recipes per chunk: the unit of work and of resume, and one shard.")]
+ChunkOpt = Annotated[
+    int | None,
+    Opt(help="Recipes per chunk, the unit of work and of resume (default: one bg for seed, 1000 = a shard)."),
+]
 
 
 @data_app.command()
@@ -102,7 +105,7 @@ def generate(
     depth_format: DepthFormatOpt = "png16",
     depth_max: Annotated[float, Opt(help="Metres mapped to 255 by --depth-format jpg8.")] = 50.0,
     workers: Annotated[int | None, Opt(help="Worker processes (default: all cores).")] = None,
-    chunk_size: ChunkOpt = 1000,
+    chunk_size: ChunkOpt = None,
     resume: Annotated[bool, Opt(help="Continue an interrupted run in --out.")] = False,
     progress: Annotated[bool, Opt(help="Show a progress bar with ETA.")] = True,
 ) -> None:

@@ -114,6 +114,7 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.forward = DistributedDataParallel(self.forward, device_ids=ids)
+        self.objective = Objective(cfg.loss, catalog).to(self.device)
         batch_size = train.batch_size if isinstance(train.batch_size, int) else self._auto_batch()
         if batch_size % self.dist.world_size:
             raise TrainingError(f"train.batch_size {batch_size} is the global batch and must be divisible by "
@@ -127,7 +128,6 @@ class Trainer:
         self.train_batches, self.val_batches = self._device_loaders(data.device_compose)
         aug_seed = seed + 100_003 * self.dist.rank  # each rank draws its own augmentations
         self.augment = [catalog.create("augmentation", a.name, seed=aug_seed, **a.params) for a in cfg.augment]
-        self.objective = Objective(cfg.loss, catalog).to(self.device)
         self.metrics = {
             f"{task}_{name}": catalog.create("metric", name).to(self.device)
             for task in ("mask", "depth") for name in getattr(cfg.metrics, task)

@@ -182,8 +182,8 @@ class Geometric(SeededAugmentation):
         with self._seeded():
             images, targets = self.pipeline(images, targets)
         out = dict(batch)
-        out["bg"], out["fg_bg"] = images[:, :3], images[:, 3:]
-        out["mask"], out["depth"] = targets[:, :1], targets[:, 1:]
+        out["bg"], out["fg_bg"] = images[:, :3].contiguous(), images[:, 3:].contiguous()
+        out["mask"], out["depth"] = targets[:, :1].contiguous(), targets[:, 1:].contiguous()
         return out
 
 

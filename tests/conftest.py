@@ -10,6 +10,14 @@ import yaml
 
 os.environ.setdefault("MLFLOW_ENABLE_ASYNC_LOGGING", "false")
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """Small test tensors gain nothing from 2 threads, and oversubscribed cores slow them a lot."""
+    import torch
+
+    torch.set_num_threads(1)
+
 TINY = {
     "name": "tiny",
     "seeds": [0],

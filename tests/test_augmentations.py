@@ -81,7 +81,7 @@ def test_registered_and_seeded_through_the_catalog(name, scene64):
     assert set(a) == set(batch)
     for key in batch:
         assert a[key].shape == batch[key].shape and a[key].dtype == batch[key].dtype
-        assert a[key].device == batch[key].device
+        assert a[key].device == batch[key].device and a[key].is_contiguous()
         assert torch.equal(a[key], b[key])
 
 

@@ -115,13 +115,13 @@ def _encode(ext: str, img: np.ndarray, params: list[int]) -> bytes:
 
 
 def encode_image(rgb: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
-    """RGB uint8 -> JPEG (baseline, no Huffman optimisation: fastest at the same quality) or PNG bytes."""
-    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    """RGB uint8 -> JPEG (baseline, 4:2:0, a restart marker per MCU row; see :mod:`.jpeg`) or PNG bytes."""
     if image_format == "jpg":
-        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality), cv2.IMWRITE_JPEG_OPTIMIZE, 0]
-        return _encode(".jpg", bgr, params)
+        from losslab.core.datagen.jpeg import BandEncoder
+
+        return BandEncoder(jpeg_quality).encode_full(rgb)
     image_ext(image_format)
-    return _encode(".png", bgr, _PNG_IMAGE)
+    return _encode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), _PNG_IMAGE)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:
@@ -193,14 +193,19 @@ def is_temp(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
-def atomic_write(path: Path | str, data: bytes) -> None:
-    """Write ``data`` to a temp name, then rename: a reader (or a resumed run) never sees a truncated file."""
-    tmp = temp_name(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_file(path: Path | str, data: bytes) -> None:
+    """Plain write (create or truncate): only for files inside a staging folder renamed whole later."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
     finally:
         os.close(fd)
+
+
+def atomic_write(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to a temp name, then rename: a reader (or a resumed run) never sees a truncated file."""
+    tmp = temp_name(path)
+    write_file(tmp, data)
     os.replace(tmp, path)

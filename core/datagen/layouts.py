@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import zipfile
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
@@ -32,6 +34,8 @@ import numpy as np
 
 from losslab.core.datagen import formats
 from losslab.core.datagen.fastcompose import BatchCompositor
+from losslab.core.datagen.jpeg import BandEncoder
+from losslab.core.datagen.resume import STAGING_DIR
 from losslab.core.recipes import Recipe
 from losslab.core.sources import Sources
 
@@ -127,53 +131,88 @@ class EncodedCache:
             self._items.popitem(last=False)
 
 
-def recipe_row(recipe: Recipe, **extra: Any) -> dict[str, Any]:
-    """A manifest row: the sample's name and its recipe (built by hand: ``asdict`` deep-copies, slowly)."""
-    row: dict[str, Any] = {"name": sample_stem(recipe)}
-    for name in RECIPE_FIELDS:
-        row[name] = getattr(recipe, name)
-    row.update(extra)
-    return row
+def manifest_line(recipe: Recipe, shard: int | None = None, slot: int | None = None) -> str:
+    """One manifest row as compact JSON: the sample's name and its recipe (and shard and slot).
+
+    Formatted by hand, which is several times faster than ``json.dumps`` of a
+    dict; every value is an integer, a boolean or a name made of ``[a-z0-9_]``.
+    """
+    r = recipe
+    flip = "true" if r.flip else "false"
+    line = (f'{{"name":"{sample_stem(r)}","bg":{r.bg},"fg":{r.fg},"flip":{flip},"row":{r.row},'
+            f'"col":{r.col},"x":{r.x},"y":{r.y},"size":{r.size}')
+    if shard is not None:
+        line += f',"shard":{shard},"slot":{slot}'
+    return line + "}\n"
 
 
 class SeedWriter:
-    """Writes the documented seed layout; returns the chunk's manifest rows."""
+    """Writes the documented seed layout; returns the chunk's manifest lines.
+
+    A chunk holding every sample of its bg (``whole_bg``) is written plainly
+    into ``.staging/chunk_NNNNNN/`` and its three folders are then renamed
+    into place; any other chunk writes each file through a temp name. Either
+    way no final name ever holds a partial file (see :mod:`.resume`).
+    """
 
     def __init__(self, root: Path, image_format: str = "jpg", jpeg_quality: int = 95,
                  depth_format: str = "png16", depth_max: float = 50.0) -> None:
         self.root = Path(root)
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.depth_format, self.depth_max = depth_format, depth_max
-        self._dirs: set[int] = set()
+        self._bgs_written: set[int] = set()
         self._caches = {"mask": EncodedCache(), "depth": EncodedCache()}
+        self._jpeg = BandEncoder(jpeg_quality)
 
-    def _prepare_bg(self, bg: int, sources: Sources) -> None:
-        if bg in self._dirs:
+    def _write_bg(self, bg: int, sources: Sources) -> None:
+        """``bg/bg_K.jpg``: the bg as composited, once per bg (atomic; two workers may race, harmlessly)."""
+        if bg in self._bgs_written:
             return
-        for name in (formats.fgbg_dir(bg), formats.mask_dir(bg), formats.depth_dir(bg), formats.BG_DIR):
-            (self.root / name).mkdir(parents=True, exist_ok=True)
         path = self.root / formats.bg_path(bg, self.image_format)
         if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
             formats.atomic_write(path, self._image(sources.bg(bg)))
-        self._dirs.add(bg)
+        self._bgs_written.add(bg)
 
-    def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer) -> list[dict[str, Any]]:
-        rows = []
-        root, write = str(self.root), formats.atomic_write
+    def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer,
+                    whole_bg: bool = False) -> list[str]:
+        lines = []
+        bg_dirs = {r.bg for r in recipes}
+        if whole_bg:
+            if len(bg_dirs) != 1:
+                raise ValueError(f"chunk {chunk}: whole_bg needs the recipes of one bg, got bgs {sorted(bg_dirs)}")
+            base = self.root / STAGING_DIR / f"chunk_{chunk:06d}"
+            if base.exists():  # left by a killed attempt at this chunk
+                shutil.rmtree(base)
+            write = formats.write_file
+        else:
+            base = self.root
+            write = formats.atomic_write
+        for bg in bg_dirs:
+            for name in (formats.fgbg_dir(bg), formats.mask_dir(bg), formats.depth_dir(bg)):
+                (base / name).mkdir(parents=True, exist_ok=True)
+            self._write_bg(bg, producer.sources)
+        root = str(base)
         image_fmt, depth_fmt = self.image_format, self.depth_format
         for batch in producer.batches(recipes):
             composed = producer.compose(batch)
             masks = self._encoded("mask", producer, composed, batch)
             depths = self._encoded("depth", producer, composed, batch)
             for i, recipe in enumerate(batch):
-                self._prepare_bg(recipe.bg, producer.sources)
-                stem = sample_stem(recipe)
-                image, mask, depth = formats.sample_paths(stem, recipe.bg, image_fmt, depth_fmt)
-                write(os.path.join(root, image), self._image(composed["fg_bg"][i]))
-                write(os.path.join(root, mask), masks[i])
-                write(os.path.join(root, depth), depths[i])
-                rows.append(recipe_row(recipe))
-        return rows
+                image, mask, depth = formats.sample_paths(sample_stem(recipe), recipe.bg, image_fmt, depth_fmt)
+                write(f"{root}/{image}", self._sample_image(composed, i, recipe.bg))
+                write(f"{root}/{mask}", masks[i])
+                write(f"{root}/{depth}", depths[i])
+                lines.append(manifest_line(recipe))
+        if whole_bg:
+            bg = next(iter(bg_dirs))
+            for name in (formats.fgbg_dir(bg), formats.mask_dir(bg), formats.depth_dir(bg)):
+                final = self.root / name
+                if final.exists():  # a killed attempt renamed it, but did not record the chunk
+                    shutil.rmtree(final)
+                os.rename(base / name, final)
+            shutil.rmtree(base)
+        return lines
 
     def _encoded(self, kind: str, producer: Producer, composed: dict[str, np.ndarray],
                  batch: Sequence[Recipe]) -> list[bytes]:
@@ -196,6 +235,13 @@ class SeedWriter:
 
     def _image(self, rgb: np.ndarray) -> bytes:
         return formats.encode_image(rgb, self.image_format, self.jpeg_quality)
+
+    def _sample_image(self, composed: dict[str, np.ndarray], i: int, bg: int) -> bytes:
+        """fg_bg file; a JPEG re-encodes only the MCU rows of the fg's box (:mod:`.jpeg`)."""
+        if self.image_format != "jpg":
+            return self._image(composed["fg_bg"][i])
+        y0, _x0, h, _w = (int(v) for v in composed["rects"][i])
+        return self._jpeg.encode(composed["fg_bg"][i], bg, composed["bg"][i], y0, y0 + h)
 
 
 def changed_rect(rect: Sequence[int], *changed: np.ndarray) -> tuple[int, int, int, int]:
@@ -280,7 +326,8 @@ class ShardWriter:
                         self._patches.popitem(last=False)
         return out  # type: ignore[return-value]
 
-    def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer) -> list[dict[str, Any]]:
+    def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer,
+                    whole_bg: bool = False) -> list[str]:
         parts: list[bytes] = []
         offsets = [0]
         rects = np.zeros((len(recipes), 4), dtype=np.int32)
@@ -298,11 +345,10 @@ class ShardWriter:
                 parts.append(composed["fg_bg"][i, y0 : y0 + h, x0 : x0 + w].tobytes())
                 parts.append(truth)
                 offsets.append(offsets[-1] + 3 * h * w + len(truth))
-                rows.append(recipe_row(recipe, shard=chunk, slot=k))
+                rows.append(manifest_line(recipe, shard=chunk, slot=k))
                 k += 1
         ids = sorted(bg_ids)
         arrays_out = {
-            "pixels": np.frombuffer(b"".join(parts), dtype=np.uint8),
             "offsets": np.asarray(offsets, dtype=np.int64),
             "rects": rects,
             "recipes": np.asarray([[getattr(r, f) for f in RECIPE_FIELDS] for r in recipes], dtype=np.int32),
@@ -312,7 +358,25 @@ class ShardWriter:
         }
         path = self.root / shard_name(chunk)
         tmp = formats.temp_name(path)
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays_out)
+        write_npz(tmp, arrays_out, "pixels", parts)
         os.replace(tmp, path)
         return rows
+
+
+def write_npz(path: Path | str, arrays: dict[str, np.ndarray], flat_name: str, parts: Sequence[bytes]) -> None:
+    """Write what ``np.savez`` writes (an uncompressed zip of ``.npy`` files), plus one more member.
+
+    The extra member ``flat_name`` is a 1-D uint8 array streamed from
+    ``parts``, so the shard's pixels are never joined into one big copy.
+    """
+    total = sum(len(part) for part in parts)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+        with archive.open(f"{flat_name}.npy", "w", force_zip64=True) as member:
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                      "shape": (total,)}
+            np.lib.format.write_array_header_1_0(member, header)
+            for part in parts:
+                member.write(part)

@@ -91,7 +91,7 @@ class GenerationPlan:
     jpeg_quality: int = 95
     depth_format: str = "png16"
     depth_max: float = 50.0
-    chunk_size: int = 1000
+    chunk_size: int | None = None
 
     def validate(self) -> None:
         """Check the options that need no catalog; raise GenerationError listing every problem."""
@@ -110,7 +110,7 @@ class GenerationPlan:
             problems.append(f"--jpeg-quality must be in 1..100, got {self.jpeg_quality}")
         if self.depth_max <= 0:
             problems.append(f"--depth-max must be positive metres, got {self.depth_max}")
-        if self.chunk_size < 1:
+        if self.chunk_size is not None and self.chunk_size < 1:
             problems.append(f"--chunk-size must be at least 1, got {self.chunk_size}")
         if problems:
             raise GenerationError("; ".join(problems))
@@ -144,6 +144,41 @@ class GenerationPlan:
         return mask, depth
 
 
+#: Recipes per shard when ``chunk_size`` is not given.
+DEFAULT_SHARD_SIZE = 1000
+
+
+def chunk_bounds(recipes: list[Recipe], layout: str, chunk_size: int | None) -> list[tuple[int, int, bool]]:
+    """(start, stop, whole_bg) of each chunk, in recipe order.
+
+    Shards: fixed-size slices (``DEFAULT_SHARD_SIZE`` by default). Seed layout:
+    runs of recipes of one bg, cut every ``chunk_size`` recipes if given (by
+    default a chunk is all of a bg). ``whole_bg`` marks a chunk that holds every
+    recipe of its bg: the seed writer stages its folders and renames them into
+    place, instead of renaming each file.
+    """
+    n = len(recipes)
+    if layout == "shards":
+        size = chunk_size or DEFAULT_SHARD_SIZE
+        return [(start, min(n, start + size), False) for start in range(0, n, size)]
+    runs: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, n + 1):
+        if i == n or recipes[i].bg != recipes[start].bg:
+            runs.append((start, i))
+            start = i
+    runs_per_bg: dict[int, int] = {}
+    for a, _b in runs:
+        runs_per_bg[recipes[a].bg] = runs_per_bg.get(recipes[a].bg, 0) + 1
+    out = []
+    for a, b in runs:
+        size = chunk_size or (b - a)
+        pieces = [(s, min(b, s + size)) for s in range(a, b, size)]
+        whole = len(pieces) == 1 and runs_per_bg[recipes[a].bg] == 1
+        out.extend((s, e, whole) for s, e in pieces)
+    return out
+
+
 @dataclass
 class Prepared:
     """A validated plan and its recipes, in generator order (the order of the manifest)."""
@@ -152,14 +187,18 @@ class Prepared:
     recipes: list[Recipe]
     check: SourceCheck
     resolved: dict[str, Any]
+    bounds: list[tuple[int, int, bool]] = field(default_factory=list)
 
     @property
     def n_chunks(self) -> int:
-        return -(-len(self.recipes) // self.plan.chunk_size)
+        return len(self.bounds)
 
     def chunk(self, index: int) -> list[Recipe]:
-        size = self.plan.chunk_size
-        return self.recipes[index * size : (index + 1) * size]
+        start, stop, _whole = self.bounds[index]
+        return self.recipes[start:stop]
+
+    def whole_bg(self, index: int) -> bool:
+        return self.bounds[index][2]
 
 
 def prepare(plan: GenerationPlan, catalog: Catalog) -> Prepared:
@@ -180,8 +219,10 @@ def prepare(plan: GenerationPlan, catalog: Catalog) -> Prepared:
     recipes = generator.recipes(check.bg_ids, check.fg_ids, (size, size))
     if not recipes:
         raise GenerationError(f"generator {plan.generator!r} made no recipes with {plan.generator_params}")
+    bounds = chunk_bounds(recipes, plan.layout, plan.chunk_size)
     resolved = {
         "plan": plan.to_dict(),
+        "chunks": len(bounds),
         "bg_ids": check.bg_ids,
         "fg_ids": check.fg_ids,
         "skipped": [p.message for p in check.skipped],
@@ -189,4 +230,4 @@ def prepare(plan: GenerationPlan, catalog: Catalog) -> Prepared:
         "depth_unit": f"1/{DEPTH_PNG_UNITS_PER_METRE:g} m" if plan.depth_format == "png16" else
         f"{plan.depth_max:g}/255 m",
     }
-    return Prepared(plan, recipes, check, resolved)
+    return Prepared(plan, recipes, check, resolved, bounds)

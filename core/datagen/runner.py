@@ -77,11 +77,11 @@ class ChunkJob:
             self.writer = ShardWriter(root)
         self.progress = Progress(root)
 
-    def run(self, chunk: int, recipes: Sequence[Recipe]) -> tuple[int, int, str | None]:
+    def run(self, chunk: int, recipes: Sequence[Recipe], whole_bg: bool = False) -> tuple[int, int, str | None]:
         """(chunk, samples written, error message or None); an error costs this chunk only."""
         try:
-            rows = self.writer.write_chunk(chunk, recipes, self.producer)
-            self.progress.mark_done(chunk, rows)
+            lines = self.writer.write_chunk(chunk, recipes, self.producer, whole_bg)
+            self.progress.mark_done(chunk, lines)
         except Exception as exc:
             return chunk, 0, f"chunk {chunk} ({recipes[0].stem}...): {type(exc).__name__}: {exc}"
         return chunk, len(recipes), None
@@ -126,7 +126,7 @@ def _init_worker(plan_data: dict[str, Any], root: str, parent: int) -> None:
     _JOB = ChunkJob(GenerationPlan.from_dict(plan_data), Path(root))
 
 
-def _run_chunk(task: tuple[int, list[Recipe]]) -> tuple[int, int, str | None]:
+def _run_chunk(task: tuple[int, list[Recipe], bool]) -> tuple[int, int, str | None]:
     assert _JOB is not None, "worker not initialised"
     return _JOB.run(*task)
 
@@ -207,9 +207,9 @@ def _execute(prepared: Prepared, out: Path, todo: list[int], workers: int):
     if workers == 1 or len(todo) == 1:
         job = ChunkJob(prepared.plan, out)
         for chunk in todo:
-            yield job.run(chunk, prepared.chunk(chunk))
+            yield job.run(chunk, prepared.chunk(chunk), prepared.whole_bg(chunk))
         return
-    tasks = ((chunk, prepared.chunk(chunk)) for chunk in todo)
+    tasks = ((chunk, prepared.chunk(chunk), prepared.whole_bg(chunk)) for chunk in todo)
     pool = _context().Pool(min(workers, len(todo)), initializer=_init_worker,
                            initargs=(plan_data, str(out), os.getpid()))
     try:
