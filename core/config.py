@@ -240,7 +240,7 @@ def resolve_variants(
     raw = copy.deepcopy(raw)
     parsed = [parse_set(s) for s in sets or []]
     for key, value in parsed:
-        if key.startswith("variants."):
+        if key == "variants" or key.startswith("variants."):
             set_dotted(raw, key, value)
     variants = raw.pop("variants", None) or {}
     if not isinstance(variants, dict):
@@ -259,7 +259,7 @@ def resolve_variants(
         merged = deep_merge(raw, _expand_dotted(overrides))
         merged["variant"] = str(name)
         for key, value in parsed:
-            if not key.startswith("variants."):
+            if key != "variants" and not key.startswith("variants."):
                 set_dotted(merged, key, value)
         try:
             cfg = ExperimentConfig.model_validate(merged)

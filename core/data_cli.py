@@ -106,6 +106,7 @@ def generate(
     depth_max: Annotated[float, Opt(help="Metres mapped to 255 by --depth-format jpg8.")] = 50.0,
     workers: Annotated[int | None, Opt(help="Worker processes (default: all cores).")] = None,
     chunk_size: ChunkOpt = None,
+    links: Annotated[bool, Opt(help="Seed layout: identical mask/depth files are hard links to one copy.")] = True,
     resume: Annotated[bool, Opt(help="Continue an interrupted run in --out.")] = False,
     progress: Annotated[bool, Opt(help="Show a progress bar with ETA.")] = True,
 ) -> None:
@@ -144,12 +145,14 @@ def generate(
             mask=mask, mask_params=parse_params(mask_param, "--mask-param"),
             depth=depth, depth_params=parse_params(depth_param, "--depth-param"),
             layout=layout, image_format=image_format, jpeg_quality=jpeg_quality,
-            depth_format=depth_format, depth_max=depth_max, chunk_size=chunk_size,
+            depth_format=depth_format, depth_max=depth_max, chunk_size=chunk_size, links=links,
         )
         report = generate(plan, out, workers=workers, resume=resume, progress=progress,
                           log=lambda msg: typer.echo(msg, err=True))
     except GenerationInterrupted as exc:
         _fail(str(exc), code=130)
+    except KeyboardInterrupt:  # before the first chunk or while finishing: nothing is lost
+        _fail(f"interrupted; rerun the same command with --resume to continue in {out}", code=130)
     except GenerationError as exc:
         _fail(str(exc))
     if report.skipped:
@@ -159,8 +162,10 @@ def generate(
     for problem in report.warnings:
         _warn(problem.message)
     if report.failures:
-        for failure in report.failures:
+        for failure in report.failures[:5]:
             typer.secho(f"  {failure}", err=True)
+        if len(report.failures) > 5:
+            typer.secho(f"  ... and {len(report.failures) - 5} more", err=True)
         _fail(f"{len(report.failures)} chunk(s) failed (errors above); fix the cause and rerun with --resume")
     total = dataset_bytes(out)
     per_sample = total / max(report.count, 1) / 1e3

@@ -9,7 +9,9 @@ nothing to disk.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -133,7 +135,18 @@ def build_samples(data: DataSpec, catalog: Catalog) -> SampleSet:
                                 geometry=SceneGeometry(far=data.max_depth))
     generator = catalog.create("generator", data.generator.name, **data.generator.params)
     size = source.size
-    recipes = generator.recipes(list(range(sources.n_bg)), list(range(sources.n_fg)), (size, size))
+    bg_ids, fg_ids = list(range(sources.n_bg)), list(range(sources.n_fg))
+    if isinstance(sources, FolderSources):
+        # read every file once before training: a bad file is skipped with a warning, never a crash mid-run
+        check = sources.check()
+        for problem in check.problems:
+            print(f"losslab: {problem}", file=sys.stderr)
+        if len(check.bg_ids) < 2 or not check.fg_ids:
+            raise ValueError(f"data.source: after skipping unusable files, {len(check.bg_ids)} bg and "
+                             f"{len(check.fg_ids)} fg remain in {source.bg_dir} and {source.fg_dir}; "
+                             "at least 2 bg and 1 fg are needed")
+        bg_ids, fg_ids = check.bg_ids, check.fg_ids
+    recipes = generator.recipes(bg_ids, fg_ids, (size, size))
     mask_gt = catalog.create("ground_truth", data.ground_truth.mask.name, **data.ground_truth.mask.params)
     depth_gt = catalog.create("ground_truth", data.ground_truth.depth.name, **data.ground_truth.depth.params)
     return VirtualSamples(sources, recipes, mask_gt, depth_gt, out_size=data.image_size)
@@ -237,10 +250,26 @@ class BatchLoader:
                 yield chunk
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for chunk in self.chunks():
-            batch = self.load(chunk)
-            batch["index"] = torch.from_numpy(chunk.astype(np.int64))
-            yield batch
+        """Batches in order; the next one is composed on a background thread while the model computes.
+
+        numpy and OpenCV release the GIL while they work, so composing batch
+        i+1 overlaps the forward and backward pass of batch i.
+        """
+        chunks = list(self.chunks())
+        if not chunks:
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="losslab-data") as pool:
+            pending = pool.submit(self._indexed, chunks[0])
+            for nxt in chunks[1:]:
+                batch = pending.result()
+                pending = pool.submit(self._indexed, nxt)
+                yield batch
+            yield pending.result()
+
+    def _indexed(self, chunk: np.ndarray) -> dict[str, torch.Tensor]:
+        batch = self.load(chunk)
+        batch["index"] = torch.from_numpy(chunk.astype(np.int64))
+        return batch
 
     def load(self, chunk: Sequence[int]) -> dict[str, torch.Tensor]:
         arrays = resize_arrays(self.samples.get(chunk), self.image_size)

@@ -44,7 +44,11 @@ class DeviceSamples:
         sources = samples.compose_sources
         recipes = [scale_recipe(r, samples.factor) if samples.factor != 1.0 else r for r in samples.recipes]
         compositor = Compositor(sources)
-        bgs = np.stack([sources.bg(i) for i in range(sources.n_bg)])  # (n_bg, H, W, 3) uint8
+        used = sorted({r.bg for r in recipes})  # a bg skipped as unreadable is never read
+        first = sources.bg(used[0])
+        bgs = np.zeros((sources.n_bg, *first.shape), dtype=np.uint8)  # (n_bg, H, W, 3)
+        for b in used:
+            bgs[b] = sources.bg(b)
         self.height, self.width = bgs.shape[1:3]
         self.bg = torch.from_numpy(bgs).to(device).permute(0, 3, 1, 2).contiguous()  # uint8, 1 byte a pixel
 

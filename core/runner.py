@@ -106,7 +106,9 @@ def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple
     if not done:
         return "no run finished", None
     variants = list(dict.fromkeys(c.variant for c in done))
-    keys = sorted({k for c in done for k in c.metrics if k.startswith("val/")},
+    # metrics and the total loss; per-term losses stay in MLflow and the report, to keep the table readable
+    keys = sorted({k for c in done for k in c.metrics
+                   if k.startswith(("val/mask_", "val/depth_")) or k in ("val/loss", monitor)},
                   key=lambda k: (k != monitor, "loss" in k, k))
     stats: dict[str, dict[str, tuple[float, float, int]]] = {}
     for v in variants:
@@ -124,8 +126,11 @@ def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple
     for v in ranked + [v for v in variants if v not in ranked]:
         cells = [v + (" *" if v == winner else "")]
         for k in keys:
-            mean, sd, _ = stats[v].get(k, (math.nan, math.nan, 0))
-            cells.append(f"{mean:.4f} ± {sd:.4f}")
+            if k in stats[v]:
+                mean, sd, _ = stats[v][k]
+                cells.append(f"{mean:.4f} ± {sd:.4f}")
+            else:
+                cells.append("—")  # a loss term this variant does not use
         cells.append(str(max((n for _, _, n in stats[v].values()), default=0)))
         lines.append(cells)
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(headers)]

@@ -25,6 +25,9 @@ import numpy as np
 
 from losslab.core.geometry import SceneGeometry
 
+#: bgs kept decoded per process (~70 MB at 150 px); fgs, small, are all kept.
+BG_CACHE = 1024
+
 
 @runtime_checkable
 class Sources(Protocol):
@@ -197,7 +200,7 @@ class SyntheticSources:
             raise ValueError(f"synthetic bg size must be at least 32 px, got {size}")
         self._n_bg, self._n_fg, self.seed, self.size = n_bg, n_fg, seed, size
         self.base_geometry = geometry or SceneGeometry()
-        self._bg = lru_cache(maxsize=None)(self._draw_bg)
+        self._bg = lru_cache(maxsize=BG_CACHE)(self._draw_bg)
         self._fg = lru_cache(maxsize=None)(lambda i: draw_foreground(self.seed, i))
 
     @property
@@ -413,7 +416,7 @@ class FolderSources:
         self.fg_paths = list_images(Path(fg_dir), "fg")
         self.size, self.bg_fit = size, bg_fit
         self.base_geometry = geometry or SceneGeometry()
-        self._bg = lru_cache(maxsize=None)(self._read_bg)
+        self._bg = lru_cache(maxsize=BG_CACHE)(self._read_bg)
         self._fg = lru_cache(maxsize=None)(lambda i: read_rgba(self.fg_paths[i]))
 
     @property

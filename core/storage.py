@@ -35,7 +35,7 @@ import numpy as np
 from losslab.core.datagen import formats
 from losslab.core.datagen.formats import DatasetError
 from losslab.core.datagen.layouts import RECIPE_FIELDS, SHARD_DIR, sample_stem
-from losslab.core.datagen.resume import DATASET_FILE, MANIFEST, PROGRESS_DIR
+from losslab.core.datagen.resume import DATASET_FILE, MANIFEST, PROGRESS_DIR, RECIPES_FILE
 from losslab.core.recipes import Recipe, parse_stem
 from losslab.core.sources import IMAGE_SUFFIXES, SourceError, fit_background, read_rgb
 
@@ -55,14 +55,20 @@ _FGBG = re.compile(r"^fgbg_(\d+)$")
 
 
 def dataset_bytes(root: Path) -> int:
-    """Bytes of every file under ``root`` (what the dataset costs on disk)."""
+    """Bytes of every file under ``root``, each hard-linked file counted once (what it costs on disk)."""
     total = 0
+    seen: set[tuple[int, int]] = set()
     for folder, _dirs, files in os.walk(root):
         for name in files:
             try:
-                total += os.stat(os.path.join(folder, name)).st_size
+                st = os.stat(os.path.join(folder, name))
             except OSError:
                 continue
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
     return total
 
 
@@ -122,6 +128,20 @@ class SeedSamples(_Materialized):
     def __init__(self, root: Path) -> None:
         root = Path(root)
         meta = _read_meta(root)
+        super().__init__(root, self._recipes(root, int(meta.get("count", -1))), meta)
+        self.image_format = meta.get("image_format", "jpg")
+        self.depth_format = meta.get("depth_format", "png16")
+        self.depth_max = float(meta.get("depth_max", 50.0))
+        self._bg = lru_cache(maxsize=256)(self._read_bg)
+
+    @staticmethod
+    def _recipes(root: Path, count: int) -> np.ndarray:
+        """The recipe table: ``recipes.npy`` when it matches the count, else parsed from the manifest."""
+        fast = root / RECIPES_FILE
+        if fast.exists():
+            table = np.load(fast, allow_pickle=False)
+            if table.shape == (count, len(RECIPE_FIELDS)):
+                return table
         rows = []
         try:
             with open(root / MANIFEST) as fh:
@@ -130,11 +150,7 @@ class SeedSamples(_Materialized):
                     rows.append([int(row[f]) for f in RECIPE_FIELDS])
         except (OSError, json.JSONDecodeError, KeyError) as exc:
             raise DatasetError(f"{root / MANIFEST}: cannot be read ({exc}); regenerate the dataset") from None
-        super().__init__(root, np.asarray(rows, dtype=np.int32).reshape(-1, len(RECIPE_FIELDS)), meta)
-        self.image_format = meta.get("image_format", "jpg")
-        self.depth_format = meta.get("depth_format", "png16")
-        self.depth_max = float(meta.get("depth_max", 50.0))
-        self._bg = lru_cache(maxsize=256)(self._read_bg)
+        return np.asarray(rows, dtype=np.int32).reshape(-1, len(RECIPE_FIELDS))
 
     def _read_bg(self, bg: int) -> np.ndarray:
         return formats.decode_image(self.root / formats.bg_path(bg, self.image_format))

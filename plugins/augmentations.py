@@ -1,27 +1,37 @@
-"""Built-in batch augmentations: ``geometric`` and ``photometric``, with Kornia, on the batch's device.
+"""Built-in batch augmentations: ``geometric`` and ``photometric``, with Kornia's functional API, on the batch's device.
 
 A batch is ``{"bg": (B,3,H,W), "fg_bg": (B,3,H,W), "mask": (B,1,H,W), "depth":
 (B,1,H,W)}``, all float; an augmentation returns a new dict with the same keys
 and shapes, on the same device (other entries pass through untouched).
 
-Reproducibility: Kornia draws its random parameters from torch's global CPU
-generator. Each augmentation owns a ``torch.Generator`` seeded with ``seed``;
-every call takes one number from it, and runs Kornia inside
-``torch.random.fork_rng`` with the global generator seeded from that number.
-So the same seed and the same sequence of batches give the same outputs on
-any machine, and the caller's own random stream is left exactly as it was
-(fork_rng restores it). Random tensors that live on the device (noise) come
-from a device generator seeded from the same stream, never from the global
-device RNG.
+Why functional, not ``kornia.augmentation``: an ``AugmentationSequential`` of
+``RandomHorizontalFlip`` + ``RandomAffine`` and one of ``ColorJiggle`` cost
+about 18 ms per batch of 32 at 64x64 on a 2-core CPU, most of it parameter
+generation, validation and per-call bookkeeping, against about 3 ms for the
+warps and colour ops themselves. So each augmentation draws its own
+parameters (a few dozen numbers per batch) and calls Kornia's functional
+building blocks (``get_affine_matrix2d``, ``normalize_homography``,
+``kornia.enhance.adjust_*``) directly, with the same conventions as the
+Kornia modules they replace.
+
+Reproducibility: each augmentation owns a CPU ``torch.Generator`` seeded with
+``seed`` and draws every random parameter from it (on the CPU, then moved to
+the batch's device once per call). So the same seed and the same sequence of
+batches give the same outputs on any machine and device, and torch's global
+random generators are never read or advanced. Random tensors that live on the
+device (noise) come from a device generator seeded from the same stream.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import math
+from collections.abc import Sequence
 
-import kornia.augmentation as K
 import torch
+import torch.nn.functional as F
+from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue, adjust_saturation
+from kornia.geometry.conversions import convert_affinematrix_to_homography, normalize_homography
+from kornia.geometry.transform import get_affine_matrix2d, invert_affine_transform
 
 from losslab.core.markers import hookimpl
 from losslab.core.registry import Registry
@@ -75,7 +85,7 @@ def _describe(t: object) -> str:
 
 
 class SeededAugmentation:
-    """Base of the built-ins: a private random stream, forked global RNG around each Kornia call."""
+    """Base of the built-ins: a private CPU random stream that every random parameter comes from."""
 
     name = "augmentation"
 
@@ -85,16 +95,12 @@ class SeededAugmentation:
         self.seed = seed
         self._stream = torch.Generator().manual_seed(seed)
 
+    def _uniform(self, *shape: int) -> torch.Tensor:
+        """Uniform [0, 1) float64 draws from this augmentation's stream, on the CPU."""
+        return torch.rand(shape, generator=self._stream, dtype=torch.float64)
+
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self._stream).item())
-
-    @contextmanager
-    def _seeded(self) -> Iterator[int]:
-        """Run the body with torch's global CPU generator seeded from this augmentation's stream."""
-        call_seed = self._next_seed()
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(call_seed)
-            yield call_seed
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed})"
@@ -103,15 +109,35 @@ class SeededAugmentation:
 class Geometric(SeededAugmentation):
     """Horizontal flip and random affine, with the same parameters for bg, fg_bg, mask and depth.
 
-    bg and fg_bg are stacked on channels and warped with bilinear
-    interpolation; mask and depth are stacked as a 2-channel Kornia ``mask``
-    and warped with nearest interpolation, so no mask or depth value appears
-    that was not in the input. Each sample of the batch draws its own
-    parameters. Borders uncovered by rotation, translation or zoom-out are
-    filled by ``padding_mode``: ``"reflection"`` (default) or ``"border"``
-    copy existing pixels (so depth values stay those of the input, and the
-    mask stays consistent with the images); ``"zeros"`` fills images, mask and
-    depth with 0.
+    Each sample draws its own parameters: with probability ``hflip_p`` a
+    horizontal flip, and with probability ``affine_p`` an affine with a
+    rotation in ``[-degrees, degrees]`` about the image centre, a shift of up
+    to ``translate`` times the width and height, and a zoom in ``scale`` (the
+    distributions and pixel conventions of ``kornia.augmentation.RandomAffine``).
+    Flip and affine are composed into one 2x3 matrix per sample (the flip is a
+    mirror about the centre column, applied first), so each pixel is
+    resampled once: bg and fg_bg are stacked on channels and sampled in one
+    ``grid_sample`` call (bilinear by default), mask and depth in another with
+    nearest interpolation, so no mask or depth value appears that was not in
+    the input.
+
+    Both calls share one sampling grid, built here rather than by two
+    ``kornia.geometry.transform.warp_affine`` calls: the result is the same
+    (same matrices, same pixel-centre convention, ``align_corners=False`` as
+    in ``RandomAffine``), but ``warp_affine`` rebuilds its grid on every call,
+    which on a CPU costs more than the sampling itself.
+
+    Samples without an affine are flipped (or left) exactly with
+    ``torch.flip`` instead of warped: a bilinear warp by the flip or identity
+    matrix is off by up to ~1e-5 in float32 (rounding in the sampling grid),
+    and untouched pixels should stay bit-identical. Only the samples that drew
+    an affine are warped, which is also cheaper than warping the whole batch.
+
+    Borders uncovered by rotation, translation or zoom-out are filled by
+    ``padding_mode``: ``"reflection"`` (default) or ``"border"`` copy existing
+    pixels (so depth values stay those of the input, and the mask stays
+    consistent with the images); ``"zeros"`` fills images, mask and depth
+    with 0.
 
     Args:
         seed: seed of the random stream.
@@ -161,30 +187,82 @@ class Geometric(SeededAugmentation):
             raise AugmentationError(
                 f"augmentation 'geometric': image_resample is 'bilinear' or 'nearest', got {image_resample!r}"
             )
-        self.padding_mode = padding_mode
-        self.pipeline = K.AugmentationSequential(
-            K.RandomHorizontalFlip(p=hflip_p),
-            K.RandomAffine(
-                degrees=degrees,
-                translate=(translate, translate) if translate > 0 else None,
-                scale=scale_range,
-                padding_mode=padding_mode,
-                resample=image_resample,
-                p=affine_p,
-            ),
-            data_keys=["input", "mask"],  # "mask" keys are resampled with nearest interpolation
-        )
+        self.hflip_p, self.affine_p = float(hflip_p), float(affine_p)
+        self.degrees, self.translate, self.scale = float(degrees), float(translate), scale_range
+        self.padding_mode, self.image_resample = padding_mode, image_resample
+
+    def draw(self, b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Draw one call's parameters, on the CPU: flip (B,) bool, affine (B,) bool, matrices (B, 2, 3).
+
+        ``matrices`` are Kornia's source-to-destination pixel matrices (pixel
+        centres at integer coordinates), float64: the flip ``x -> (w - 1) - x``
+        where a sample flips, then the affine where it drew one.
+        """
+        u = self._uniform(b, 6)
+        flip, affine = u[:, 0] < self.hflip_p, u[:, 1] < self.affine_p
+        f64 = torch.float64
+        angle = (2 * u[:, 2] - 1) * self.degrees
+        shift = (2 * u[:, 3:5] - 1) * self.translate * torch.tensor([w, h], dtype=f64)
+        low, high = self.scale
+        zoom = (low + (high - low) * u[:, 5:6]).expand(b, 2)
+        centre = torch.tensor([[(w - 1) / 2, (h - 1) / 2]], dtype=f64).expand(b, 2)
+        eye = torch.eye(3, dtype=f64).expand(b, 3, 3)
+        move = torch.where(affine[:, None, None], get_affine_matrix2d(shift, centre, zoom, angle), eye)
+        mirror = eye.clone()
+        mirror[flip, 0, 0], mirror[flip, 0, 2] = -1.0, w - 1.0
+        return flip, affine, (move @ mirror)[:, :2].contiguous()
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        check_batch(batch, self.name)
-        images = torch.cat([batch["bg"], batch["fg_bg"]], dim=1)
-        targets = torch.cat([batch["mask"], batch["depth"]], dim=1)
-        with self._seeded():
-            images, targets = self.pipeline(images, targets)
+        b, h, w = check_batch(batch, self.name)
+        flip, affine, matrices = self.draw(b, h, w)
+        dev = batch["bg"].device
         out = dict(batch)
-        out["bg"], out["fg_bg"] = images[:, :3].contiguous(), images[:, 3:].contiguous()
-        out["mask"], out["depth"] = targets[:, :1].contiguous(), targets[:, 1:].contiguous()
+        grid = self._grid(matrices[affine], h, w, dev, batch["bg"].dtype) if bool(affine.any()) else None
+        if grid is not None and bool(affine.all()):  # every sample warps: two calls, no bookkeeping
+            images = self._sample(torch.cat([batch["bg"], batch["fg_bg"]], dim=1), grid, self.image_resample)
+            targets = self._sample(torch.cat([batch["mask"], batch["depth"]], dim=1), grid, "nearest")
+            out["bg"], out["fg_bg"] = images[:, :3].contiguous(), images[:, 3:].contiguous()
+            out["mask"], out["depth"] = targets[:, :1].contiguous(), targets[:, 1:].contiguous()
+            return out
+        # Otherwise three kinds of sample: warped (drew an affine; its flip is folded into its matrix),
+        # flipped only (exact torch.flip), untouched (copied as they are). Copies of the four tensors
+        # receive the first two kinds by index, so each pixel is written at most twice.
+        keys = (*IMAGE_KEYS, *TARGET_KEYS)
+        for key in keys:
+            out[key] = batch[key].clone(memory_format=torch.contiguous_format)
+        if (flip_idx := _indices(flip & ~affine, dev)) is not None:
+            for key in keys:
+                out[key].index_copy_(0, flip_idx, batch[key].index_select(0, flip_idx).flip(-1))
+        if grid is not None and (warp_idx := _indices(affine, dev)) is not None:
+            for pair, mode in ((IMAGE_KEYS, self.image_resample), (TARGET_KEYS, "nearest")):
+                stacked = torch.cat([batch[key].index_select(0, warp_idx) for key in pair], dim=1)
+                warped = self._sample(stacked, grid, mode)
+                split = batch[pair[0]].shape[1]
+                out[pair[0]].index_copy_(0, warp_idx, warped[:, :split])
+                out[pair[1]].index_copy_(0, warp_idx, warped[:, split:])
         return out
+
+    @staticmethod
+    def _grid(matrices: torch.Tensor, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The (N, H, W, 2) ``grid_sample`` grid of source-to-destination pixel matrices (N, 2, 3).
+
+        What ``warp_affine`` computes, once: the destination-to-source matrix in
+        normalized coordinates (float64, on the CPU), applied to the
+        destination pixel centres.
+        """
+        inverse = convert_affinematrix_to_homography(invert_affine_transform(matrices))
+        theta = normalize_homography(inverse, (h, w), (h, w), align_corners=False)[:, :2]
+        t = theta.to(device=device, dtype=dtype)[:, None, None]  # (N, 1, 1, 2, 3)
+        xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=device, dtype=dtype)[None, None, :, None]
+        ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=device, dtype=dtype)[None, :, None, None]
+        return xs * t[..., 0] + (ys * t[..., 1] + t[..., 2])
+
+    def _sample(self, x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+            # torch's CPU half-precision grid_sample returns wrong values on larger images (see kornia's
+            # warp_affine, which samples these in float32 for the same reason)
+            return self._sample(x.float(), grid.float(), mode).to(x.dtype)
+        return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=self.padding_mode, align_corners=False)
 
 
 class Photometric(SeededAugmentation):
@@ -196,13 +274,19 @@ class Photometric(SeededAugmentation):
     noise, simulating a lighting change between the two shots. Mask and depth
     are returned untouched. Outputs are clamped to [0, 1].
 
-    The jitter is Kornia's ``ColorJiggle``, whose four steps are per pixel
-    (brightness adds, contrast scales, saturation and hue act in HSV), so a
-    pixel's result depends only on its value and the drawn factors: that is
-    what keeps uncovered pixels equal in bg and fg_bg. A pair is jittered in
-    one call, side by side on the width axis, so it shares one parameter
-    draw; independent images are stacked on the batch axis instead, so each
-    draws its own.
+    A jittered sample goes through four Kornia functional steps in this fixed
+    order (``ColorJiggle``'s conventions; ColorJiggle itself shuffles the order
+    per batch unless told otherwise): brightness adds a shift drawn from
+    ``[-brightness, brightness]`` (``adjust_brightness``), contrast multiplies
+    by a factor from ``[1 - contrast, 1 + contrast]`` (``adjust_contrast``, a
+    per-pixel scale, not the mean-based variant), saturation scales the HSV
+    saturation by a factor from ``[1 - saturation, 1 + saturation]``
+    (``adjust_saturation``), hue rotates by a shift from ``[-hue, hue]`` turns
+    of the hue circle (``adjust_hue``, in radians). A step whose strength is 0
+    is skipped. Every step is per pixel, so a pixel's result depends only on
+    its value and its sample's factors: that is what keeps uncovered pixels
+    equal in bg and fg_bg. Samples not drawn for the jitter (``jitter_p``) are
+    left exactly as they were.
 
     ``hue`` defaults to 0 because it is by far the dearest step on a CPU (an
     RGB -> HSV -> RGB round trip, several times the cost of the other three
@@ -210,7 +294,7 @@ class Photometric(SeededAugmentation):
 
     Args:
         seed: seed of the random stream.
-        brightness, contrast, saturation: jitter strength (factor drawn from ``[1 - v, 1 + v]``).
+        brightness, contrast, saturation: jitter strength (see above for the ranges).
         hue: hue shift drawn from ``[-hue, hue]`` turns of the hue circle (at most 0.5).
         jitter_p: probability of the colour jitter per sample.
         noise_std: standard deviation of additive gaussian noise (0 disables it).
@@ -243,26 +327,57 @@ class Photometric(SeededAugmentation):
                 )
         if noise_std < 0:
             raise AugmentationError(f"augmentation 'photometric': noise_std must be >= 0, got {noise_std}")
+        self.strengths = (float(brightness), float(contrast), float(saturation), float(hue))
+        self.jitter_p = float(jitter_p)
         self.noise_std, self.noise_p, self.independent = float(noise_std), float(noise_p), bool(independent)
-        self.pipeline = K.AugmentationSequential(
-            K.ColorJiggle(brightness, contrast, saturation, hue, p=jitter_p), data_keys=["input"]
-        )
+
+    def draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``n`` samples' jitter, on the CPU: on (n,) bool and factors (n, 4) float64.
+
+        The factors are the arguments of ``adjust_brightness``, ``adjust_contrast``,
+        ``adjust_saturation`` and ``adjust_hue`` (radians), in that order.
+        """
+        u = self._uniform(n, 5)
+        on = u[:, 0] < self.jitter_p
+        spread = (2 * u[:, 1:] - 1) * torch.tensor(self.strengths, dtype=torch.float64)
+        factors = spread + torch.tensor([0.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+        factors[:, 3] *= 2 * math.pi
+        return on, factors
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        b, _, w = check_batch(batch, self.name)
-        with self._seeded() as call_seed:
-            if self.independent:  # 2B samples: every image draws its own factors
-                both = self.pipeline(torch.cat([batch["bg"], batch["fg_bg"]], dim=0))
-                bg, fg_bg = both[:b], both[b:]
-            else:  # B samples of width 2W: one draw per pair
-                both = self.pipeline(torch.cat([batch["bg"], batch["fg_bg"]], dim=3))
-                bg, fg_bg = both[..., :w], both[..., w:]
+        b, _, _ = check_batch(batch, self.name)
+        both = torch.cat([batch["bg"], batch["fg_bg"]], dim=0)  # (2B, 3, H, W): bg then fg_bg
+        if self.independent:  # every image draws its own factors
+            on, factors = self.draw(2 * b)
+        else:  # one draw per pair, shared by its bg and fg_bg
+            on, factors = self.draw(b)
+            on, factors = on.repeat(2), factors.repeat(2, 1)
+        factors = factors[on].to(device=both.device, dtype=both.dtype)
+        if bool(on.all()):
+            both = self._jitter(both, factors)
+        elif (idx := _indices(on, both.device)) is not None:  # jitter only the drawn samples, in place
+            both.index_copy_(0, idx, self._jitter(both.index_select(0, idx), factors))
+        bg, fg_bg = both[:b], both[b:]
         if self.noise_std > 0:
-            gen = torch.Generator(device=bg.device).manual_seed(call_seed)
+            gen = torch.Generator(device=bg.device).manual_seed(self._next_seed())
             bg, fg_bg = self._add_noise(bg, fg_bg, gen)
         out = dict(batch)
         out["bg"], out["fg_bg"] = bg.contiguous(), fg_bg.contiguous()
         return out
+
+    def _jitter(self, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+        """The four steps in their fixed order on fresh (N, 3, H, W) images (clamped in place) with (N, 4) factors."""
+        brightness, contrast, saturation, hue = self.strengths
+        x = x.clamp_(0.0, 1.0)
+        if brightness > 0:
+            x = adjust_brightness(x, factors[:, 0])
+        if contrast > 0:
+            x = adjust_contrast(x, factors[:, 1])
+        if saturation > 0:
+            x = adjust_saturation(x, factors[:, 2])
+        if hue > 0:
+            x = adjust_hue(x, factors[:, 3])
+        return x.clamp_(0.0, 1.0)
 
     def _add_noise(
         self, bg: torch.Tensor, fg_bg: torch.Tensor, gen: torch.Generator
@@ -275,6 +390,13 @@ class Photometric(SeededAugmentation):
         if self.independent:
             fg_noise = torch.randn(bg.shape, generator=gen, device=dev, dtype=dtype) * on
         return (bg + noise).clamp_(0.0, 1.0), (fg_bg + fg_noise).clamp_(0.0, 1.0)
+
+
+def _indices(selected: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """The positions of a CPU bool mask as an index tensor on ``device``; None where nothing is selected."""
+    if not bool(selected.any()):
+        return None
+    return selected.nonzero().squeeze(1).to(device)
 
 
 def _check_prob(where: str, label: str, p: float) -> None:

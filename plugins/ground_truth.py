@@ -9,11 +9,14 @@ A producer may also define ``cache_key(recipe, sources)``: a hashable value
 such that two recipes with equal keys (in one image size) get the same
 output, or None. Writers use it to encode a repeated mask or depth once (the
 documented grid repeats every fg placement on every bg); a producer without
-it, or returning None, is simply recomputed each time.
+it, or returning None, is simply recomputed each time. It may define
+``check()``, which ``lab data generate`` calls once before any work (the model
+depth loads its network there, so a wrong file fails at once).
 """
 
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
 from pathlib import Path
@@ -43,6 +46,10 @@ class AlphaMask:
 
     def __call__(self, composed: Composed, recipes: Sequence[Recipe], sources: Sources) -> np.ndarray:
         return (composed["alpha"] >= self.threshold).astype(np.uint8)
+
+    def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
+        """On the device the mask is the same threshold of the composited alpha (core/device_data.py)."""
+        return {"kind": "threshold", "threshold": self.threshold}
 
     def cache_key(self, recipe: Recipe, sources: Sources) -> Hashable:
         """The alpha canvas depends on the fg, its flip and its box only, not on the bg."""
@@ -101,6 +108,13 @@ class GroundPlaneDepth:
             np.copyto(out[i], np.float32(fg_depth), where=composed["alpha"][i] >= self.threshold)
         return out
 
+    def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
+        """Each bg's depth map and each recipe's fg depth, uploaded once (core/device_data.py)."""
+        bg_maps = np.stack([self.geometry(sources, b).depth_map(height, width) for b in range(sources.n_bg)])
+        fg_values = np.array([self.geometry(sources, r.bg).ground_depth_at(min(r.base_y, height) - 1, height)
+                              for r in recipes], dtype=np.float32)
+        return {"kind": "fg-over-bg", "threshold": self.threshold, "bg_maps": bg_maps, "fg_values": fg_values}
+
     def cache_key(self, recipe: Recipe, sources: Sources) -> Hashable:
         """The bg's geometry (not its pixels) and the fg's alpha canvas determine this depth."""
         geo = self.geometry(sources, recipe.bg)
@@ -111,8 +125,8 @@ class LayerDepth:
     """The documented depth layers: a constant depth per grid row, the bg at one far layer.
 
     ``depths`` gives the depth (metres) of rows 0..n-1; by default row ``r`` is
-    at ``near * step**r``. Free placements (row -1) use the depth of the nearest
-    row by size.
+    at ``near * step**r``. Free placements (row -1), which have no
+    row, use row 0's depth.
     """
 
     target: ClassVar[str] = "depth"
@@ -134,6 +148,13 @@ class LayerDepth:
             out[i][composed["alpha"][i] >= self.threshold] = self.depths[row]
         return out
 
+    def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
+        """A constant background and each recipe's row depth, uploaded once (core/device_data.py)."""
+        bg_maps = np.full((sources.n_bg, height, width), self.background, dtype=np.float32)
+        fg_values = np.array([self.depths[r.row if 0 <= r.row < len(self.depths) else 0] for r in recipes],
+                             dtype=np.float32)
+        return {"kind": "fg-over-bg", "threshold": self.threshold, "bg_maps": bg_maps, "fg_values": fg_values}
+
     def cache_key(self, recipe: Recipe, sources: Sources) -> Hashable:
         """Layer depths depend on the grid row and the fg's alpha canvas only."""
         return ("layers", recipe.row, self.threshold, recipe.fg, recipe.flip, recipe.size, recipe.x, recipe.y)
@@ -143,9 +164,11 @@ class ModelDepth:
     """Depth from a monocular depth network loaded from a local file.
 
     The file is a TorchScript archive (``torch.jit.script(net).save(path)``),
-    or, with ``architecture`` set to a registered architecture name (and its
-    ``arch_params``), a state dict saved with ``torch.save`` (a losslab
-    checkpoint, whose weights sit under ``"model"``, works as is).
+    an exported program (``torch.export.save``, a ``.pt2`` file; export it with
+    dynamic height and width, or set ``input_size`` to the size it was
+    exported at), or, with ``architecture`` set to a registered architecture
+    name (and its ``arch_params``), a state dict saved with ``torch.save`` (a
+    losslab checkpoint, whose weights sit under ``"model"``, works as is).
 
     By default the network runs once per bg (cached, at most ``cache`` bgs),
     and each fg is composited at its ground depth: the fg's pixels (alpha at
@@ -216,17 +239,32 @@ class ModelDepth:
             self._model = self._load()
         return self._model
 
+    def check(self) -> None:
+        """Load the network once, to fail before any work on a file that is not what it should be."""
+        self._load()
+
     def _load(self) -> Any:
         import torch
 
+        if self.architecture is None and self.path.suffix == ".pt2":
+            try:
+                net = torch.export.load(str(self.path)).module()
+            except Exception as exc:  # any failure means "not an exported program"
+                raise ValueError(
+                    f"model depth: {self.path} cannot be loaded with torch.export.load ({type(exc).__name__}: "
+                    f"{exc}); save it with torch.export.save(torch.export.export(net, args), path)"
+                ) from None
+            return net.to(self.device)
         if self.architecture is None:
             try:
-                net = torch.jit.load(str(self.path), map_location="cpu")
-            except Exception as exc:
+                with warnings.catch_warnings():  # TorchScript is deprecated upstream; the user chose it
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    net = torch.jit.load(str(self.path), map_location="cpu")
+            except Exception as exc:  # torch raises several types for a file that is not an archive
                 raise ValueError(
                     f"model depth: {self.path} is not a TorchScript archive ({type(exc).__name__}); save the "
-                    "network with torch.jit.script(net).save(path), or, for a state dict, also pass "
-                    "architecture=<registered name>"
+                    "network with torch.jit.script(net).save(path) (or torch.export.save to a .pt2 file), "
+                    "or, for a state dict, also pass architecture=<registered name>"
                 ) from None
         else:
             from losslab.core.plugin_manager import load_catalog

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import colorsys
+import math
+
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -176,6 +181,103 @@ def test_mask_and_depth_share_the_geometry_exactly(scene64, padding_mode):
     assert not torch.equal(out["mask"], batch["mask"])
 
 
+def test_flip_only_samples_are_exact_flips_or_untouched(scene64):
+    """hflip_p=0.5, no affine: each sample is bit-identical to its input or to its mirror, all four alike."""
+    batch, _ = scene64
+    out = Geometric(seed=3, hflip_p=0.5, affine_p=0.0)(batch)
+    flip, _, _ = Geometric(seed=3, hflip_p=0.5, affine_p=0.0).draw(len(batch["bg"]), 64, 64)
+    assert 0 < int(flip.sum()) < len(flip)
+    for key in batch:
+        for i, flipped in enumerate(flip.tolist()):
+            expected = batch[key][i].flip(-1) if flipped else batch[key][i]
+            assert torch.equal(out[key][i], expected), (key, i)
+
+
+@pytest.mark.parametrize(("padding_mode", "np_mode"), [("reflection", "symmetric"), ("border", "edge"),
+                                                       ("zeros", "constant")])
+def test_translation_with_nearest_is_a_padded_integer_shift(scene64, padding_mode, np_mode):
+    """degrees=0, scale=1: a shift by t pixels, nearest-sampled, is numpy.pad then a crop shifted by round(t).
+
+    The fill of the uncovered border follows the documented padding: ``reflection`` mirrors about the
+    image edge (numpy's "symmetric"), ``border`` repeats the edge pixel, ``zeros`` fills 0.
+    """
+    batch, _ = scene64
+    params = {"hflip_p": 0.0, "affine_p": 1.0, "degrees": 0.0, "translate": 0.15, "scale": (1.0, 1.0),
+              "padding_mode": padding_mode, "image_resample": "nearest"}
+    b, _, h, w = batch["bg"].shape
+    _, _, matrices = Geometric(seed=8, **params).draw(b, h, w)
+    assert torch.equal(matrices[:, :, :2], torch.eye(2, dtype=matrices.dtype).expand(b, 2, 2))
+    shifts = matrices[:, :, 2]  # (tx, ty) in pixels: content moves right / down
+    assert (shifts[:, 0].abs() <= 0.15 * w).all() and (shifts[:, 1].abs() <= 0.15 * h).all()
+    assert ((shifts - shifts.floor() - 0.5).abs() > 1e-3).all(), "a shift too close to a rounding tie"
+    out = Geometric(seed=8, **params)(batch)
+    pad = 10
+    for key in batch:
+        padded = np.pad(batch[key].numpy(), ((0, 0), (0, 0), (pad, pad), (pad, pad)), mode=np_mode)
+        for i, (tx, ty) in enumerate(shifts.round().long().tolist()):
+            expected = padded[i, :, pad - ty:pad - ty + h, pad - tx:pad - tx + w]
+            assert np.array_equal(out[key][i].numpy(), expected), (key, i, tx, ty)
+    assert (shifts.round().abs().sum(1) > 0).all()
+
+
+@pytest.mark.parametrize(("padding_mode", "border"), [("reflection", cv2.BORDER_REFLECT),
+                                                      ("border", cv2.BORDER_REPLICATE),
+                                                      ("zeros", cv2.BORDER_CONSTANT)])
+def test_flip_and_affine_warp_like_opencv(scene64, padding_mode, border):
+    """The drawn matrices (flip folded in) applied by cv2.warpAffine, an independent implementation."""
+    batch, _ = scene64
+    params = {"hflip_p": 0.5, "affine_p": 1.0, "degrees": 30.0, "translate": 0.2, "scale": (0.7, 1.3),
+              "padding_mode": padding_mode}
+    b, _, h, w = batch["bg"].shape
+    flip, _, matrices = Geometric(seed=9, **params).draw(b, h, w)
+    assert 0 < int(flip.sum()) < b
+    out = Geometric(seed=9, **params)(batch)
+    for i in range(b):
+        m = matrices[i].numpy()
+        for key, flags in (("fg_bg", cv2.INTER_LINEAR), ("depth", cv2.INTER_NEAREST)):
+            src = batch[key][i].permute(1, 2, 0).numpy()
+            ref = cv2.warpAffine(src, m, (w, h), flags=flags, borderMode=border, borderValue=0)
+            ref = torch.from_numpy(ref.reshape(h, w, -1)).permute(2, 0, 1)
+            if flags == cv2.INTER_LINEAR:
+                assert (out[key][i] - ref).abs().max() < 1e-4, (key, i)
+            else:  # nearest: only exact rounding ties may differ
+                assert (out[key][i] == ref).float().mean() > 0.998, (key, i)
+
+
+def test_drawn_affines_cover_their_ranges():
+    """Decompose the drawn matrices: rotation, zoom and shift stay within, and reach across, their ranges."""
+    h, w, n = 40, 60, 4000
+    aug = Geometric(seed=0, hflip_p=0.3, affine_p=0.6, degrees=15.0, translate=0.1, scale=(0.8, 1.25))
+    flip, affine, m = aug.draw(n, h, w)
+    assert abs(flip.double().mean().item() - 0.3) < 0.03 and abs(affine.double().mean().item() - 0.6) < 0.03
+    a = m[affine]
+    linear = a[:, :, :2].clone()
+    linear[:, :, 0] *= torch.where(flip[affine], -1.0, 1.0).to(a.dtype)[:, None]  # undo the mirror x -> -x
+    zoom = torch.linalg.det(linear).sqrt()
+    angle = torch.rad2deg(torch.atan2(linear[:, 1, 0], linear[:, 0, 0]))
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], dtype=a.dtype)
+    shift = (a[:, :, :2] @ centre + a[:, :, 2]) - centre  # where the image centre goes (the mirror keeps it)
+    assert torch.allclose(linear[:, 0, 0], linear[:, 1, 1]) and torch.allclose(linear[:, 0, 1], -linear[:, 1, 0])
+    for values, low, high in ((angle, -15.0, 15.0), (zoom, 0.8, 1.25), (shift[:, 0], -6.0, 6.0),
+                              (shift[:, 1], -4.0, 4.0)):
+        assert values.min() >= low - 1e-9 and values.max() <= high + 1e-9
+        assert values.min() < low + 0.02 * (high - low) and values.max() > high - 0.02 * (high - low)
+    untouched = m[~affine & ~flip]
+    assert torch.equal(untouched, torch.eye(2, 3, dtype=m.dtype).expand_as(untouched))
+
+
+def test_flip_is_applied_before_the_affine(scene64):
+    """A flip folded into the matrix equals flipping the input first, then the same affine."""
+    batch, _ = scene64
+    params = {"affine_p": 1.0, "degrees": 20.0, "translate": 0.15, "scale": (0.8, 1.2)}
+    combined = Geometric(seed=4, hflip_p=1.0, **params)(batch)
+    separate = Geometric(seed=4, hflip_p=0.0, **params)({k: v.flip(-1) for k, v in batch.items()})
+    assert (combined["bg"] - separate["bg"]).abs().max() < 1e-4
+    assert (combined["depth"] == separate["depth"]).float().mean() > 0.998
+    unflipped = Geometric(seed=4, hflip_p=0.0, **params)(batch)
+    assert (unflipped["bg"] - separate["bg"]).abs().max() > 0.1
+
+
 # -- photometric ---------------------------------------------------------------------------------------
 
 
@@ -206,6 +308,51 @@ def test_photometric_independent_changes_the_pair_differently(scene64):
     # almost every sample has uncovered pixels that now differ (a lighting change between the shots)
     per_sample = (equal_before & differs_after).flatten(1).float().mean(1)
     assert (per_sample > 0.3).float().mean() > 0.8
+
+
+def _reference_jitter(rgb: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """The documented steps with colorsys, pixel by pixel: add, multiply, scale S, rotate H (turns), clip."""
+    shift, contrast, saturation, hue = factors
+    out = np.empty_like(rgb)
+    for y in range(rgb.shape[1]):
+        for x in range(rgb.shape[2]):
+            r, g, b = np.clip(np.clip(rgb[:, y, x] + shift, 0, 1) * contrast, 0, 1)
+            hh, ss, vv = colorsys.rgb_to_hsv(r, g, b)
+            hh = (hh + hue / (2 * math.pi)) % 1.0
+            out[:, y, x] = colorsys.hsv_to_rgb(hh, min(ss * saturation, 1.0), vv)
+    return np.clip(out, 0, 1)
+
+
+def test_photometric_matches_a_colorsys_reference():
+    """Factors from a twin's draw; the fixed order brightness, contrast, saturation, hue; jitter_p respected."""
+    gen = torch.Generator().manual_seed(0)
+    bg = torch.rand(8, 3, 5, 6, generator=gen, dtype=torch.float64)
+    batch = {"bg": bg, "fg_bg": bg.flip(-1), "mask": torch.zeros(8, 1, 5, 6, dtype=torch.float64),
+             "depth": torch.ones(8, 1, 5, 6, dtype=torch.float64)}
+    params = {"brightness": 0.3, "contrast": 0.4, "saturation": 0.5, "hue": 0.2, "jitter_p": 0.6}
+    on, factors = Photometric(seed=2, **params).draw(8)
+    assert 0 < int(on.sum()) < 8
+    assert (factors[:, 0].abs() <= 0.3).all() and ((factors[:, 1] - 1).abs() <= 0.4).all()
+    assert ((factors[:, 2] - 1).abs() <= 0.5).all() and (factors[:, 3].abs() <= 0.2 * 2 * math.pi).all()
+    out = Photometric(seed=2, **params)(batch)
+    for key in ("bg", "fg_bg"):
+        for i in range(8):
+            if on[i]:
+                expected = torch.from_numpy(_reference_jitter(batch[key][i].numpy(), factors[i].numpy()))
+                assert torch.allclose(out[key][i], expected, atol=1e-6), (key, i)
+            else:
+                assert torch.equal(out[key][i], batch[key][i]), (key, i)
+
+
+def test_drawn_jitter_covers_its_ranges():
+    """Shift in [-b, b], contrast and saturation in [1 - v, 1 + v], hue in [-h, h] turns (radians / 2 pi)."""
+    on, factors = Photometric(seed=0, brightness=0.1, contrast=0.2, saturation=0.3, hue=0.05, jitter_p=0.7).draw(4000)
+    assert abs(on.double().mean().item() - 0.7) < 0.03
+    turns = factors[:, 3] / (2 * math.pi)
+    for values, low, high in ((factors[:, 0], -0.1, 0.1), (factors[:, 1], 0.8, 1.2), (factors[:, 2], 0.7, 1.3),
+                              (turns, -0.05, 0.05)):
+        assert values.min() >= low - 1e-12 and values.max() <= high + 1e-12
+        assert values.min() < low + 0.02 * (high - low) and values.max() > high - 0.02 * (high - low)
 
 
 # -- reproducibility -----------------------------------------------------------------------------------

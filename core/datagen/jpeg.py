@@ -94,12 +94,28 @@ class BandEncoder:
             self._bases.move_to_end(key)
         return hit
 
+    @staticmethod
+    def band(y0: int, y1: int, height: int) -> tuple[int, int]:
+        """Pixel rows (top, bottom) of the whole MCU rows that hold rows ``y0:y1``."""
+        if y1 <= y0:
+            return 0, 0
+        return (y0 // MCU) * MCU, min(height, -(-y1 // MCU) * MCU)
+
+    def encode_band(self, band_rgb: np.ndarray, top: int, base_key: Hashable, base_rgb: np.ndarray) -> bytes:
+        """JPEG of ``base_rgb`` with rows ``top:top + len(band_rgb)`` replaced by ``band_rgb``.
+
+        ``top`` and the band's height come from :meth:`band` (whole MCU rows, or
+        down to the image's bottom edge); ``base_key`` names the base image.
+        """
+        header, segments, rows = self._base(base_key, base_rgb)
+        if len(band_rgb) == 0:
+            return _join(header, segments)
+        r0 = top // MCU
+        r1 = min(rows, r0 + -(-len(band_rgb) // MCU))
+        _band_header, band_segments = _split(self.encode_full(band_rgb), r1 - r0)
+        return _join(header, segments[:r0] + band_segments + segments[r1:])
+
     def encode(self, rgb: np.ndarray, base_key: Hashable, base_rgb: np.ndarray, y0: int, y1: int) -> bytes:
         """JPEG of ``rgb``, which equals ``base_rgb`` outside rows ``y0:y1`` (``base_key`` names the base)."""
-        header, segments, rows = self._base(base_key, base_rgb)
-        if y1 <= y0:
-            return _join(header, segments)
-        r0, r1 = y0 // MCU, min(rows, -(-y1 // MCU))
-        strip = rgb[r0 * MCU : min(rgb.shape[0], r1 * MCU)]
-        _strip_header, strip_segments = _split(self.encode_full(strip), r1 - r0)
-        return _join(header, segments[:r0] + strip_segments + segments[r1:])
+        top, bottom = self.band(y0, y1, rgb.shape[0])
+        return self.encode_band(rgb[top:bottom], top, base_key, base_rgb)

@@ -1,4 +1,4 @@
-"""The writers: one chunk of recipes in, files out, each file written atomically.
+"""The writers: one chunk of recipes in, files out, no file ever visible half-written.
 
 Both layouts share :class:`Producer` (compose, then ground truth, in small
 batches) so they hold the same pixels the virtual dataset composes.
@@ -6,7 +6,8 @@ batches) so they hold the same pixels the virtual dataset composes.
 ``seed``
     The documented layout: ``fgbg_K/<stem>.jpg``, ``mask_fgbg_K/mask_<stem>.png``,
     ``depth_fgbg_K/depth_<stem>.png`` (K = bg index), plus ``bg/bg_K.jpg`` (the bg
-    as composited) and, at the root, ``manifest.jsonl`` and ``dataset.json``.
+    as composited) and, at the root, ``manifest.jsonl``, ``recipes.npy`` and
+    ``dataset.json`` (written by :mod:`.resume` at the end).
 
 ``shards``
     ``shards/shard_NNNNNN.npz``: one uncompressed NumPy ``.npz`` per chunk. A
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from losslab.core.datagen import formats
-from losslab.core.datagen.fastcompose import BatchCompositor
+from losslab.core.datagen.fastcompose import BatchCompositor, Rect
 from losslab.core.datagen.jpeg import BandEncoder
 from losslab.core.datagen.resume import STAGING_DIR
 from losslab.core.recipes import Recipe
@@ -56,6 +57,14 @@ def sample_stem(recipe: Recipe) -> str:
     return f"bg{recipe.bg}_x{recipe.x}_y{recipe.y}_s{recipe.size}_{flip}fg_{recipe.fg}"
 
 
+def recipe_table(recipes: Sequence[Recipe]) -> np.ndarray:
+    """(N, 8) int32 array of the recipes' ``RECIPE_FIELDS``."""
+    table = np.empty((len(recipes), len(RECIPE_FIELDS)), dtype=np.int32)
+    for i, r in enumerate(recipes):
+        table[i] = (r.bg, r.fg, r.flip, r.row, r.col, r.x, r.y, r.size)
+    return table
+
+
 def shard_name(chunk: int) -> str:
     return f"{SHARD_DIR}/shard_{chunk:06d}.npz"
 
@@ -76,19 +85,21 @@ class Producer:
         """``bg``, ``fg_bg``, ``alpha`` as :class:`Compositor` makes them, plus each fg's ``rects``."""
         return self.compositor.compose_batch(batch)
 
-    def truth(self, kind: str, composed: dict[str, np.ndarray], batch: Sequence[Recipe],
-              which: Sequence[int] | None = None) -> np.ndarray:
-        """The ``mask`` (uint8) or ``depth`` (float32 m) of the batch, or of its samples ``which``."""
-        if which is not None and len(which) != len(batch):
-            keep = list(which)
-            composed = {key: composed[key][keep] for key in ("bg", "fg_bg", "alpha")}
-            batch = [batch[i] for i in which]
+    def truth(self, kind: str, composed: dict[str, np.ndarray], batch: Sequence[Recipe]) -> np.ndarray:
+        """The ``mask`` (uint8 {0,1}) or ``depth`` (float32 m) of a composed batch."""
         if kind == "mask":
             return np.asarray(self.mask_gt(composed, batch, self.sources), dtype=np.uint8)
         return np.asarray(self.depth_gt(composed, batch, self.sources), dtype=np.float32)
 
+    def keys(self, kind: str, batch: Sequence[Recipe]) -> list[Hashable | None]:
+        """The producer's ``cache_key`` of each recipe (None where it has none)."""
+        key_of = getattr(self.mask_gt if kind == "mask" else self.depth_gt, "cache_key", None)
+        if key_of is None:
+            return [None] * len(batch)
+        return [key_of(recipe, self.sources) for recipe in batch]
+
     def __call__(self, recipes: Sequence[Recipe]) -> Iterator[tuple[Sequence[Recipe], dict[str, np.ndarray]]]:
-        """Yield (batch, arrays): ``bg``, ``fg_bg``, ``alpha``, ``mask`` and ``depth`` of each batch."""
+        """Yield (batch, arrays): ``bg``, ``fg_bg``, ``alpha``, ``rects``, ``mask`` and ``depth``."""
         for batch in self.batches(recipes):
             composed = self.compose(batch)
             composed["mask"] = self.truth("mask", composed, batch)
@@ -102,20 +113,14 @@ class Producer:
         return np.asarray(self.depth_gt(empty, [recipe], self.sources), dtype=np.float32)[0]
 
 
-class EncodedCache:
-    """Encoded ground-truth files by the producer's ``cache_key``, least recently used out first.
-
-    The documented grid puts every fg at the same 20 places on every bg, and a
-    mask from alpha (or a ground-plane depth under one camera geometry) does
-    not depend on the bg's pixels: such a file is encoded once per worker and
-    its bytes reused for every other bg.
-    """
+class LRU:
+    """A bounded mapping, least recently used out first."""
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[Hashable, bytes] = OrderedDict()
+        self._items: OrderedDict[Hashable, Any] = OrderedDict()
 
-    def get(self, key: Hashable | None) -> bytes | None:
+    def get(self, key: Hashable | None) -> Any:
         if key is None:
             return None
         hit = self._items.get(key)
@@ -123,10 +128,10 @@ class EncodedCache:
             self._items.move_to_end(key)
         return hit
 
-    def put(self, key: Hashable | None, data: bytes) -> None:
+    def put(self, key: Hashable | None, value: Any) -> None:
         if key is None or self.capacity <= 0:
             return
-        self._items[key] = data
+        self._items[key] = value
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
@@ -146,6 +151,26 @@ def manifest_line(recipe: Recipe, shard: int | None = None, slot: int | None = N
     return line + "}\n"
 
 
+def _paste(base: np.ndarray, top: int, left: int, rect: Rect, patch: np.ndarray) -> np.ndarray:
+    """A copy of ``base`` (a crop whose corner is at (top, left) in the image) with ``patch`` pasted at ``rect``."""
+    out = base.copy()
+    y0, x0, h, w = rect
+    if h and w:
+        out[y0 - top : y0 - top + h, x0 - left : x0 - left + w] = patch
+    return out
+
+
+class _File:
+    """An encoded ground-truth file, and where its first copy was written (to hard-link to it)."""
+
+    __slots__ = ("chunk", "data", "key", "rel")
+
+    def __init__(self, data: bytes, key: Hashable | None) -> None:
+        self.data, self.key = data, key
+        self.rel: str | None = None
+        self.chunk = -1
+
+
 class SeedWriter:
     """Writes the documented seed layout; returns the chunk's manifest lines.
 
@@ -153,15 +178,25 @@ class SeedWriter:
     into ``.staging/chunk_NNNNNN/`` and its three folders are then renamed
     into place; any other chunk writes each file through a temp name. Either
     way no final name ever holds a partial file (see :mod:`.resume`).
+
+    Mask and depth files are made once per producer ``cache_key`` (the grid
+    repeats every placement on every bg, and a mask from alpha or a
+    ground-plane depth does not depend on the bg's pixels): their ground truth
+    is computed, on a fully composed sample, only when the cache misses, and
+    with ``links`` (default) the identical files of later samples are hard
+    links to the first one (no new inode: much cheaper than a new file, and
+    stored once). fg_bg JPEGs re-encode only the MCU rows of the fg's box
+    (:mod:`.jpeg`).
     """
 
     def __init__(self, root: Path, image_format: str = "jpg", jpeg_quality: int = 95,
-                 depth_format: str = "png16", depth_max: float = 50.0) -> None:
+                 depth_format: str = "png16", depth_max: float = 50.0, links: bool = True) -> None:
         self.root = Path(root)
         self.image_format, self.jpeg_quality = image_format, jpeg_quality
         self.depth_format, self.depth_max = depth_format, depth_max
+        self.links = links
         self._bgs_written: set[int] = set()
-        self._caches = {"mask": EncodedCache(), "depth": EncodedCache()}
+        self._caches = {"mask": LRU(), "depth": LRU()}
         self._jpeg = BandEncoder(jpeg_quality)
 
     def _write_bg(self, bg: int, sources: Sources) -> None:
@@ -171,16 +206,16 @@ class SeedWriter:
         path = self.root / formats.bg_path(bg, self.image_format)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            formats.atomic_write(path, self._image(sources.bg(bg)))
+            formats.atomic_write(path, formats.encode_image(sources.bg(bg), self.image_format, self.jpeg_quality))
         self._bgs_written.add(bg)
 
     def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer,
                     whole_bg: bool = False) -> list[str]:
         lines = []
-        bg_dirs = {r.bg for r in recipes}
+        bgs = {r.bg for r in recipes}
         if whole_bg:
-            if len(bg_dirs) != 1:
-                raise ValueError(f"chunk {chunk}: whole_bg needs the recipes of one bg, got bgs {sorted(bg_dirs)}")
+            if len(bgs) != 1:
+                raise ValueError(f"chunk {chunk}: whole_bg needs the recipes of one bg, got {sorted(bgs)}")
             base = self.root / STAGING_DIR / f"chunk_{chunk:06d}"
             if base.exists():  # left by a killed attempt at this chunk
                 shutil.rmtree(base)
@@ -188,24 +223,23 @@ class SeedWriter:
         else:
             base = self.root
             write = formats.atomic_write
-        for bg in bg_dirs:
+        for bg in bgs:
             for name in (formats.fgbg_dir(bg), formats.mask_dir(bg), formats.depth_dir(bg)):
                 (base / name).mkdir(parents=True, exist_ok=True)
             self._write_bg(bg, producer.sources)
         root = str(base)
         image_fmt, depth_fmt = self.image_format, self.depth_format
         for batch in producer.batches(recipes):
-            composed = producer.compose(batch)
-            masks = self._encoded("mask", producer, composed, batch)
-            depths = self._encoded("depth", producer, composed, batch)
+            patches = producer.compositor.patches(batch)
+            masks, depths = self._truth_files(producer, batch)
             for i, recipe in enumerate(batch):
                 image, mask, depth = formats.sample_paths(sample_stem(recipe), recipe.bg, image_fmt, depth_fmt)
-                write(f"{root}/{image}", self._sample_image(composed, i, recipe.bg))
-                write(f"{root}/{mask}", masks[i])
-                write(f"{root}/{depth}", depths[i])
+                write(f"{root}/{image}", self._sample_image(recipe, *patches[i], producer.sources))
+                self._place("mask", masks[i], mask, chunk, root, whole_bg)
+                self._place("depth", depths[i], depth, chunk, root, whole_bg)
                 lines.append(manifest_line(recipe))
         if whole_bg:
-            bg = next(iter(bg_dirs))
+            bg = next(iter(bgs))
             for name in (formats.fgbg_dir(bg), formats.mask_dir(bg), formats.depth_dir(bg)):
                 final = self.root / name
                 if final.exists():  # a killed attempt renamed it, but did not record the chunk
@@ -214,34 +248,46 @@ class SeedWriter:
             shutil.rmtree(base)
         return lines
 
-    def _encoded(self, kind: str, producer: Producer, composed: dict[str, np.ndarray],
-                 batch: Sequence[Recipe]) -> list[bytes]:
-        """Encoded mask or depth files of a batch; ground truth is computed only for cache misses."""
-        cache = self._caches[kind]
-        key_of = getattr(producer.mask_gt if kind == "mask" else producer.depth_gt, "cache_key", None)
-        keys = [key_of(r, producer.sources) if key_of is not None else None for r in batch]
-        out: list[bytes | None] = [cache.get(k) for k in keys]
-        missing = [i for i, data in enumerate(out) if data is None]
+    def _truth_files(self, producer: Producer, batch: Sequence[Recipe]) -> tuple[list[_File], list[_File]]:
+        """Mask and depth files of a batch, from the cache or computed for the misses."""
+        mask_keys, depth_keys = producer.keys("mask", batch), producer.keys("depth", batch)
+        masks = [self._caches["mask"].get(k) for k in mask_keys]
+        depths = [self._caches["depth"].get(k) for k in depth_keys]
+        missing = [i for i in range(len(batch)) if masks[i] is None or depths[i] is None]
         if missing:
-            arrays = producer.truth(kind, composed, batch, missing)
-            for array, i in zip(arrays, missing, strict=True):
-                if kind == "mask":
-                    data = formats.encode_mask(array)
-                else:
-                    data = formats.encode_depth(array, self.depth_format, self.depth_max)
-                cache.put(keys[i], data)
-                out[i] = data
-        return out  # type: ignore[return-value]
+            sub = [batch[i] for i in missing]
+            composed = producer.compose(sub)
+            mask_arrays = producer.truth("mask", composed, sub)
+            depth_arrays = producer.truth("depth", composed, sub)
+            for j, i in enumerate(missing):
+                if masks[i] is None:
+                    masks[i] = _File(formats.encode_mask(mask_arrays[j]), mask_keys[i])
+                    self._caches["mask"].put(mask_keys[i], masks[i])
+                if depths[i] is None:
+                    data = formats.encode_depth(depth_arrays[j], self.depth_format, self.depth_max)
+                    depths[i] = _File(data, depth_keys[i])
+                    self._caches["depth"].put(depth_keys[i], depths[i])
+        return masks, depths  # type: ignore[return-value]
 
-    def _image(self, rgb: np.ndarray) -> bytes:
-        return formats.encode_image(rgb, self.image_format, self.jpeg_quality)
+    def _place(self, kind: str, file: _File, rel: str, chunk: int, root: str, staged: bool) -> None:
+        """Put ``file`` at ``root/rel``: a hard link to its first copy when possible, else written."""
+        if self.links and file.rel is not None:
+            first_root = root if file.chunk == chunk else str(self.root)  # this chunk's files are still staged
+            if formats.link_file(f"{first_root}/{file.rel}", f"{root}/{rel}", atomic=not staged):
+                return
+        (formats.write_file if staged else formats.atomic_write)(f"{root}/{rel}", file.data)
+        if file.key is not None:  # later samples link to this copy
+            file.rel, file.chunk = rel, chunk
 
-    def _sample_image(self, composed: dict[str, np.ndarray], i: int, bg: int) -> bytes:
-        """fg_bg file; a JPEG re-encodes only the MCU rows of the fg's box (:mod:`.jpeg`)."""
+    def _sample_image(self, recipe: Recipe, rect: Rect, patch: np.ndarray, sources: Sources) -> bytes:
+        """The fg_bg file: the bg with the blended box pasted; a JPEG re-encodes only the box's MCU rows."""
+        bg = sources.bg(recipe.bg)
         if self.image_format != "jpg":
-            return self._image(composed["fg_bg"][i])
-        y0, _x0, h, _w = (int(v) for v in composed["rects"][i])
-        return self._jpeg.encode(composed["fg_bg"][i], bg, composed["bg"][i], y0, y0 + h)
+            return formats.encode_image(_paste(bg, 0, 0, rect, patch), self.image_format, self.jpeg_quality)
+        y0, _x0, h, _w = rect
+        top, bottom = self._jpeg.band(y0, y0 + h, bg.shape[0])
+        band = _paste(bg[top:bottom], top, 0, rect, patch)
+        return self._jpeg.encode_band(band, top, recipe.bg, bg)
 
 
 def changed_rect(rect: Sequence[int], *changed: np.ndarray) -> tuple[int, int, int, int]:
@@ -275,16 +321,17 @@ class ShardWriter:
     """Writes one ``.npz`` shard per chunk (see the module docstring for its arrays).
 
     A sample's mask and depth patches (with their rectangle) are cached by the
-    producers' ``cache_key`` and the bg's empty-scene depth, so a placement
-    repeated on another bg of the same geometry reuses them; only its fg_bg
-    patch is new.
+    producers' ``cache_key``, the box and the bg's empty-scene depth, so a
+    placement repeated on another bg of the same geometry reuses them; only
+    its fg_bg patch is new, and that is blended without composing the rest of
+    the image.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._patches: OrderedDict[Hashable, tuple[tuple[int, int, int, int], bytes]] = OrderedDict()
-        self._refs: dict[int, tuple[np.ndarray, np.ndarray, bytes]] = {}
+        self._patches = LRU()
+        self._refs = LRU(capacity=256)
 
     def _reference(self, recipe: Recipe, producer: Producer) -> tuple[np.ndarray, np.ndarray, bytes]:
         """(bg, empty-scene depth in mm, fingerprint of that depth) of the recipe's bg, once per bg."""
@@ -292,38 +339,33 @@ class ShardWriter:
         if hit is None:
             depth = formats.depth_to_png16(producer.reference_depth(recipe))
             hit = (producer.sources.bg(recipe.bg).copy(), depth, hashlib.blake2b(depth.tobytes()).digest())
-            self._refs[recipe.bg] = hit
+            self._refs.put(recipe.bg, hit)
         return hit
 
-    def _truth_patches(self, producer: Producer, composed: dict[str, np.ndarray],
-                       batch: Sequence[Recipe]) -> list[tuple[tuple[int, int, int, int], bytes]]:
-        """(rect, mask bits + depth bytes) per sample; ground truth only for cache misses."""
-        mask_key = getattr(producer.mask_gt, "cache_key", None)
-        depth_key = getattr(producer.depth_gt, "cache_key", None)
+    def _truth_patches(self, producer: Producer, batch: Sequence[Recipe],
+                       rects: list[Rect]) -> list[tuple[Rect, bytes]]:
+        """(stored rect, mask bits + depth bytes) per sample; ground truth only for cache misses."""
+        mask_keys, depth_keys = producer.keys("mask", batch), producer.keys("depth", batch)
         keys: list[Hashable | None] = []
         for i, recipe in enumerate(batch):
-            if mask_key is None or depth_key is None:
-                keys.append(None)
-                continue
-            mk, dk = mask_key(recipe, producer.sources), depth_key(recipe, producer.sources)
             ref_id = self._reference(recipe, producer)[2]
-            keys.append(None if mk is None or dk is None else (mk, dk, ref_id, tuple(composed["rects"][i])))
-        out = [self._patches.get(k) if k is not None else None for k in keys]
+            mk, dk = mask_keys[i], depth_keys[i]
+            keys.append(None if mk is None or dk is None else (mk, dk, ref_id, rects[i]))
+        out = [self._patches.get(k) for k in keys]
         missing = [i for i, item in enumerate(out) if item is None]
         if missing:
-            masks = producer.truth("mask", composed, batch, missing)
-            depths = formats.depth_to_png16(producer.truth("depth", composed, batch, missing))
+            sub = [batch[i] for i in missing]
+            composed = producer.compose(sub)
+            masks = producer.truth("mask", composed, sub)
+            depths = formats.depth_to_png16(producer.truth("depth", composed, sub))
             for j, i in enumerate(missing):
                 ref = self._reference(batch[i], producer)[1]
                 mask, depth = masks[j], depths[j]
-                y0, x0, h, w = rect = changed_rect(composed["rects"][i], mask != 0, depth != ref)
+                y0, x0, h, w = rect = changed_rect(rects[i], mask != 0, depth != ref)
                 box = (slice(y0, y0 + h), slice(x0, x0 + w))
                 data = np.packbits(mask[box], axis=None).tobytes() + depth[box].astype("<u2").tobytes()
                 out[i] = (rect, data)
-                if keys[i] is not None:
-                    self._patches[keys[i]] = (rect, data)
-                    if len(self._patches) > 50_000:
-                        self._patches.popitem(last=False)
+                self._patches.put(keys[i], (rect, data))
         return out  # type: ignore[return-value]
 
     def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer,
@@ -331,30 +373,34 @@ class ShardWriter:
         parts: list[bytes] = []
         offsets = [0]
         rects = np.zeros((len(recipes), 4), dtype=np.int32)
-        bg_ids: set[int] = set()
+        refs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         rows = []
         k = 0
         for batch in producer.batches(recipes):
-            composed = producer.compose(batch)
-            patches = self._truth_patches(producer, composed, batch)
+            patches = producer.compositor.patches(batch)
+            truth = self._truth_patches(producer, batch, [rect for rect, _patch in patches])
             for i, recipe in enumerate(batch):
-                self._reference(recipe, producer)
-                bg_ids.add(recipe.bg)
-                (y0, x0, h, w), truth = patches[i]
-                rects[k] = (y0, x0, h, w)
-                parts.append(composed["fg_bg"][i, y0 : y0 + h, x0 : x0 + w].tobytes())
-                parts.append(truth)
-                offsets.append(offsets[-1] + 3 * h * w + len(truth))
+                if recipe.bg not in refs:
+                    refs[recipe.bg] = self._reference(recipe, producer)[:2]
+                rect, data = truth[i]
+                placed, patch = patches[i]
+                if rect != placed:  # the ground truth reaches beyond the fg's box: widen the fg_bg patch
+                    y0, x0, h, w = rect
+                    patch = _paste(refs[recipe.bg][0][y0 : y0 + h, x0 : x0 + w], y0, x0, placed, patch)
+                rects[k] = rect
+                parts.append(patch.tobytes())
+                parts.append(data)
+                offsets.append(offsets[-1] + patch.nbytes + len(data))
                 rows.append(manifest_line(recipe, shard=chunk, slot=k))
                 k += 1
-        ids = sorted(bg_ids)
+        ids = sorted(refs)
         arrays_out = {
             "offsets": np.asarray(offsets, dtype=np.int64),
             "rects": rects,
-            "recipes": np.asarray([[getattr(r, f) for f in RECIPE_FIELDS] for r in recipes], dtype=np.int32),
+            "recipes": recipe_table(recipes),
             "bg_ids": np.asarray(ids, dtype=np.int32),
-            "bg": np.stack([self._refs[b][0] for b in ids]),
-            "depth_ref": np.stack([self._refs[b][1] for b in ids]),
+            "bg": np.stack([refs[b][0] for b in ids]),
+            "depth_ref": np.stack([refs[b][1] for b in ids]),
         }
         path = self.root / shard_name(chunk)
         tmp = formats.temp_name(path)

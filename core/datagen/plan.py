@@ -92,6 +92,7 @@ class GenerationPlan:
     depth_format: str = "png16"
     depth_max: float = 50.0
     chunk_size: int | None = None
+    links: bool = True
 
     def validate(self) -> None:
         """Check the options that need no catalog; raise GenerationError listing every problem."""
@@ -205,7 +206,13 @@ def prepare(plan: GenerationPlan, catalog: Catalog) -> Prepared:
     """Validate options, read every source once, make the recipes. Nothing is written."""
     plan.validate()
     generator = plan.create(catalog, "generator", plan.generator, plan.generator_params, "--generator")
-    plan.ground_truth(catalog)  # fail now, not in a worker, on a bad ground-truth name or parameter
+    for producer in plan.ground_truth(catalog):  # fail now, not in every worker, on a bad name, parameter or file
+        check = getattr(producer, "check", None)
+        if check is not None:
+            try:
+                check()
+            except (ValueError, OSError) as exc:
+                raise GenerationError(str(exc)) from None
     size = plan.inputs.image_size
     probe = generator.recipes([0], [0], (size, size))
     largest = max((r.size for r in probe), default=None)

@@ -16,7 +16,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib import metadata
@@ -25,7 +25,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from losslab.core.datagen.layouts import Producer, SeedWriter, ShardWriter
+from losslab.core.datagen.layouts import Producer, SeedWriter, ShardWriter, recipe_table
 from losslab.core.datagen.plan import GenerationError, GenerationPlan, Prepared, prepare
 from losslab.core.datagen.resume import DATASET_FILE, Progress
 from losslab.core.plugin_manager import load_catalog
@@ -71,7 +71,7 @@ class ChunkJob:
         self.writer: SeedWriter | ShardWriter
         if plan.layout == "seed":
             self.writer = SeedWriter(
-                root, plan.image_format, plan.jpeg_quality, plan.depth_format, plan.depth_max
+                root, plan.image_format, plan.jpeg_quality, plan.depth_format, plan.depth_max, plan.links
             )
         else:
             self.writer = ShardWriter(root)
@@ -88,6 +88,7 @@ class ChunkJob:
 
 
 _JOB: ChunkJob | None = None
+_INIT_ERROR: str | None = None
 
 
 def _tune_malloc() -> None:
@@ -118,16 +119,20 @@ def _die_with_parent(parent: int) -> None:
 
 
 def _init_worker(plan_data: dict[str, Any], root: str, parent: int) -> None:
-    global _JOB
+    global _JOB, _INIT_ERROR
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent(parent)
     if "torch" in sys.modules:  # one thread per worker: the workers already use every core
         sys.modules["torch"].set_num_threads(1)
-    _JOB = ChunkJob(GenerationPlan.from_dict(plan_data), Path(root))
+    try:
+        _JOB = ChunkJob(GenerationPlan.from_dict(plan_data), Path(root))
+    except Exception as exc:  # a pool respawns a worker whose initializer raises, forever: report per chunk
+        _INIT_ERROR = f"worker start-up failed: {type(exc).__name__}: {exc}"
 
 
 def _run_chunk(task: tuple[int, list[Recipe], bool]) -> tuple[int, int, str | None]:
-    assert _JOB is not None, "worker not initialised"
+    if _JOB is None:
+        return task[0], 0, _INIT_ERROR or "worker not initialised"
     return _JOB.run(*task)
 
 
@@ -194,12 +199,12 @@ def generate(
     report.seconds = time.perf_counter() - start
     if not report.failures:
         if not (out / DATASET_FILE).exists() or todo:
-            store.finalize(prepared.n_chunks, _metadata(prepared))
+            store.finalize(prepared.n_chunks, _metadata(prepared), recipe_table(prepared.recipes))
         report.complete = True
     return report
 
 
-def _execute(prepared: Prepared, out: Path, todo: list[int], workers: int):
+def _execute(prepared: Prepared, out: Path, todo: list[int], workers: int) -> Iterator[tuple[int, int, str | None]]:
     """Yield (chunk, samples, error) as chunks finish, in this process or in a pool."""
     if not todo:
         return

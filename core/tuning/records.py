@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from losslab.core.config import ExperimentConfig, dump_yaml, flatten
+from losslab.core.config import ExperimentConfig, dump_yaml
 from losslab.core.tuning.space import SearchSpace
 
 if TYPE_CHECKING:
@@ -23,7 +23,6 @@ if TYPE_CHECKING:
 
     from losslab.core.tracking import Tracker
 
-STATES = ("complete", "pruned", "failed")
 
 
 class StudyRecords:
@@ -145,10 +144,3 @@ def _param_value(value: Any) -> str:
         return f"{value:.6g}"
     return str(value)
 
-
-def overrides_as_params(overrides: dict[str, Any]) -> dict[str, Any]:
-    """A categorical list choice flattened to dotted params (``loss.mask.0.name``), for reference."""
-    out: dict[str, Any] = {}
-    for key, value in overrides.items():
-        out.update(flatten(value, key) if isinstance(value, dict | list) else {key: value})
-    return out

@@ -30,6 +30,7 @@ from losslab.core.tuning.study import (
     finished,
     quiet_optuna,
     safe_name,
+    superseded,
 )
 
 if TYPE_CHECKING:
@@ -69,6 +70,12 @@ def rank(trials: Sequence[FrozenTrial], directions: Sequence[str]) -> list[Froze
     return sorted(scored, key=lambda t: (sign * t.values[0], t.number))
 
 
+def _state(t: FrozenTrial) -> str:
+    """complete | pruned | failed: the words of the MLflow tag ``losslab.trial_state``."""
+    name = t.state.name.lower()
+    return "failed" if name == "fail" else name
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -102,15 +109,17 @@ def trials_table(trials: Sequence[FrozenTrial], space: SearchSpace, target: int,
     headers += ["time", *(p.key for p in space.params)]
     rows = []
     for i, t in enumerate(ordered[:limit], start=1):
-        state = t.state.name.lower()
+        state = _state(t)
         values = [_fmt(v) for v in (t.values or [])] + [""] * (len(directions) - len(t.values or []))
         row = [str(i), str(t.number), state, *values]
         if space.multi:
             row.append("*" if t.number in front else "")
         row += [_seconds(t), *(_fmt(t.params.get(p.key)) for p in space.params)]
         rows.append(row)
+    replaced = len(superseded(trials))
     lines = [f"study: {len(counted)} of {target} trial(s) finished: {len(complete)} complete, {len(pruned)} "
-             f"pruned, {len(failed)} failed"]
+             f"pruned, {len(failed)} failed" + (f" ({replaced} interrupted or lost trial(s) were run again)"
+                                                 if replaced else "")]
     if rows:
         widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
         fmt = "  ".join(f"{{:<{w}}}" for w in widths)
@@ -253,7 +262,7 @@ def summary(study: Any, space: SearchSpace, trials: Sequence[FrozenTrial], targe
     complete = [t for t in counted if t.state == TrialState.COMPLETE]
     best = pareto_front(complete, space.directions) if space.multi else rank(complete, space.directions)[:1]
     row = lambda t: {  # noqa: E731
-        "trial": t.number, "run_id": t.user_attrs.get(RUN_ATTR), "state": t.state.name.lower(),
+        "trial": t.number, "run_id": t.user_attrs.get(RUN_ATTR), "state": _state(t),
         "values": t.values, "params": t.params, "error": t.user_attrs.get(FAIL_REASON_ATTR),
     }
     return {

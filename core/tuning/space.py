@@ -272,11 +272,10 @@ def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[
         if spec.choices is not None:
             kind = "categorical"
         elif spec.low is not None and spec.high is not None:
+            # YAML's 1 and 1.0 both arrive as floats here: whole bounds make an int unless the config holds a float
             current = _lookup(base, key)
             integral = float(spec.low).is_integer() and float(spec.high).is_integer()
-            kind = "int" if integral and not isinstance(current, float) and not spec.log else "float"
-            if spec.log and integral and isinstance(current, int) and not isinstance(current, bool):
-                kind = "int"
+            kind = "int" if integral and not isinstance(current, float) else "float"
         else:
             return None, [f"{path}: give low and high (a number range) or choices (a list); found neither"]
     problems: list[str] = []

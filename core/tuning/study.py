@@ -203,7 +203,7 @@ def open_study(storage: Any, name: str, space: SearchSpace, epochs: int, seed: i
 # -- the budget ----------------------------------------------------------------------------------------
 
 
-def _superseded(trials: Sequence[FrozenTrial]) -> set[int]:
+def superseded(trials: Sequence[FrozenTrial]) -> set[int]:
     """Numbers of trials replaced by a retry (a retry lists what it replaces in ``retry_history``)."""
     out: set[int] = set()
     for t in trials:
@@ -213,7 +213,7 @@ def _superseded(trials: Sequence[FrozenTrial]) -> set[int]:
 
 def holds_place(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that count toward ``--trials``: waiting, running or finished, not replaced, not surplus."""
-    gone = _superseded(trials)
+    gone = superseded(trials)
     return [t for t in trials if t.number not in gone and not t.user_attrs.get(SURPLUS_ATTR)]
 
 

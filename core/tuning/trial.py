@@ -59,6 +59,7 @@ class TuneContext:
     seed: int
     runs_root: Path
     echo: Echo
+    sampler_seed: int = 0
     outcomes: list[TrialOutcome] = field(default_factory=list)
 
 

@@ -132,6 +132,7 @@ def run_tune(
         raise ConfigError(f"{path}: {exc}") from None
     base = base_dict(cfg, space)
     seed = cfg.seeds[0]
+    sampler_seed = space.sampler.seed if space.sampler.seed is not None else seed
     name = study_name or cfg.name
     if not STUDY_NAME.match(name):
         raise StudyError(f"study name {name!r}: use letters, digits, space and _ . + - (at most 120 characters); "
@@ -141,7 +142,7 @@ def run_tune(
     shown_url = public_storage(url)
     handler = StaleTrialHandler(space.heartbeat.max_retry)
     rdb = open_storage(url, space, handler)
-    study = open_study(rdb, name, space, cfg.train.epochs, seed, config_hash(base, seed))
+    study = open_study(rdb, name, space, cfg.train.epochs, sampler_seed, config_hash(base, seed))
     tracker = Tracker(uri)
     records = StudyRecords(tracker, cfg.name, name, shown_url, space, cfg, seed)
     parent_id, existed = records.open_parent(trials)
@@ -149,7 +150,7 @@ def run_tune(
                                          f"{records.on_stale(s, t, space.heartbeat.grace)}")
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ctx = TuneContext(space, base, cfg, catalog, records, study, rdb, handler, worker, seed,
-                      Path(runs_dir) / cfg.name / f"tune-{safe_name(name)}", echo)
+                      Path(runs_dir) / cfg.name / f"tune-{safe_name(name)}", echo, sampler_seed=sampler_seed)
     done = len(finished(study.get_trials(deepcopy=False)))
     echo(f"losslab: study {name!r} ({'resumed' if done or existed else 'new'}, {done} of {trials} trial(s) done) "
          f"in {shown_url}; MLflow parent run {parent_id} in {tracker.uri}")
@@ -201,7 +202,7 @@ def _loop(ctx: TuneContext, trials: int, timeout: float | None) -> tuple[str, bo
             time.sleep(min(2.0, space.heartbeat.interval))
             continue
         announced_wait = False
-        study.sampler = make_sampler(space, ctx.seed + len(all_trials))
+        study.sampler = make_sampler(space, ctx.sampler_seed + len(all_trials))
         with quiet_optuna():
             trial = study.ask()
         ctx.storage.record_heartbeat(trial._trial_id)

@@ -71,6 +71,10 @@ class UNet(nn.Module):
         convs_per_stage: 3x3 conv+BN+ReLU layers per encoder and decoder stage.
         merge: how a decoder joins its skip: ``"add"`` (light) or ``"concat"`` (classic UNet).
         channels_last: compute in channels_last memory format (faster on CPU; same result).
+        difference: also feed the first layer ``fg_bg - bg`` (3 more channels). The mask is
+            exactly where the two shots differ, so handing the network the difference
+            spares its first layer from learning to subtract; it costs one 3x3 conv's
+            input channels and reaches a given IoU in fewer steps.
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W (padded to a multiple of
@@ -92,6 +96,7 @@ class UNet(nn.Module):
         convs_per_stage: int = 1,
         merge: Merge = "add",
         channels_last: bool = True,
+        difference: bool = True,
     ) -> None:
         super().__init__()
         if base_channels < 1 or depth < 1 or convs_per_stage < 1:
@@ -103,9 +108,10 @@ class UNet(nn.Module):
             raise ValueError(f"unet: merge must be 'add' or 'concat', got {merge!r}")
         self.stride = 2**depth
         self.channels_last = channels_last
+        self.difference = difference
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList(
-            [_stage(IN_CHANNELS, widths[0], convs_per_stage)]
+            [_stage(IN_CHANNELS + (3 if difference else 0), widths[0], convs_per_stage)]
             + [_stage(widths[i - 1], widths[i], convs_per_stage, stride=2) for i in range(1, depth + 1)]
         )
         self.mask_decoder = UNetDecoder(widths, convs_per_stage, merge)
@@ -114,6 +120,8 @@ class UNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x, "unet")
+        if self.difference:
+            x = torch.cat([x, x[:, 3:6] - x[:, 0:3]], dim=1)
         x, hw = pad_to_multiple(x, self.stride)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
