@@ -44,7 +44,7 @@ def fail(message: str, code: int = 2) -> None:
 @app.command()
 def run(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. experiments/bce_vs_dice.yaml.")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key: --set train.epochs=1.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key: train.epochs=1.")] = None,
     tracking_uri: TrackingUri = None,
     resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run of this experiment.")] = False,
     runs_dir: Annotated[Path, typer.Option(help="Where checkpoints are kept.")] = Path("lab-runs"),

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
@@ -250,21 +249,10 @@ class BatchLoader:
                 yield chunk
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        """Batches in order; the next one is composed on a background thread while the model computes.
-
-        numpy and OpenCV release the GIL while they work, so composing batch
-        i+1 overlaps the forward and backward pass of batch i.
-        """
-        chunks = list(self.chunks())
-        if not chunks:
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="losslab-data") as pool:
-            pending = pool.submit(self._indexed, chunks[0])
-            for nxt in chunks[1:]:
-                batch = pending.result()
-                pending = pool.submit(self._indexed, nxt)
-                yield batch
-            yield pending.result()
+        # Composed in the training thread on purpose: a prefetch thread competes with torch's own
+        # threads for the cores and made the whole step slower on a 2-core CPU (benchmarks/train_step.py).
+        for chunk in self.chunks():
+            yield self._indexed(chunk)
 
     def _indexed(self, chunk: np.ndarray) -> dict[str, torch.Tensor]:
         batch = self.load(chunk)

@@ -43,15 +43,17 @@ def profile_model(
 ) -> dict[str, int]:
     """Parameters and forward FLOPs of ``model`` on a ``(batch, C, image_size, image_size)`` input.
 
-    ``C`` defaults to the first conv's input channels (6 for losslab's
-    networks). The forward runs in eval mode under ``torch.no_grad`` on the
+    ``C`` defaults to the model's ``in_channels`` attribute, else its first
+    conv's input channels (6 for losslab's networks). The forward runs in eval mode under ``torch.no_grad`` on the
     model's own device and dtype, and the model's training mode is restored.
 
     Returns ``{"params": int, "flops": int}`` (forward pass, 2 FLOPs per multiply-add).
     """
     if image_size < 1 or batch < 1:
         raise ValueError(f"profile_model: image_size and batch must be positive, got {image_size}, {batch}")
-    channels = in_channels if in_channels is not None else _input_channels(model)
+    if in_channels is None:  # a network that widens its input inside says what it takes
+        in_channels = getattr(model, "in_channels", None) or _input_channels(model)
+    channels = in_channels
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32

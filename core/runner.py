@@ -226,7 +226,9 @@ def run_experiment(
     }
     tracker.log_json(parent_id, summary, "summary.json")
     if report and rank.is_main:
-        result.report = _build_report(parent_id, tracker.uri, root, echo)
+        from losslab.reports.build import report_at_end
+
+        result.report = report_at_end(parent_id, root / "report", tracker.uri, echo)
     tracker.end_run(parent_id, "FAILED" if result.failed and len(result.failed) == len(result.children)
                     else "FINISHED")
     return result
@@ -282,20 +284,3 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
                       if not k.startswith("val/mask/") and not k.startswith("val/depth/"))
     echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch}): {shown}")
     return ChildResult(cfg.variant, seed, run_id, dict(outcome.best))
-
-
-def _build_report(parent_id: str, uri: str, root: Path, echo: Echo) -> dict[str, Path]:
-    """The comparison report, logged under ``report/`` of the parent; a failure here never loses the runs."""
-    try:
-        from losslab.reports.build import build_report, log_report
-    except ImportError as exc:
-        echo(f"losslab: report skipped ({exc})")
-        return {}
-    try:
-        paths = build_report(parent_id, root / "report", tracking_uri=uri)
-        log_report(parent_id, paths, tracking_uri=uri)
-        return paths
-    except Exception as exc:
-        echo(f"losslab: the report could not be built ({type(exc).__name__}: {exc}); "
-             f"retry with `lab report {parent_id}`")
-        return {}

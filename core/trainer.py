@@ -138,6 +138,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision.scaler else None
         self.epoch = 0
         self.step = 0
+        self._outputs_checked = False
         self.best_value: float | None = None
         self.best_epoch = -1
         self.history: list[dict[str, float]] = []
@@ -267,6 +268,42 @@ class Trainer:
                                     f"{component.distribution}) returned {key} of shape {tuple(out[key].shape)}; "
                                     f"expected {expected} for input {tuple(x.shape)}")
 
+    def train_step(self, batch: dict[str, torch.Tensor], check: bool = True) -> tuple[int, dict[str, torch.Tensor]]:
+        """One optimisation step on a loaded batch: augment, forward, every loss term, backward, step.
+
+        Returns the batch size and the unweighted term values (detached, still on the device).
+        ``check`` reads the values back to stop on NaN or inf (every step on CPU, at intervals on CUDA).
+        """
+        for aug in self.augment:
+            batch = aug(batch)
+        x = self._inputs(batch)
+        out = self._run_model(x)
+        if self.step == 0 or not self._outputs_checked:
+            self._check_outputs(out, x)
+            self._outputs_checked = True
+        total, values = self.objective(out, batch, step=self.step)
+        values = {"loss": total, **values}
+        if check or self.step == 0:
+            self.objective.assert_finite(values, step=self.step)
+        clip = self.cfg.train.grad_clip
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler:
+            self.scaler.scale(total).backward()
+            if clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            total.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            self.optimizer.step()
+        if self.scheduler:
+            self.scheduler.step()
+        self.step += 1
+        return x.shape[0], {k: v.detach() for k, v in values.items()}
+
     def train_epoch(self, progress: Any) -> dict[str, float]:
         self.model.train()
         loader = self.train_batches
@@ -275,38 +312,11 @@ class Trainer:
         count = 0
         started = time.perf_counter()
         check_every = 1 if self.device.type == "cpu" else 25
-        clip = self.cfg.train.grad_clip
         for i, batch in enumerate(loader):
-            for aug in self.augment:
-                batch = aug(batch)
-            x = self._inputs(batch)
-            out = self._run_model(x)
-            if self.step == 0 or i == 0:
-                self._check_outputs(out, x)
-            total, values = self.objective(out, batch, step=self.step)
-            values = {"loss": total, **values}
-            if i % check_every == 0 or self.step == 0:
-                self.objective.assert_finite(values, step=self.step)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.scaler:
-                self.scaler.scale(total).backward()
-                if clip:
-                    self.scaler.unscale_(self.optimizer)
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                total.backward()
-                if clip:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-                self.optimizer.step()
-            if self.scheduler:
-                self.scheduler.step()
-            n = x.shape[0]
+            n, values = self.train_step(batch, check=i % check_every == 0)
             for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value.detach().float() * n
+                sums[key] = sums.get(key, 0.0) + value.float() * n
             count += n
-            self.step += 1
             progress.update(1)
         self.objective.assert_finite({k: v for k, v in sums.items()}, step=self.step)
         totals = distributed.all_reduce_sum({**{k: float(v.item()) for k, v in sums.items()}, "#count": count},

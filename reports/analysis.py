@@ -15,6 +15,7 @@ from itertools import combinations
 from typing import Any
 
 import numpy as np
+
 from losslab.reports.collect import ChildRun, Study, Trial
 from losslab.reports.stats import (
     ALPHA,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from losslab.reports.collect import ReportError
@@ -82,3 +82,21 @@ def log_report(parent_run_id: str, out_paths: dict[str, Path], tracking_uri: str
         assets = path.with_name(f"{path.stem}_files")
         if path.suffix == ".md" and assets.is_dir():
             client.log_artifacts(parent_run_id, str(assets), f"{REPORT_ARTIFACT_DIR}/{assets.name}")
+
+
+def report_at_end(
+    parent_run_id: str, out_dir: Path, tracking_uri: str | None, warn: Callable[[str], None]
+) -> dict[str, Path]:
+    """Build and log the report at the end of `lab run` or `lab tune`.
+
+    The runs are already safe in MLflow, so any failure here is a warning that
+    says how to retry, never an error that would hide the results.
+    """
+    try:
+        paths = build_report(parent_run_id, out_dir, tracking_uri=tracking_uri)
+        log_report(parent_run_id, paths, tracking_uri=tracking_uri)
+        return paths
+    except Exception as exc:
+        warn(f"losslab: warning: the report could not be built ({type(exc).__name__}: {exc}); "
+             f"retry with `lab report {parent_run_id}`")
+        return {}

@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
 from losslab.reports.analysis import MetricResult, metric_label
 from losslab.reports.collect import ChildRun, Study
 

@@ -26,7 +26,8 @@ SCRIPT = textwrap.dedent('''
     class PlainNet(nn.Module):
         def __init__(self):
             super().__init__()
-            self.body = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.body = nn.Sequential(nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
             self.mask, self.depth = nn.Conv2d(8, 1, 1), nn.Conv2d(8, 1, 1)
 
         def forward(self, x):

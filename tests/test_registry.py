@@ -90,7 +90,7 @@ def test_misspelled_hook_fails_loudly():
         pass
 
     ep = FakeEntryPoint("typo", lambda: types.SimpleNamespace(lab_register_lossses=lab_register_lossses))
-    with pytest.raises(PluginError, match="typo.*lab_register_lossses"):
+    with pytest.raises(PluginError, match=r"typo.*lab_register_lossses"):
         load_catalog(entry_points=[ep])
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from losslab.reports import stats
 
 N_IMAGES = 40
@@ -445,8 +446,9 @@ def test_no_test_possible_is_said_plainly() -> None:
 
 
 def test_a_child_run_id_is_refused_with_the_parent_to_use(store: dict) -> None:
-    from losslab.reports.collect import ReportError, make_client, resolve_parent
     from mlflow.tracking import MlflowClient
+
+    from losslab.reports.collect import ReportError, make_client, resolve_parent
 
     parent = store["ids"]["solo"]
     client = MlflowClient(tracking_uri=store["uri"])
@@ -460,8 +462,9 @@ def test_a_child_run_id_is_refused_with_the_parent_to_use(store: dict) -> None:
 
 
 def test_log_report_puts_files_under_report_of_the_parent(store: dict, clear_report: dict) -> None:
-    from losslab.reports.build import log_report
     from mlflow.tracking import MlflowClient
+
+    from losslab.reports.build import log_report
 
     parent = store["ids"]["clear"]
     log_report(parent, clear_report["paths"], tracking_uri=store["uri"])
@@ -474,8 +477,9 @@ def test_log_report_puts_files_under_report_of_the_parent(store: dict, clear_rep
 
 def test_cli_builds_and_explains_errors(store: dict, tmp_path: Path) -> None:
     import typer
-    from losslab.reports.cli import report
     from typer.testing import CliRunner
+
+    from losslab.reports.cli import report
 
     app = typer.Typer()
     app.command()(report)

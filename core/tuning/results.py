@@ -316,25 +316,10 @@ def finish_study(ctx: TuneContext, target: int, storage: str, uri: str, stopped:
         records.tracker.log_json(parent, summary(study, space, trials, target, storage), "summary.json")
     busy = running_elsewhere(study.get_trials(deepcopy=False), ctx.worker)
     if report and not busy:
-        result.report = _report(parent, uri, ctx.runs_root / "report", echo)
+        from losslab.reports.build import report_at_end
+
+        result.report = report_at_end(parent, ctx.runs_root / "report", uri, echo)
     if not busy:
         records.close_parent("FAILED" if gave_up else "FINISHED")
     return result
-
-
-def _report(parent_id: str, uri: str, out_dir: Path, echo: Any) -> dict[str, Path]:
-    """The study's report under ``report/`` of the parent; a failure here is a warning, never a lost study."""
-    try:
-        from losslab.reports.build import build_report, log_report
-    except ImportError as exc:
-        echo(f"losslab: report skipped ({exc})")
-        return {}
-    try:
-        paths = build_report(parent_id, out_dir, tracking_uri=uri)
-        log_report(parent_id, paths, tracking_uri=uri)
-        return paths
-    except Exception as exc:
-        echo(f"losslab: warning: the report could not be built ({type(exc).__name__}: {exc}); "
-             f"retry with `lab report {parent_id}`")
-        return {}
 

@@ -109,6 +109,7 @@ class UNet(nn.Module):
         self.stride = 2**depth
         self.channels_last = channels_last
         self.difference = difference
+        self.in_channels = IN_CHANNELS  # what forward takes; the first conv sees 3 more with ``difference``
         widths = [base_channels * 2**i for i in range(depth + 1)]
         self.encoder = nn.ModuleList(
             [_stage(IN_CHANNELS + (3 if difference else 0), widths[0], convs_per_stage)]
