@@ -292,8 +292,9 @@ def load_experiment(
     path: Path, sets: list[str] | None = None, catalog: Catalog | None = None
 ) -> list[ExperimentConfig]:
     """Load, override, resolve and validate an experiment file: one config per variant."""
+    raw = load_yaml(path)  # its errors name the file already
     try:
-        return resolve_variants(load_yaml(path), sets, catalog)
+        return resolve_variants(raw, sets, catalog)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
 

@@ -29,7 +29,11 @@ from losslab.core.sources import FolderSources, Sources, SyntheticSources
 @runtime_checkable
 class SampleSet(Protocol):
     """What the trainer reads. ``get`` returns ``bg``/``fg_bg`` (N,H,W,3) uint8 RGB,
-    ``mask`` (N,H,W) uint8 {0,1} and ``depth`` (N,H,W) float32 metres."""
+    ``mask`` (N,H,W) uint8 {0,1} and ``depth`` (N,H,W) float32 metres.
+
+    A set may also offer ``recipe(index) -> Recipe``; the per-image validation
+    rows then name each image's bg, fg, flip, row and column.
+    """
 
     def __len__(self) -> int: ...
 
@@ -104,6 +108,9 @@ class VirtualSamples:
 
     def bg_ids(self) -> np.ndarray:
         return self._bg_ids
+
+    def recipe(self, index: int) -> Recipe:
+        return self.recipes[int(index)]
 
     def get(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         recipes = [self.recipes[int(i)] for i in indices]

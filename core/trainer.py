@@ -337,7 +337,7 @@ class Trainer:
         count = 0
         rows: list[dict[str, Any]] = []
         kept: dict[str, list[np.ndarray]] = {}
-        recipes = getattr(self.samples, "recipes", None)
+        recipe_of = getattr(self.samples, "recipe", None)  # optional: the recipe behind a sample index
         for batch in self.val_batches:
             x = self._inputs(batch)
             out = self._run_model(x)
@@ -358,8 +358,8 @@ class Trainer:
                     per_image[name] = metric(pred_depth, true_depth).float().cpu().numpy()
             for j, index in enumerate(batch["index"].tolist()):
                 row: dict[str, Any] = {"index": index}
-                if recipes is not None:
-                    r = recipes[index]
+                if recipe_of is not None:
+                    r = recipe_of(index)
                     row.update(bg=r.bg, fg=r.fg, flip=int(r.flip), row=r.row, col=r.col)
                 row.update({k: float(v[j]) for k, v in per_image.items()})
                 rows.append(row)

@@ -252,3 +252,20 @@ def test_plugins_kind_filter_lists_only_that_kind():
     lines = [line for line in result.output.splitlines()[1:] if not line.startswith(("skipped", "losslab:"))]
     assert lines and all(line.startswith("loss ") for line in lines)
     assert yaml is not None
+
+
+@pytest.mark.parametrize("layout", ["seed", "shards"])
+def test_training_reads_a_materialized_dataset(tmp_path, tracking_uri, layout):
+    data = tmp_path / "data"
+    made = _lab("data", "generate", "--synthetic", "4", "2", "--out", str(data), "--layout", layout,
+                "--workers", "1", "--image-size", "64")
+    assert made.exit_code == 0, made.output
+    exp = write_experiment(tmp_path / "m.yaml", data={"source": {"kind": "dataset", "path": str(data)}},
+                           train={"epochs": 1})
+    result = _lab("run", str(exp), "--tracking-uri", tracking_uri, "--runs-dir", str(tmp_path / "runs"),
+                  "--no-report")
+    assert result.exit_code == 0, result.output
+    rows = next((tmp_path / "runs" / "tiny").glob("*/base-s0/val_per_image.csv")).read_text().splitlines()
+    assert rows[0].startswith("index,bg,fg,flip,row,col,") and len(rows) > 1
+    held_out = {int(line.split(",")[1]) for line in rows[1:]}
+    assert len(held_out) == 1  # one of the 4 bgs, never seen in training
