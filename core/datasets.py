@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from losslab.core.compositor import Compositor
+from losslab.core.datagen.fastcompose import BatchCompositor
 from losslab.core.config import DataSpec
 from losslab.core.geometry import SceneGeometry
 from losslab.core.recipes import Recipe
@@ -100,7 +100,7 @@ class VirtualSamples:
             self.factor = out_size / native
             sources = ScaledSources(sources, out_size)
         self.compose_sources = sources
-        self.compositor = Compositor(sources)
+        self.compositor = BatchCompositor(sources)  # same bytes as Compositor, about twice as fast
         self._bg_ids = np.fromiter((r.bg for r in self.recipes), dtype=np.int64, count=len(self.recipes))
 
     def __len__(self) -> int:

@@ -311,15 +311,17 @@ def test_photometric_independent_changes_the_pair_differently(scene64):
 
 
 def _reference_jitter(rgb: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """The documented steps with colorsys, pixel by pixel: add, multiply, scale S, rotate H (turns), clip."""
+    """The documented steps pixel by pixel: add, multiply, blend with luma, rotate H with colorsys (turns), clip."""
     shift, contrast, saturation, hue = factors
     out = np.empty_like(rgb)
     for y in range(rgb.shape[1]):
         for x in range(rgb.shape[2]):
             r, g, b = np.clip(np.clip(rgb[:, y, x] + shift, 0, 1) * contrast, 0, 1)
+            luma = 0.299 * r + 0.587 * g + 0.114 * b  # ITU-R 601, as PIL and torchvision
+            r, g, b = np.clip(luma + saturation * (np.array([r, g, b]) - luma), 0, 1)
             hh, ss, vv = colorsys.rgb_to_hsv(r, g, b)
             hh = (hh + hue / (2 * math.pi)) % 1.0
-            out[:, y, x] = colorsys.hsv_to_rgb(hh, min(ss * saturation, 1.0), vv)
+            out[:, y, x] = colorsys.hsv_to_rgb(hh, ss, vv)
     return np.clip(out, 0, 1)
 
 
