@@ -208,12 +208,14 @@ def tune(
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key.")] = None,
     tracking_uri: TrackingUri = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where trial checkpoints are kept.")] = Path("lab-runs"),
+    report: Annotated[bool, typer.Option(help="Build the study's report at the end.")] = True,
 ) -> None:
     """Search loss weights (and any dotted key) with Optuna, tracked in MLflow."""
     from losslab.core.tuning.cli import tune as run_tune
 
     run_tune(experiment, trials=trials, storage=storage, study=study, timeout=timeout, sets=set_ or [],
-             tracking_uri=tracking_uri)
+             tracking_uri=tracking_uri, runs_dir=runs_dir, report=report)
 
 
 def main() -> None:

@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import torch
 
-from losslab.core.datagen.fastcompose import BatchCompositor
 from losslab.core.config import DataSpec
+from losslab.core.datagen.fastcompose import BatchCompositor
 from losslab.core.geometry import SceneGeometry
 from losslab.core.recipes import Recipe
 from losslab.core.registry import Catalog

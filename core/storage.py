@@ -34,8 +34,9 @@ import numpy as np
 
 from losslab.core.datagen import formats
 from losslab.core.datagen.formats import DatasetError
-from losslab.core.datagen.layouts import RECIPE_FIELDS, SHARD_DIR, sample_stem
+from losslab.core.datagen.layouts import sample_stem
 from losslab.core.datagen.resume import DATASET_FILE, MANIFEST, PROGRESS_DIR, RECIPES_FILE
+from losslab.core.datagen.shards import RECIPE_FIELDS, SHARD_DIR, SHARD_FORMAT
 from losslab.core.recipes import Recipe, parse_stem
 from losslab.core.sources import IMAGE_SUFFIXES, SourceError, fit_background, read_rgb
 
@@ -209,38 +210,71 @@ def npz_memmap(path: Path, member: str) -> np.ndarray:
 
 
 class _Shard:
-    """One shard: small arrays in memory, ``pixels`` memory-mapped."""
+    """One shard: small arrays in memory, ``pixels`` memory-mapped (arrays: :mod:`losslab.core.datagen.shards`).
+
+    A fg's box is stored once per shard (its *stamp*: fg pixels, blended
+    pixels); a sample adds its blended pixels' colours and an index into the
+    shard's distinct mask and depth patches. Shards of format 1 (each
+    sample's whole rectangle; no ``format`` member) are refused with the
+    command that remakes them.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             with np.load(path, allow_pickle=False) as npz:
-                self.offsets = npz["offsets"]
-                self.rects = npz["rects"]
+                names = set(npz.files)
+                self.version = int(npz["format"]) if "format" in names else 1
                 self.recipes = npz["recipes"]
                 bg_ids = npz["bg_ids"]
                 self.bg = npz["bg"]
                 self.depth_ref = npz["depth_ref"]
+                if self.version != SHARD_FORMAT:
+                    raise DatasetError(
+                        f"{path}: shard format {self.version}, this losslab reads format {SHARD_FORMAT}; "
+                        "regenerate the dataset with this version (lab data generate ... --layout shards)"
+                    )
+                self.boxes = npz["boxes"]
+                self.stamp = npz["stamp"]
+                self.stamp_offsets = npz["stamp_offsets"]
+                self.value_offsets = npz["value_offsets"]
+                self.rects = npz["rects"]
+                self.truth = npz["truth"]
+                self.truth_offsets = npz["truth_offsets"]
             self.pixels = npz_memmap(path, "pixels")
         except (OSError, KeyError, ValueError, zipfile.BadZipFile) as exc:
             raise DatasetError(f"{path}: cannot be read as a shard ({exc}); regenerate the dataset") from None
         self.bg_slot = {int(b): k for k, b in enumerate(bg_ids)}
 
+    def _bytes(self, start: int, stop: int) -> np.ndarray:
+        return np.asarray(self.pixels[start:stop])
+
     def sample(self, slot: int) -> dict[str, np.ndarray]:
-        y0, x0, h, w = (int(v) for v in self.rects[slot])
-        blob = self.pixels[int(self.offsets[slot]) : int(self.offsets[slot + 1])]
         k = self.bg_slot[int(self.recipes[slot, 0])]
         bg = self.bg[k]
         fg_bg = bg.copy()
+        y0, x0, h, w = (int(v) for v in self.boxes[slot])
+        n = h * w
+        if n:
+            s = int(self.stamp[slot])
+            stamp = self._bytes(int(self.stamp_offsets[s]), int(self.stamp_offsets[s + 1]))
+            packed = (n + 7) // 8
+            is_fg = np.unpackbits(stamp[:packed], count=n).view(bool).reshape(h, w)
+            is_blend = np.unpackbits(stamp[packed : 2 * packed], count=n).view(bool).reshape(h, w)
+            box = fg_bg[y0 : y0 + h, x0 : x0 + w]
+            box[is_fg] = stamp[2 * packed :].reshape(-1, 3)
+            box[is_blend] = self._bytes(int(self.value_offsets[slot]), int(self.value_offsets[slot + 1])).reshape(-1, 3)
+        y0, x0, h, w = (int(v) for v in self.rects[slot])
         mask = np.zeros(bg.shape[:2], dtype=np.uint8)
         depth = self.depth_ref[k].copy()
         n = h * w
         if n:
+            t = int(self.truth[slot])
+            blob = self._bytes(int(self.truth_offsets[t]), int(self.truth_offsets[t + 1]))
             packed = (n + 7) // 8
-            fg_bg[y0 : y0 + h, x0 : x0 + w] = np.asarray(blob[: 3 * n]).reshape(h, w, 3)
-            bits = np.unpackbits(np.asarray(blob[3 * n : 3 * n + packed]), count=n)
-            mask[y0 : y0 + h, x0 : x0 + w] = bits.reshape(h, w)
-            depth[y0 : y0 + h, x0 : x0 + w] = np.asarray(blob[3 * n + packed :]).view("<u2").reshape(h, w)
+            mask[y0 : y0 + h, x0 : x0 + w] = np.unpackbits(blob[:packed], count=n).reshape(h, w)
+            moved = np.unpackbits(blob[packed : 2 * packed], count=n).view(bool).reshape(h, w)
+            depth[y0 : y0 + h, x0 : x0 + w][moved] = blob[2 * packed :].view("<u2")
         return {"bg": bg, "fg_bg": fg_bg, "mask": mask, "depth": formats.png16_to_depth(depth)}
 
 

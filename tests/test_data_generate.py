@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 import pytest
 
-from losslab.core.compositor import Compositor
+from losslab.core.compositor import Compositor, fit_fg
 from losslab.core.datagen import GenerationPlan, InputSpec, generate
 from losslab.core.datagen.fastcompose import BatchCompositor
 from losslab.core.datagen.jpeg import BandEncoder
 from losslab.core.datasets import VirtualSamples
 from losslab.core.recipes import Recipe, parse_stem
 from losslab.core.sources import SyntheticSources
-from losslab.core.storage import ShardSamples, dataset_bytes, open_dataset
+from losslab.core.storage import DatasetError, ShardSamples, dataset_bytes, open_dataset
 from losslab.plugins.generators import GridGenerator, RandomPlacementGenerator
 from losslab.plugins.ground_truth import AlphaMask, DiffMask, GroundPlaneDepth, LayerDepth
 
@@ -146,6 +146,40 @@ def test_virtual_dataset_gives_the_same_pixels_as_shards(shards: Path) -> None:
     _assert_same(samples, _virtual(), [5, 150, 0, 69, 70, 159])
     _assert_same(samples, _virtual(), range(len(samples)))
     assert isinstance(samples.shards[0].pixels, np.memmap)  # read in place, nothing extracted
+
+
+def test_shards_store_each_fg_box_once_and_only_its_blended_pixels_per_sample(shards: Path) -> None:
+    """Per sample, only the pixels where the fitted fg is partly transparent carry their own colours."""
+    sources = SyntheticSources(N_BG, N_FG)
+    with np.load(shards / "shards" / "shard_000000.npz") as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    n = len(arrays["recipes"])
+    assert int(arrays["format"]) == 2
+    # one stamp per (fg, flip, size) in this shard: the grid's five columns of a row share it
+    keys = {(int(r[1]), int(r[2]), int(r[7])) for r in arrays["recipes"]}
+    assert len(arrays["stamp_offsets"]) - 1 == len(keys) < n
+    assert len(arrays["truth_offsets"]) - 1 < n  # equal mask and depth patches stored once
+    for slot in (0, 7, 33, n - 1):
+        _bg, fg, flip, _row, _col, x, y, size = (int(v) for v in arrays["recipes"][slot])
+        _premult, alpha = fit_fg(sources.fg(fg), size, bool(flip))
+        soft = int(np.count_nonzero((alpha > 0) & (alpha < 1)))  # the box lies inside the 150 px image here
+        stored = int(arrays["value_offsets"][slot + 1] - arrays["value_offsets"][slot])
+        assert stored == 3 * soft
+        h, w = alpha.shape
+        assert tuple(arrays["boxes"][slot]) == (y + size - h, x + (size - w) // 2, h, w)
+    raw = sum(int(b[2] * b[3]) * 3 for b in arrays["boxes"])  # fg_bg of every box, as format 1 stored it
+    assert arrays["value_offsets"][-1] - arrays["value_offsets"][0] < raw / 5
+
+
+def test_shards_of_the_first_format_are_refused_with_the_fix(tmp_path: Path, shards: Path) -> None:
+    out = tmp_path / "old"
+    (out / "shards").mkdir(parents=True)
+    (out / "dataset.json").write_text((shards / "dataset.json").read_text().replace('"chunks": 3', '"chunks": 1'))
+    with np.load(shards / "shards" / "shard_000000.npz") as npz:
+        kept = {name: npz[name] for name in ("recipes", "bg_ids", "bg", "depth_ref", "pixels")}
+    np.savez(out / "shards" / "shard_000000.npz", offsets=np.zeros(71, np.int64), rects=np.zeros((70, 4)), **kept)
+    with pytest.raises(DatasetError, match="shard format 1, this losslab reads format 2; regenerate"):
+        open_dataset(out)
 
 
 def test_virtual_matches_other_generators_and_ground_truth(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ The pieces, in data-flow order:
   the recipe list, checked before any work starts;
 - :mod:`~losslab.core.datagen.formats` - file names, encoders and decoders shared by writers and readers;
 - :mod:`~losslab.core.datagen.layouts` - the writers: one chunk of recipes in, files out;
+- :mod:`~losslab.core.datagen.shards` - the shards writer and its format;
 - :mod:`~losslab.core.datagen.resume` - which chunks are complete, so a killed run continues;
 - :mod:`~losslab.core.datagen.runner` - worker processes, the progress bar, interruption;
 - :mod:`~losslab.core.datagen.stats` - ``lab data stats``.

@@ -65,6 +65,10 @@ class BatchCompositor(Compositor):
             return (0, 0, 0, 0), (slice(0, 0), slice(0, 0)), fit
         return (ys, xs, ye - ys, xe - xs), (slice(ys - y0, ye - y0), slice(xs - x0, xe - x0)), fit
 
+    def placed(self, recipe: Recipe, height: int, width: int) -> tuple[Rect, tuple[slice, slice], tuple]:
+        """The clipped box, the part of the fitted fg inside it, and the fit (premult, alpha, 1 - alpha x3)."""
+        return self._place(recipe, height, width)
+
     @staticmethod
     def _blend(region: np.ndarray, inside: tuple[slice, slice], fit: tuple) -> np.ndarray:
         # float32 product, float32 sum, then round half to even and saturate: exactly

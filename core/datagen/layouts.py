@@ -10,22 +10,14 @@ batches) so they hold the same pixels the virtual dataset composes.
     ``dataset.json`` (written by :mod:`.resume` at the end).
 
 ``shards``
-    ``shards/shard_NNNNNN.npz``: one uncompressed NumPy ``.npz`` per chunk. A
-    sample differs from its bg only near its fg, so a shard stores each bg
-    once (``bg`` and the empty scene's depth ``depth_ref``) and, per sample,
-    only the rectangle where fg_bg, mask or depth differ from them
-    (``rects``), packed in one flat ``pixels`` array at ``offsets``: fg_bg
-    RGB bytes, then the mask as bits (``np.packbits``), then depth as
-    little-endian uint16 mm. Lossless, and readable by memory-mapping
-    ``pixels`` without extracting anything (see :mod:`losslab.core.storage`).
+    Written by :class:`~losslab.core.datagen.shards.ShardWriter` (its module
+    describes the arrays), which uses :class:`Producer` for the ground truth.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import zipfile
 from collections import OrderedDict
 from collections.abc import Hashable, Iterator, Sequence
 from pathlib import Path
@@ -40,10 +32,6 @@ from losslab.core.datagen.resume import STAGING_DIR
 from losslab.core.recipes import Recipe
 from losslab.core.sources import Sources
 
-SHARD_DIR = "shards"
-#: Recipe fields in the order of a shard's ``recipes`` array.
-RECIPE_FIELDS = ("bg", "fg", "flip", "row", "col", "x", "y", "size")
-
 
 def sample_stem(recipe: Recipe) -> str:
     """The documented stem for grid recipes; free placements (row -1) also name their box.
@@ -55,18 +43,6 @@ def sample_stem(recipe: Recipe) -> str:
         return recipe.stem
     flip = "flip_" if recipe.flip else ""
     return f"bg{recipe.bg}_x{recipe.x}_y{recipe.y}_s{recipe.size}_{flip}fg_{recipe.fg}"
-
-
-def recipe_table(recipes: Sequence[Recipe]) -> np.ndarray:
-    """(N, 8) int32 array of the recipes' ``RECIPE_FIELDS``."""
-    table = np.empty((len(recipes), len(RECIPE_FIELDS)), dtype=np.int32)
-    for i, r in enumerate(recipes):
-        table[i] = (r.bg, r.fg, r.flip, r.row, r.col, r.x, r.y, r.size)
-    return table
-
-
-def shard_name(chunk: int) -> str:
-    return f"{SHARD_DIR}/shard_{chunk:06d}.npz"
 
 
 class Producer:
@@ -288,141 +264,3 @@ class SeedWriter:
         top, bottom = self._jpeg.band(y0, y0 + h, bg.shape[0])
         band = _paste(bg[top:bottom], top, 0, rect, patch)
         return self._jpeg.encode_band(band, top, recipe.bg, bg)
-
-
-def changed_rect(rect: Sequence[int], *changed: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, x0, h, w): the smallest rectangle holding ``rect`` and every True pixel of the 2-D masks.
-
-    ``rect`` is (y0, x0, h, w), empty when h or w is 0. Rows are reduced first,
-    then columns only within the rows that changed, over contiguous memory.
-    """
-    y0, x0, h, w = (int(v) for v in rect)
-    height, width = changed[0].shape[:2]
-    rows = np.zeros(height, dtype=bool)
-    cols = np.zeros(width, dtype=bool)
-    if h > 0 and w > 0:
-        rows[y0 : y0 + h] = True
-        cols[x0 : x0 + w] = True
-    masks_rows = [mask.any(axis=1) for mask in changed]
-    for flags in masks_rows:
-        rows |= flags
-    ys = np.flatnonzero(rows)
-    if ys.size == 0:
-        return 0, 0, 0, 0
-    top, bottom = int(ys[0]), int(ys[-1]) + 1
-    for mask, flags in zip(changed, masks_rows, strict=True):
-        if flags.any():
-            cols |= mask[top:bottom].any(axis=0)
-    xs = np.flatnonzero(cols)
-    return top, int(xs[0]), bottom - top, int(xs[-1]) - int(xs[0]) + 1
-
-
-class ShardWriter:
-    """Writes one ``.npz`` shard per chunk (see the module docstring for its arrays).
-
-    A sample's mask and depth patches (with their rectangle) are cached by the
-    producers' ``cache_key``, the box and the bg's empty-scene depth, so a
-    placement repeated on another bg of the same geometry reuses them; only
-    its fg_bg patch is new, and that is blended without composing the rest of
-    the image.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
-        (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._patches = LRU()
-        self._refs = LRU(capacity=256)
-
-    def _reference(self, recipe: Recipe, producer: Producer) -> tuple[np.ndarray, np.ndarray, bytes]:
-        """(bg, empty-scene depth in mm, fingerprint of that depth) of the recipe's bg, once per bg."""
-        hit = self._refs.get(recipe.bg)
-        if hit is None:
-            depth = formats.depth_to_png16(producer.reference_depth(recipe))
-            hit = (producer.sources.bg(recipe.bg).copy(), depth, hashlib.blake2b(depth.tobytes()).digest())
-            self._refs.put(recipe.bg, hit)
-        return hit
-
-    def _truth_patches(self, producer: Producer, batch: Sequence[Recipe],
-                       rects: list[Rect]) -> list[tuple[Rect, bytes]]:
-        """(stored rect, mask bits + depth bytes) per sample; ground truth only for cache misses."""
-        mask_keys, depth_keys = producer.keys("mask", batch), producer.keys("depth", batch)
-        keys: list[Hashable | None] = []
-        for i, recipe in enumerate(batch):
-            ref_id = self._reference(recipe, producer)[2]
-            mk, dk = mask_keys[i], depth_keys[i]
-            keys.append(None if mk is None or dk is None else (mk, dk, ref_id, rects[i]))
-        out = [self._patches.get(k) for k in keys]
-        missing = [i for i, item in enumerate(out) if item is None]
-        if missing:
-            sub = [batch[i] for i in missing]
-            composed = producer.compose(sub)
-            masks = producer.truth("mask", composed, sub)
-            depths = formats.depth_to_png16(producer.truth("depth", composed, sub))
-            for j, i in enumerate(missing):
-                ref = self._reference(batch[i], producer)[1]
-                mask, depth = masks[j], depths[j]
-                y0, x0, h, w = rect = changed_rect(rects[i], mask != 0, depth != ref)
-                box = (slice(y0, y0 + h), slice(x0, x0 + w))
-                data = np.packbits(mask[box], axis=None).tobytes() + depth[box].astype("<u2").tobytes()
-                out[i] = (rect, data)
-                self._patches.put(keys[i], (rect, data))
-        return out  # type: ignore[return-value]
-
-    def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer,
-                    whole_bg: bool = False) -> list[str]:
-        parts: list[bytes] = []
-        offsets = [0]
-        rects = np.zeros((len(recipes), 4), dtype=np.int32)
-        refs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        rows = []
-        k = 0
-        for batch in producer.batches(recipes):
-            patches = producer.compositor.patches(batch)
-            truth = self._truth_patches(producer, batch, [rect for rect, _patch in patches])
-            for i, recipe in enumerate(batch):
-                if recipe.bg not in refs:
-                    refs[recipe.bg] = self._reference(recipe, producer)[:2]
-                rect, data = truth[i]
-                placed, patch = patches[i]
-                if rect != placed:  # the ground truth reaches beyond the fg's box: widen the fg_bg patch
-                    y0, x0, h, w = rect
-                    patch = _paste(refs[recipe.bg][0][y0 : y0 + h, x0 : x0 + w], y0, x0, placed, patch)
-                rects[k] = rect
-                parts.append(patch.tobytes())
-                parts.append(data)
-                offsets.append(offsets[-1] + patch.nbytes + len(data))
-                rows.append(manifest_line(recipe, shard=chunk, slot=k))
-                k += 1
-        ids = sorted(refs)
-        arrays_out = {
-            "offsets": np.asarray(offsets, dtype=np.int64),
-            "rects": rects,
-            "recipes": recipe_table(recipes),
-            "bg_ids": np.asarray(ids, dtype=np.int32),
-            "bg": np.stack([refs[b][0] for b in ids]),
-            "depth_ref": np.stack([refs[b][1] for b in ids]),
-        }
-        path = self.root / shard_name(chunk)
-        tmp = formats.temp_name(path)
-        write_npz(tmp, arrays_out, "pixels", parts)
-        os.replace(tmp, path)
-        return rows
-
-
-def write_npz(path: Path | str, arrays: dict[str, np.ndarray], flat_name: str, parts: Sequence[bytes]) -> None:
-    """Write what ``np.savez`` writes (an uncompressed zip of ``.npy`` files), plus one more member.
-
-    The extra member ``flat_name`` is a 1-D uint8 array streamed from
-    ``parts``, so the shard's pixels are never joined into one big copy.
-    """
-    total = sum(len(part) for part in parts)
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-        for name, array in arrays.items():
-            with archive.open(f"{name}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-        with archive.open(f"{flat_name}.npy", "w", force_zip64=True) as member:
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
-                      "shape": (total,)}
-            np.lib.format.write_array_header_1_0(member, header)
-            for part in parts:
-                member.write(part)
