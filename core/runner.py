@@ -164,8 +164,6 @@ def run_experiment(
     from losslab.core import distributed
     from losslab.core.device import resolve_device
     from losslab.core.tracking import Tracker, version_tags
-    from losslab.core.trainer import Trainer, TrainingError
-    from losslab.core.visualize import save_prediction_grid
 
     catalog = catalog or load_catalog()
     if configs is None:
@@ -212,7 +210,7 @@ def run_experiment(
             for seed in cfg.seeds:
                 result.children.append(
                     _run_child(cfg, seed, tracker, parent_id, existing.get((cfg.variant, seed)), root,
-                               catalog, resume, echo, Trainer, TrainingError, save_prediction_grid)
+                               catalog, resume, echo)
                 )
     except KeyboardInterrupt:
         tracker.end_run(parent_id, "KILLED")
@@ -235,8 +233,10 @@ def run_experiment(
 
 
 def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
-               root: Path, catalog: Catalog, resume: bool, echo: Echo, trainer_cls: Any, error_cls: Any,
-               save_grid: Any) -> ChildResult:
+               root: Path, catalog: Catalog, resume: bool, echo: Echo) -> ChildResult:
+    from losslab.core.trainer import Trainer, TrainingError  # torch-heavy: loaded when a run starts
+    from losslab.core.visualize import save_prediction_grid
+
     label = f"{cfg.variant}-s{seed}"
     if existing is not None and existing.status == "FINISHED":
         echo(f"losslab: {label}: already finished in run {existing.run_id}; skipped")
@@ -252,13 +252,13 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
         tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
     run_dir = root / label
     try:
-        trainer = trainer_cls(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
+        trainer = Trainer(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
         outcome = trainer.fit(resume=resume)
     except KeyboardInterrupt:
         tracker.set_tags(run_id, {"losslab.status": "killed"})
         tracker.end_run(run_id, "KILLED")
         raise
-    except (error_cls, ValueError, RuntimeError) as exc:
+    except (TrainingError, ValueError, RuntimeError) as exc:
         message = str(exc)
         echo(f"losslab: {label} failed: {message}")
         tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": message[:5000]})
@@ -277,7 +277,7 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
         with np.load(run_dir / "val_samples.npz") as data:
             samples = {k: data[k] for k in data.files}
         if len(samples.get("fg_bg", [])):
-            tracker.log_artifact(run_id, save_grid(samples, run_dir / "predictions.png"))
+            tracker.log_artifact(run_id, save_prediction_grid(samples, run_dir / "predictions.png"))
     tracker.set_tags(run_id, {"losslab.status": "finished"})
     tracker.end_run(run_id, "FINISHED")
     shown = ", ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in outcome.best.items()

@@ -14,15 +14,6 @@ from losslab.plugins.architectures.blocks import Head
 NAMES = ("unet", "resnet-unet", "nested-unet")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs on one thread: on a shared 2-core box, 2 spinning OpenMP threads can be 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def catalog():
     return load_catalog(fresh=True)

@@ -20,15 +20,6 @@ from losslab.plugins.ground_truth import GroundPlaneDepth
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small tensors on one thread: on a shared 2-core box, spinning OpenMP threads are far slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _composited(size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """A real batch (synthetic scenes, grid recipes, ground-plane depth) and its compositing alpha."""
     sources = SyntheticSources(n_bg=2, n_fg=4, seed=0, size=size)
