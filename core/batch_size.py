@@ -3,7 +3,10 @@
 On CUDA it doubles the batch from 2, running one full forward and backward
 (mixed precision as configured, every loss term) on random inputs until the
 allocator runs out of memory, then keeps the largest size that fitted, less a
-safety margin (a power of two no larger than 90% of it). Elsewhere (CPU,
+safety margin (a power of two no larger than 90% of it). The search runs the
+plain model (no DDP, no ``torch.compile``), so no rank waits in a collective
+for another that ran out of memory, and under DDP every rank takes the
+smallest size any rank found. Elsewhere (CPU,
 MPS) memory is rarely the limit and speed is: ``auto`` means 32 there.
 """
 
@@ -12,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
+from losslab.core import distributed
 
 CPU_DEFAULT = 32
 UPPER_LIMIT = 4096
@@ -27,7 +32,7 @@ def _fits(trainer: Any, batch: int) -> bool:
         "depth": torch.rand(batch, 1, size, size, device=device),
     }
     try:
-        out = trainer._run_model(trainer._inputs(targets))
+        out = trainer._run_model(trainer._inputs(targets), trainer.model)  # eager, no DDP: no collectives
         total, _ = trainer.objective(out, targets)
         total.backward()
         return True
@@ -49,6 +54,7 @@ def find_batch_size(trainer: Any) -> int:
     while batch <= UPPER_LIMIT and _fits(trainer, batch):
         fitted = batch
         batch *= 2
+    fitted = min(distributed.gather_objects(fitted))  # every rank trains with the same batch
     if fitted == 0:
         raise RuntimeError(f"not even a batch of 2 fits on {trainer.device} at {trainer.cfg.data.image_size}px; "
                            "lower data.image_size or choose a smaller model")

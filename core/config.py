@@ -90,7 +90,8 @@ class TrainSpec(_Strict):
     device: str = "auto"
     amp: bool | Literal["auto"] = "auto"
     channels_last: bool | Literal["auto"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["default", "reduce-overhead", "max-autotune"] = Field(
+        default=False, description="torch.compile the model (true: mode 'default'), or a torch.compile mode")
     num_threads: int | None = Field(default=None, ge=1)
     monitor: str = "val/mask_iou"
     monitor_mode: Literal["max", "min"] = "max"
@@ -329,23 +330,42 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+#: The tags pydantic adds to an error's location for each member of a union (``bool | Literal["auto"]``).
+_UNION_TAGS = {"bool", "int", "float", "str", "none"}
+
+
+def _key_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error location without pydantic's validator and union-member tags: the config keys alone."""
+    return tuple(p for p in loc if not (isinstance(p, str) and (p.startswith(("function-", "literal"))
+                                                                 or p in _UNION_TAGS)))
+
+
+def _one_of(messages: list[str]) -> str:
+    """A union's member errors as one sentence: 'Input should be a valid boolean or 'auto''."""
+    wanted = [m.removeprefix("Input should be ").split(", unable")[0] for m in messages]
+    if all(m.startswith("Input should be ") for m in messages):
+        return "Input should be " + " or ".join(dict.fromkeys(wanted))
+    return "; or ".join(dict.fromkeys(messages))
+
+
 def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> list[str]:
     lines = []
+    by_path: dict[tuple[Any, ...], list[str]] = {}
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal"))))
+        loc = _key_path(err["loc"])
         path = ".".join(str(p) for p in loc) or "<top level>"
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(loc[:-1])
             near = difflib.get_close_matches(str(loc[-1]), allowed, n=2, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
             lines.append(f"{path}: unknown key{hint} (allowed here: {', '.join(allowed)})")
-            continue
-        found = _lookup(data, loc)
-        message = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "missing":
+        elif err["type"] == "missing":
             lines.append(f"{path}: required key is missing")
         else:
-            lines.append(f"{path}: {message}; found {found!r}")
+            by_path.setdefault(loc, []).append(err["msg"].removeprefix("Value error, "))
+    for loc, messages in by_path.items():
+        path = ".".join(str(p) for p in loc) or "<top level>"
+        lines.append(f"{path}: {_one_of(messages)}; found {_lookup(data, loc)!r}")
     return lines
 
 

@@ -20,6 +20,7 @@ import torch
 
 from losslab.core.config import DataSpec
 from losslab.core.datagen.fastcompose import BatchCompositor
+from losslab.core.device import upload
 from losslab.core.geometry import SceneGeometry
 from losslab.core.recipes import Recipe
 from losslab.core.registry import Catalog
@@ -194,14 +195,13 @@ def resize_arrays(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndar
 
 def to_tensors(arrays: dict[str, np.ndarray], max_depth: float, device: torch.device) -> dict[str, torch.Tensor]:
     """uint8 images -> float [0,1] (B,3,H,W); mask -> float (B,1,H,W); depth -> metres/max_depth in [0,1]."""
-    non_blocking = device.type == "cuda"
 
     def images(x: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(x)).to(device, non_blocking=non_blocking)
+        t = upload(torch.from_numpy(np.ascontiguousarray(x)), device)
         return t.permute(0, 3, 1, 2).float().div_(255.0)
 
-    mask = torch.from_numpy(arrays["mask"]).to(device, non_blocking=non_blocking).unsqueeze(1).float()
-    depth = torch.from_numpy(np.ascontiguousarray(arrays["depth"])).to(device, non_blocking=non_blocking)
+    mask = upload(torch.from_numpy(np.ascontiguousarray(arrays["mask"])), device).unsqueeze(1).float()
+    depth = upload(torch.from_numpy(np.ascontiguousarray(arrays["depth"])), device)
     depth = depth.unsqueeze(1).float().div_(max_depth).clamp_(0.0, 1.0)
     return {"bg": images(arrays["bg"]), "fg_bg": images(arrays["fg_bg"]), "mask": mask, "depth": depth}
 

@@ -1,4 +1,4 @@
-"""Device choice and the per-device training settings (AMP, channels_last, determinism)."""
+"""Device choice, the per-device training settings (AMP, channels_last, determinism) and host-to-device copies."""
 
 from __future__ import annotations
 
@@ -56,3 +56,19 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
+
+
+def upload(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` (on the host) on ``device``, without making the host wait for the device.
+
+    A plain ``.to("cuda")`` from ordinary (pageable) host memory synchronises
+    the stream: the host waits until every kernel queued so far has run, so
+    the CPU can no longer prepare the next step while the GPU computes this
+    one. A copy from pinned memory with ``non_blocking=True`` is queued like a
+    kernel instead; PyTorch's caching host allocator keeps the pinned block
+    alive until the copy has run, so the caller may drop ``tensor`` at once.
+    Elsewhere (CPU, MPS) this is ``tensor.to(device)``.
+    """
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

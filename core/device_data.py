@@ -23,6 +23,7 @@ import torch
 
 from losslab.core.compositor import Compositor, placement
 from losslab.core.datasets import VirtualSamples, scale_recipe
+from losslab.core.device import upload
 
 
 class DevicePlanMissing(Exception):
@@ -145,9 +146,13 @@ class DeviceBatchLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for chunk in self.loader.chunks():
-            idx = torch.from_numpy(chunk.astype(np.int64))
-            batch = self.samples.batch(idx.to(self.samples.device), self.loader.max_depth)
+        # The epoch's indices go up in one copy, so a batch costs the device no transfer from the host.
+        chunks = [torch.from_numpy(chunk.astype(np.int64)) for chunk in self.loader.chunks()]
+        if not chunks:
+            return
+        on_device = upload(torch.cat(chunks), self.samples.device).split([len(c) for c in chunks])
+        for idx, device_idx in zip(chunks, on_device, strict=True):
+            batch = self.samples.batch(device_idx, self.loader.max_depth)
             batch["index"] = idx
             yield batch
 

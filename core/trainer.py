@@ -108,12 +108,16 @@ class Trainer:
         self.model = model.to(self.device)
         if self.precision.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.forward: nn.Module = torch.compile(self.model) if train.compile else self.model
+        forward: nn.Module = self.model
         if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel
 
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DistributedDataParallel(self.forward, device_ids=ids)
+            forward = DistributedDataParallel(forward, device_ids=ids)
+        if train.compile:  # over DDP, not under it: DDP's optimizer then splits the graph at its buckets
+            mode = "default" if train.compile is True else train.compile
+            forward = torch.compile(forward, mode=mode)  # type: ignore[assignment]
+        self.forward = forward
         self.objective = Objective(cfg.loss, catalog).to(self.device)
         batch_size = train.batch_size if isinstance(train.batch_size, int) else self._auto_batch()
         if batch_size % self.dist.world_size:
@@ -248,11 +252,14 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _run_model(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _run_model(self, x: torch.Tensor, module: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """``module`` (default: the training wrapper, DDP and compiled as configured) under the run's autocast."""
+        module = self.forward if module is None else module
         dtype = self.precision.autocast_dtype
-        with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-            out = self.forward(x)
-        return out
+        if dtype is None:
+            return module(x)
+        with torch.autocast(self.device.type, dtype=dtype):
+            return module(x)
 
     def _check_outputs(self, out: Any, x: torch.Tensor) -> None:
         spec = self.cfg.model
@@ -330,14 +337,18 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, keep: int = 0) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, np.ndarray]]:
-        """Held-out losses and metrics (per image, then mean); the per-image rows; ``keep`` sample images."""
+        """Held-out losses and metrics (per image, then mean); the per-image rows; ``keep`` sample images.
+
+        Everything stays on the device until the last batch has been queued and is then read back
+        in one go, so the host never waits for the device in between (one synchronisation per evaluation).
+        """
         self.model.eval()
         max_depth = self.cfg.data.max_depth
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         count = 0
-        rows: list[dict[str, Any]] = []
-        kept: dict[str, list[np.ndarray]] = {}
-        recipe_of = getattr(self.samples, "recipe", None)  # optional: the recipe behind a sample index
+        indices: list[torch.Tensor] = []
+        per_image: dict[str, list[torch.Tensor]] = {name: [] for name in self.metrics}
+        kept: dict[str, list[torch.Tensor]] = {}
         for batch in self.val_batches:
             x = self._inputs(batch)
             out = self._run_model(x)
@@ -345,50 +356,58 @@ class Trainer:
             total, values = self.objective(out, batch)
             n = x.shape[0]
             for key, value in {"loss": total, **values}.items():
-                sums[key] = sums.get(key, 0.0) + float(value) * n
+                sums[key] = sums.get(key, 0.0) + value.detach().float() * n  # float32: MPS has no float64
             count += n
+            indices.append(batch["index"])
             prob = torch.sigmoid(out["mask"])
             pred_depth = out["depth"].clamp(0.0, 1.0) * max_depth
             true_depth = batch["depth"] * max_depth
-            per_image: dict[str, np.ndarray] = {}
             for name, metric in self.metrics.items():
-                if name.startswith("mask_"):
-                    per_image[name] = metric(prob, batch["mask"]).float().cpu().numpy()
-                else:
-                    per_image[name] = metric(pred_depth, true_depth).float().cpu().numpy()
-            for j, index in enumerate(batch["index"].tolist()):
-                row: dict[str, Any] = {"index": index}
-                if recipe_of is not None:
-                    r = recipe_of(index)
-                    row.update(bg=r.bg, fg=r.fg, flip=int(r.flip), row=r.row, col=r.col)
-                row.update({k: float(v[j]) for k, v in per_image.items()})
-                rows.append(row)
-            have = len(kept.get("index", []))
+                pair = (prob, batch["mask"]) if name.startswith("mask_") else (pred_depth, true_depth)
+                per_image[name].append(metric(*pair).float())
+            have = sum(len(i) for i in kept.get("index", []))
             if have < keep:
                 take = slice(0, min(keep - have, n))
                 parts = {
-                    "index": batch["index"][take].numpy(),
-                    "bg": (batch["bg"][take].permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy(),
-                    "fg_bg": (batch["fg_bg"][take].permute(0, 2, 3, 1) * 255).round().byte().cpu().numpy(),
-                    "mask": batch["mask"][take, 0].byte().cpu().numpy(),
-                    "depth": true_depth[take, 0].cpu().numpy(),
-                    "pred_mask": prob[take, 0].cpu().numpy(),
-                    "pred_depth": pred_depth[take, 0].cpu().numpy(),
+                    "index": batch["index"][take],
+                    "bg": (batch["bg"][take].permute(0, 2, 3, 1) * 255).round().byte(),
+                    "fg_bg": (batch["fg_bg"][take].permute(0, 2, 3, 1) * 255).round().byte(),
+                    "mask": batch["mask"][take, 0].byte(),
+                    "depth": true_depth[take, 0],
+                    "pred_mask": prob[take, 0],
+                    "pred_depth": pred_depth[take, 0],
                 }
                 for k, v in parts.items():
                     kept.setdefault(k, []).append(v)
-        totals = distributed.all_reduce_sum({**sums, "#count": count}, self.device)
+        # the one read-back: loss sums, per-image metrics and kept images
+        totals = {k: float(v) for k, v in sums.items()}
+        metric_values = {name: torch.cat(parts).cpu().numpy() for name, parts in per_image.items() if parts}
+        samples_kept = {k: [np.concatenate([t.cpu().numpy() for t in v])] for k, v in kept.items()}
+        rows = self._per_image_rows(torch.cat(indices).tolist() if indices else [], metric_values)
+        totals = distributed.all_reduce_sum({**totals, "#count": count}, self.device)
         count = int(totals.pop("#count"))
         if self.dist.enabled:
             rows = sorted((r for part in distributed.gather_objects(rows) for r in part), key=lambda r: r["index"])
-            kept = _merge_kept(distributed.gather_objects(kept), keep)
+            samples_kept = _merge_kept(distributed.gather_objects(samples_kept), keep)
         result = {f"val/{k}": v / max(count, 1) for k, v in totals.items()}
         for name in self.metrics:
             values = np.array([r[name] for r in rows], dtype=np.float64)
             result[f"val/{name}"] = float(np.nanmean(values)) if len(values) else float("nan")
-        samples = {k: np.concatenate(v) for k, v in kept.items()}
+        samples = {k: np.concatenate(v) for k, v in samples_kept.items()}
         return result, rows, samples
 
+    def _per_image_rows(self, indices: list[int], metric_values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """One row per validation image: its index, its recipe where the data has one, each metric."""
+        recipe_of = getattr(self.samples, "recipe", None)  # optional: the recipe behind a sample index
+        rows: list[dict[str, Any]] = []
+        for j, index in enumerate(indices):
+            row: dict[str, Any] = {"index": index}
+            if recipe_of is not None:
+                r = recipe_of(index)
+                row.update(bg=r.bg, fg=r.fg, flip=int(r.flip), row=r.row, col=r.col)
+            row.update({name: float(values[j]) for name, values in metric_values.items()})
+            rows.append(row)
+        return rows
 
     def fit(self, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
         from tqdm.auto import tqdm

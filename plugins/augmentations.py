@@ -15,8 +15,9 @@ building blocks (``get_affine_matrix2d``, ``normalize_homography``,
 Kornia modules they replace.
 
 Reproducibility: each augmentation owns a CPU ``torch.Generator`` seeded with
-``seed`` and draws every random parameter from it (on the CPU, then moved to
-the batch's device once per call). So the same seed and the same sequence of
+``seed`` and draws every random parameter from it (on the CPU, then queued to
+the batch's device once per call with ``losslab.core.device.upload``, so the
+host never waits for the device). So the same seed and the same sequence of
 batches give the same outputs on any machine and device, and torch's global
 random generators are never read or advanced. Random tensors that live on the
 device (noise) come from a device generator seeded from the same stream.
@@ -34,6 +35,7 @@ from kornia.enhance import adjust_brightness, adjust_contrast, adjust_hue
 from kornia.geometry.conversions import convert_affinematrix_to_homography, normalize_homography
 from kornia.geometry.transform import get_affine_matrix2d, invert_affine_transform
 
+from losslab.core.device import upload
 from losslab.core.markers import hookimpl
 from losslab.core.registry import Registry
 
@@ -253,7 +255,7 @@ class Geometric(SeededAugmentation):
         """
         inverse = convert_affinematrix_to_homography(invert_affine_transform(matrices))
         theta = normalize_homography(inverse, (h, w), (h, w), align_corners=False)[:, :2]
-        t = theta.to(dtype).to(device)[:, None, None]  # (N, 1, 1, 2, 3); cast on the host (no float64 on MPS)
+        t = upload(theta.to(dtype), device)[:, None, None]  # (N, 1, 1, 2, 3); cast on the host (no float64 on MPS)
         xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=device, dtype=dtype)[None, None, :, None]
         ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=device, dtype=dtype)[None, :, None, None]
         return xs * t[..., 0] + (ys * t[..., 1] + t[..., 2])
@@ -355,7 +357,7 @@ class Photometric(SeededAugmentation):
         else:  # one draw per pair, shared by its bg and fg_bg
             on, factors = self.draw(b)
             on, factors = on.repeat(2), factors.repeat(2, 1)
-        factors = factors[on].to(both.dtype).to(both.device)  # cast on the host, then one copy
+        factors = upload(factors[on].to(both.dtype), both.device)  # cast on the host, then one copy
         if bool(on.all()):
             both = self._jitter(both, factors)
         elif (idx := _indices(on, both.device)) is not None:  # jitter only the drawn samples, in place
@@ -405,7 +407,7 @@ def _indices(selected: torch.Tensor, device: torch.device) -> torch.Tensor | Non
     """The positions of a CPU bool mask as an index tensor on ``device``; None where nothing is selected."""
     if not bool(selected.any()):
         return None
-    return selected.nonzero().squeeze(1).to(device)
+    return upload(selected.nonzero().squeeze(1), device)
 
 
 def _check_prob(where: str, label: str, p: float) -> None:

@@ -41,6 +41,14 @@ def test_wrong_type_names_path_expected_and_found(catalog):
     assert "train.epochs:" in message and "integer" in message and "'many'" in message
 
 
+def test_a_union_is_one_line_naming_every_choice(catalog):
+    text = _errors(TINY, catalog, ["train.amp=maybe", "train.compile=fastest"])
+    assert "train.amp: Input should be a valid boolean or 'auto'; found 'maybe'" in text
+    assert ("train.compile: Input should be a valid boolean or 'default', 'reduce-overhead' or 'max-autotune'; "
+            "found 'fastest'") in text
+    assert ".bool" not in text and "<missing>" not in text
+
+
 def test_misspelled_key_suggests_the_right_one(catalog):
     raw = {**TINY, "train": {**TINY["train"], "epocs": 3}}
     assert "train.epocs: unknown key; did you mean 'epochs'?" in _errors(raw, catalog)

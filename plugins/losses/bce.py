@@ -42,7 +42,7 @@ def bce_loss(logits: torch.Tensor, target: torch.Tensor, pos_weight: float = 1.0
     check_pair("bce", logits, target)
     check_positive("bce", "pos_weight", pos_weight)
     x, t = as_float(logits, target)
-    weight = torch.tensor(float(pos_weight), dtype=x.dtype, device=x.device)
+    weight = x.new_full((), float(pos_weight))  # a fill on the device: no copy from the host
     return F.binary_cross_entropy_with_logits(x, t, pos_weight=weight)
 
 
