@@ -16,7 +16,7 @@ the default architecture at 224 px is printed next to its estimate, with the
 ratio measured/estimated that calibrates the estimate. ``--memory-only`` skips
 the throughput runs (on a CPU a 224 px run is slow; the estimate takes seconds).
 
-    python benchmarks/gpu_throughput.py [--sizes 96 150 224] [--batch 64] [--steps 20] [--archs unet ...]
+    python benchmarks/gpu_throughput.py [--sizes 96 150 224] [--batch 64] [--steps 20] [--archs unet ...] [--compile]
     python benchmarks/gpu_throughput.py --memory-only [--memory-batches 16 32 64 128] [--gpu-gb 16]
 """
 
@@ -49,22 +49,23 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def config(arch: str, size: int, batch: int, steps: int, catalog) -> ExperimentConfig:
+def config(arch: str, size: int, batch: int, steps: int, catalog, compile: bool | str = False) -> ExperimentConfig:
     raw = {
         "name": "throughput",
         "data": {"source": {"kind": "synthetic", "n_bg": 20, "n_fg": 20, "size": 224},
                  "image_size": size, "train_limit": batch * steps, "val_limit": batch},
         "model": {"name": arch},
         "augment": [{"name": "geometric"}, {"name": "photometric"}],
-        "train": {"epochs": 10_000, "batch_size": batch, "progress": False},
+        "train": {"epochs": 10_000, "batch_size": batch, "progress": False, "compile": compile},
         "loss": {"mask": [{"name": "bce"}, {"name": "dice"}], "depth": [{"name": "l1"}, {"name": "ssim"}]},
     }
     (cfg,) = resolve_variants(raw, None, catalog)
     return cfg
 
 
-def build(arch: str, size: int, batch: int, steps: int, catalog) -> Trainer:
-    return Trainer(config(arch, size, batch, steps, catalog), 0, catalog, Path("/tmp/losslab-throughput"))
+def build(arch: str, size: int, batch: int, steps: int, catalog, compile: bool | str = False) -> Trainer:
+    cfg = config(arch, size, batch, steps, catalog, compile)
+    return Trainer(cfg, 0, catalog, Path("/tmp/losslab-throughput"))
 
 
 def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
@@ -159,6 +160,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--archs", nargs="+", default=None)
+    parser.add_argument("--compile", nargs="?", const="default", default=False,
+                        choices=["default", "reduce-overhead", "max-autotune"],
+                        help="train.compile for the throughput runs (torch.compile mode; the warm-up pays compilation)")
     parser.add_argument("--memory-only", action="store_true",
                         help="skip the throughput runs; print the memory estimates (and, on CUDA, the measured peak)")
     parser.add_argument("--memory-batches", type=int, nargs="+", default=[16, 32, 64, 128],
@@ -172,7 +176,8 @@ def main() -> None:
     archs = args.archs or catalog["architecture"].names()
     capacity = args.gpu_gb * GB
     device_name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    print(f"device: {device_name}  batch: {args.batch}  steps: {args.steps}  torch {torch.__version__}")
+    print(f"device: {device_name}  batch: {args.batch}  steps: {args.steps}  torch {torch.__version__}"
+          f"  compile: {args.compile or 'off'}")
     measured: float | None = None
     if args.memory_only:
         if torch.cuda.is_available() and TARGET_ARCH in archs and TARGET_SIZE in args.sizes:
@@ -185,7 +190,7 @@ def main() -> None:
     print(f"{'architecture':<14}{'size':>6}{'pipeline on':>14}{'resident':>12}{'pipeline share':>16}")
     for arch in archs:
         for size in args.sizes:
-            trainer = build(arch, size, args.batch, args.steps, catalog)
+            trainer = build(arch, size, args.batch, args.steps, catalog, args.compile)
             on, off = measure(trainer, args.steps)
             share = 1.0 - on / off
             print(f"{arch:<14}{size:>6}{on:>12.1f}/s{off:>10.1f}/s{share * 100:>15.1f}%"

@@ -380,7 +380,7 @@ class Trainer:
                 for k, v in parts.items():
                     kept.setdefault(k, []).append(v)
         # the one read-back: loss sums, per-image metrics and kept images
-        totals = {k: float(v) for k, v in sums.items()}
+        totals = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True)) if sums else {}
         metric_values = {name: torch.cat(parts).cpu().numpy() for name, parts in per_image.items() if parts}
         samples_kept = {k: [np.concatenate([t.cpu().numpy() for t in v])] for k, v in kept.items()}
         rows = self._per_image_rows(torch.cat(indices).tolist() if indices else [], metric_values)
