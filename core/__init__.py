@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         Metric,
         Task,
     )
+    from losslab.core.host_sync import loss_host_round_trips
     from losslab.core.plugin_manager import load_catalog
     from losslab.core.recipes import Recipe
     from losslab.core.registry import Catalog, Component, Registry, RegistryError
@@ -43,6 +44,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_catalog",
+    "loss_host_round_trips",
 ]
 
 _COMPONENTS = ("Augmentation", "Batch", "Generator", "GroundTruth", "InputKind", "Loss", "Metric", "Task")
@@ -62,6 +64,10 @@ def __getattr__(name: str) -> Any:  # lazy: `from losslab.core import hookimpl` 
         from losslab.core.plugin_manager import load_catalog
 
         return load_catalog
+    if name == "loss_host_round_trips":
+        from losslab.core.host_sync import loss_host_round_trips
+
+        return loss_host_round_trips
     if name == "Recipe":
         from losslab.core.recipes import Recipe
 

@@ -280,7 +280,7 @@ def lab_register_losses(registry: Registry) -> None:
 '''
 
 _TEST = '''\
-"""Tests of the loss: a hand-worked value, its minimum, gradients, errors and registration."""
+"""Tests of the loss: a hand-worked value, its minimum, gradients, errors, device use, registration."""
 
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ from importlib import metadata
 
 import pytest
 import torch
-from losslab.core import Registry
+from losslab.core import Registry, loss_host_round_trips
 
 from $module import (
 $import_items)
@@ -323,6 +323,12 @@ def test_finite_gradients() -> None:
 def test_shape_mismatch_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"\\(B, 1, H, W\\)"):
         $func(torch.rand(2, 1, 4, 4), torch.rand(2, 4, 4))
+
+
+def test_stays_on_the_device() -> None:
+    # nothing in forward or backward makes the host wait for a GPU (.item(), bool(t), ...)
+    found = loss_host_round_trips($cls())
+    assert found == [], "\\n".join(map(str, found))
 
 
 def test_hook_registers_the_loss() -> None:

@@ -1,6 +1,6 @@
 """The GPU fast path: a training step that never makes the host wait for the device.
 
-Checked on the CPU with the meta-device audit of ``tests/host_sync.py`` (which
+Checked on the CPU with the meta-device audit of ``losslab.core.host_sync`` (which
 finds read-backs, blocking uploads and tensors built from host data without a
 GPU), and on CUDA, where there is one, with ``torch.cuda.set_sync_debug_mode``.
 """
@@ -14,9 +14,9 @@ import torch
 from losslab.core.config import resolve_variants
 from losslab.core.device import upload
 from losslab.core.device_data import DeviceBatchLoader, DeviceSamples
+from losslab.core.host_sync import DEVICE, autocast_allowed_on_meta, host_round_trips, loss_host_round_trips
 from losslab.core.plugin_manager import load_catalog
 from losslab.core.trainer import Trainer
-from tests.host_sync import DEVICE, allow_autocast_calls, host_round_trips
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -36,6 +36,13 @@ STEP = {
 @pytest.fixture(scope="module")
 def catalog():
     return load_catalog()
+
+
+@pytest.fixture
+def meta_autocast():
+    """Losses enter ``torch.autocast(device_type=x.device.type)``, which meta has not."""
+    with autocast_allowed_on_meta():
+        yield
 
 
 def _on_meta(trainer: Trainer) -> Trainer:
@@ -74,12 +81,11 @@ def test_the_audit_finds_each_kind_of_round_trip():
     assert all("test_gpu_fast_path.py" in r.where for r in audit.found), [str(r) for r in audit.found]
 
 
-def test_a_training_step_never_waits_for_the_device(catalog, tmp_path, monkeypatch):
+def test_a_training_step_never_waits_for_the_device(catalog, tmp_path, meta_autocast):
     """Data composed on the device, both augmentations, five loss terms, clipping, AdamW.
 
     (Photometric noise draws from a device generator, which meta has not: the CUDA test covers it.)
     """
-    allow_autocast_calls(monkeypatch)
     trainer = _trainer(catalog, tmp_path)
     trainer.precision = type(trainer.precision)(None, False, True)  # channels_last, as on CUDA
     batches = iter(trainer.train_batches)
@@ -92,8 +98,7 @@ def test_a_training_step_never_waits_for_the_device(catalog, tmp_path, monkeypat
     assert n == 8 and values["loss"].device == DEVICE
 
 
-def test_the_checked_steps_are_the_only_ones_that_read_back(catalog, tmp_path, monkeypatch):
-    allow_autocast_calls(monkeypatch)
+def test_the_checked_steps_are_the_only_ones_that_read_back(catalog, tmp_path, meta_autocast):
     trainer = _trainer(catalog, tmp_path)
     batches = iter(trainer.train_batches)
     with host_round_trips():
@@ -104,8 +109,7 @@ def test_the_checked_steps_are_the_only_ones_that_read_back(catalog, tmp_path, m
     assert all("objective.py" in r.where for r in audit.found), [str(r) for r in audit.found]
 
 
-def test_evaluation_reads_back_once_however_many_batches(catalog, tmp_path, monkeypatch):
-    allow_autocast_calls(monkeypatch)
+def test_evaluation_reads_back_once_however_many_batches(catalog, tmp_path, meta_autocast):
     counts = []
     for limit in (8, 24):  # one validation batch, then three
         trainer = _trainer(catalog, tmp_path / str(limit), [f"data.val_limit={limit}"])
@@ -128,17 +132,24 @@ def test_materialized_batches_go_up_without_blocking(catalog, tmp_path):
 
 
 @pytest.mark.parametrize("name", load_catalog()["loss"].names())
-def test_every_registered_loss_stays_on_the_device(catalog, name, monkeypatch):
+def test_every_registered_loss_stays_on_the_device(catalog, name):
     """Built-in and installed third-party losses alike: forward and backward without a host round trip."""
-    allow_autocast_calls(monkeypatch)
     component = catalog.get("loss", name)
-    module = component.create().to(DEVICE)
-    pred = torch.empty(2, 1, 64, 64, device=DEVICE, requires_grad=True)
-    target = torch.empty(2, 1, 64, 64, device=DEVICE)
-    module(pred, target).backward()  # a first call may build and upload cached operators, once
-    with host_round_trips() as audit:
-        module(pred, target).backward()
-    assert audit.found == [], f"loss {name!r} ({component.plugin}):\n" + "\n".join(map(str, audit.found))
+    found = loss_host_round_trips(component.create())
+    assert found == [], f"loss {name!r} ({component.plugin}):\n" + "\n".join(map(str, found))
+
+
+def test_a_loss_that_checks_its_input_on_the_host_is_reported():
+    class Checked(torch.nn.Module):
+        def forward(self, pred, target):
+            if bool((target < 0).any()):
+                raise ValueError("negative depth")
+            weight = torch.tensor(2.0, device=pred.device)
+            return (weight * (pred - target).abs()).mean()
+
+    found = loss_host_round_trips(Checked())
+    assert [r.kind for r in found] == ["read-back", "tensor from host data"]
+    assert all("test_gpu_fast_path.py" in r.where and "in forward" in r.where for r in found)
 
 
 @pytest.mark.parametrize("name", load_catalog()["architecture"].names())
@@ -209,3 +220,13 @@ def test_compile_takes_a_mode_and_names_the_choices(catalog):
     assert cfg.train.compile == "max-autotune"
     with pytest.raises(Exception, match="reduce-overhead"):
         resolve_variants(STEP, ["train.compile=fastest"], catalog)
+
+
+
+def test_the_audit_docstring_examples_hold():
+    import doctest
+
+    import losslab.core.host_sync as host_sync
+
+    result = doctest.testmod(host_sync)
+    assert result.attempted > 0 and result.failed == 0

@@ -543,3 +543,13 @@ def test_cuda_matches_cpu(registry, name):
             gpu = loss(pred.cuda().half(), t.cuda())
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
     assert gpu.item() == pytest.approx(cpu.item(), rel=0.02, abs=1e-3)
+
+
+@pytest.mark.parametrize("module", ["bce", "focal", "gradient", "lovasz", "overlap", "regression", "ssim"])
+def test_docstring_examples_hold(module):
+    """Each loss's docstring example is a value worked by hand: run it."""
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"losslab.plugins.losses.{module}"))
+    assert result.attempted > 0 and result.failed == 0

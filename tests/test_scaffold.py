@@ -154,7 +154,7 @@ def test_installed_with_pip_its_tests_pass_and_the_catalog_lists_it(package: Pat
     )
     # every generated test passes, including the one that checks the installed entry point (skipped otherwise)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "6 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
+    assert "7 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
 def test_cli_new_plugin(tmp_path: Path) -> None:

@@ -5,26 +5,31 @@ a value back (``.item()``, ``bool(t)``, ``float(t)``, ``.cpu()``, ``.tolist()``)
 a copy up from ordinary host memory without ``non_blocking`` (PyTorch then
 synchronises the stream), and a tensor built from host data directly on the
 device (``torch.tensor(x, device=...)``, the same blocking copy in disguise).
-``torch.cuda.set_sync_debug_mode("error")`` finds them on a GPU; this audit
-finds them anywhere, by running the code on PyTorch's ``meta`` device (shapes
-and dtypes, no data) and recording each such operation with the line of
-project code that asked for it.
+Inside a training step each one stops the host from preparing the next step
+while the GPU computes this one. ``torch.cuda.set_sync_debug_mode("error")``
+finds them on a GPU; this audit finds them anywhere, by running the code on
+PyTorch's ``meta`` device (shapes and dtypes, no data) and recording each such
+operation with the line of code that asked for it.
 
-A copy made through :func:`losslab.core.device.upload` is not reported: that
-helper pins the host tensor and queues the copy, which does not stall the
-host on CUDA (its CUDA side is checked by the CUDA-only tests).
+losslab's tests run the training step, the loaders, evaluation, every
+registered loss and every architecture under it; a plugin author checks a loss
+with :func:`loss_host_round_trips` (the scaffolded tests of ``lab new plugin``
+do). A copy made through :func:`losslab.core.device.upload` is not reported:
+that helper pins the host tensor and queues the copy, which does not stall
+the host on CUDA.
 """
 
 from __future__ import annotations
 
 import contextlib
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -73,15 +78,28 @@ class _Ops(TorchDispatchMode):
     def __init__(self, audit: Audit) -> None:
         super().__init__()
         self.audit = audit
+        self.reduced: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
+        self.reduced_by: dict[int, str] = {}
+
+    def _answer(self, t: torch.Tensor) -> bool | int:
+        """Meta holds no value: answer as a healthy run's checks would, so the audit goes on to find the rest.
+
+        ``bad.any()`` is False and ``ok.all()`` is True in a healthy run; other values read 1 (a safe divisor).
+        """
+        if t.dtype != torch.bool:
+            return 1
+        return self.reduced_by.get(id(t)) != "any" if self.reduced.get(id(t)) is t else True
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
         packet = func.overloadpacket.__name__
         if packet == "_local_scalar_dense" and _on_device(args[0]):
             self.audit.add("read-back", "item/bool/float")
-            # meta holds no value; answer as a healthy run's checks would (``isfinite(...).all()`` is True),
-            # so the audit goes on to find the rest
-            return True if args[0].dtype == torch.bool else 0
+            return self._answer(args[0])
+        if packet in ("any", "all"):
+            out = func(*args, **kwargs)
+            self.reduced[id(out)], self.reduced_by[id(out)] = out, packet
+            return out
         if packet == "_to_copy":
             target = kwargs.get("device")
             target = torch.device(target) if target is not None else args[0].device
@@ -131,6 +149,46 @@ def _autocast_unless_meta(original: Callable[..., Any]) -> Callable[..., Any]:
     return autocast
 
 
-def allow_autocast_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Let code that enters ``torch.autocast(device_type=x.device.type)`` run on meta tensors."""
-    monkeypatch.setattr(torch, "autocast", _autocast_unless_meta(torch.autocast))
+@contextlib.contextmanager
+def autocast_allowed_on_meta() -> Iterator[None]:
+    """Let code that enters ``torch.autocast(device_type=x.device.type)`` run on meta tensors (not thread-safe)."""
+    original = torch.autocast
+    torch.autocast = _autocast_unless_meta(original)  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.autocast = original  # type: ignore[misc]
+
+
+def loss_host_round_trips(loss: nn.Module, shape: tuple[int, int, int, int] = (2, 1, 64, 64)) -> list[RoundTrip]:
+    """What in ``loss``'s forward and backward would make the host wait for a GPU; ``[]`` when nothing.
+
+    The loss runs twice on meta tensors of ``shape``: once to let it build and cache constants (a one-time
+    upload is fine), then under the audit. Its output must be a tensor (a scalar, per the loss contract).
+
+    Example:
+        >>> import torch.nn.functional as F
+        >>> class L1(nn.Module):
+        ...     def forward(self, pred, target):
+        ...         return F.l1_loss(pred, target)
+        >>> loss_host_round_trips(L1())
+        []
+        >>> class Checked(nn.Module):
+        ...     def forward(self, pred, target):
+        ...         if bool((target < 0).any()):  # reads a value back: the host waits
+        ...             raise ValueError("negative depth")
+        ...         return F.l1_loss(pred, target)
+        >>> [r.kind for r in loss_host_round_trips(Checked())]
+        ['read-back']
+    """
+    module = loss.to(DEVICE)
+
+    def step() -> list[RoundTrip]:
+        pred = torch.empty(shape, device=DEVICE, requires_grad=True)
+        with host_round_trips() as audit:
+            module(pred, torch.empty(shape, device=DEVICE)).backward()
+        return audit.found
+
+    with autocast_allowed_on_meta():
+        step()  # the first call may build and upload cached constants, once
+        return step()
