@@ -38,11 +38,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 from torch import nn
 
+from losslab.core.optim import OptimizerName
+from losslab.core.optim import build_optimizer as make_optimizer
+
 if TYPE_CHECKING:
     from losslab.core.config import ExperimentConfig
     from losslab.core.registry import Catalog
 
-Optimizer = Literal["adamw", "adam", "sgd"]
+Optimizer = OptimizerName
 
 #: MemTracker's kinds (``_MemRefType`` values) under the names used here. "Other" is what the tracker was handed
 #: from outside the step, which here is the batch only.
@@ -126,19 +129,15 @@ def _device(device: str) -> torch.device:
 
 
 def build_optimizer(name: Optimizer, params: Iterable[torch.Tensor]) -> torch.optim.Optimizer:
-    """The optimizer ``Trainer._build_optimizer`` makes, with the state it keeps (lr and decay do not matter).
+    """The trainer's optimizer (:func:`losslab.core.optim.build_optimizer`), with the state it keeps.
 
-    ``foreach=True`` is PyTorch's default for CUDA parameters; fake tensors would otherwise get the
-    per-parameter loop, whose temporaries are smaller.
+    lr and decay do not change its size. ``foreach=True`` is what PyTorch picks for CUDA parameters; fake
+    tensors would otherwise get the per-parameter loop, whose temporaries are smaller.
     """
-    params = list(params)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=1e-3, momentum=0.9, nesterov=True, foreach=True)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=1e-3, foreach=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-4, foreach=True)
-    raise ValueError(f"estimate_step_memory: optimizer must be 'adamw', 'adam' or 'sgd', got {name!r}")
+    try:
+        return make_optimizer(name, list(params), lr=1e-3, weight_decay=1e-4, foreach=True)
+    except ValueError as exc:
+        raise ValueError(f"estimate_step_memory: {exc}") from None
 
 
 def _batch(n: int, h: int, w: int, device: torch.device) -> dict[str, torch.Tensor]:

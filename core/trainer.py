@@ -27,6 +27,7 @@ from losslab.core.config import ExperimentConfig
 from losslab.core.datasets import BatchLoader, build_samples, split_by_bg
 from losslab.core.device import precision_for, resolve_device, seed_everything
 from losslab.core.objective import LossFault, Objective
+from losslab.core.optim import build_optimizer
 from losslab.core.registry import Catalog
 
 
@@ -185,12 +186,7 @@ class Trainer:
 
     def _build_optimizer(self) -> torch.optim.Optimizer:
         t = self.cfg.train
-        params = self.model.parameters()
-        if t.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=t.lr, momentum=0.9, weight_decay=t.weight_decay, nesterov=True)
-        if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        return build_optimizer(t.optimizer, self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
 
     def _build_scheduler(self, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
         t = self.cfg.train
