@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import traceback
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +34,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 DEVICE = torch.device("meta")
 _FACTORIES = {"tensor", "as_tensor"}
+_REDUCED_BY = "_host_sync_reduced_by"
 
 
 @dataclass(frozen=True)
@@ -78,17 +78,16 @@ class _Ops(TorchDispatchMode):
     def __init__(self, audit: Audit) -> None:
         super().__init__()
         self.audit = audit
-        self.reduced: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
-        self.reduced_by: dict[int, str] = {}
 
-    def _answer(self, t: torch.Tensor) -> bool | int:
+    @staticmethod
+    def _answer(t: torch.Tensor) -> bool | int:
         """Meta holds no value: answer as a healthy run's checks would, so the audit goes on to find the rest.
 
         ``bad.any()`` is False and ``ok.all()`` is True in a healthy run; other values read 1 (a safe divisor).
         """
         if t.dtype != torch.bool:
             return 1
-        return self.reduced_by.get(id(t)) != "any" if self.reduced.get(id(t)) is t else True
+        return getattr(t, _REDUCED_BY, "all") != "any"
 
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
@@ -98,7 +97,7 @@ class _Ops(TorchDispatchMode):
             return self._answer(args[0])
         if packet in ("any", "all"):
             out = func(*args, **kwargs)
-            self.reduced[id(out)], self.reduced_by[id(out)] = out, packet
+            setattr(out, _REDUCED_BY, packet)  # which reduction made it: see _answer
             return out
         if packet == "_to_copy":
             target = kwargs.get("device")
