@@ -44,10 +44,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from losslab.core.datagen import GenerationPlan, InputSpec, generate
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.sources import SyntheticSources
-from losslab.core.storage import dataset_bytes, open_dataset
+from losslab.core.data.generate import GenerationPlan, InputSpec, generate
+from losslab.core.data.readers import dataset_bytes, open_dataset
+from losslab.core.data.sources import SyntheticSources
+from losslab.core.plugin.manager import load_catalog
 from losslab.plugins.generators import DOCUMENTED_SIZES, GridGenerator
 
 
@@ -101,7 +101,7 @@ def naive(bg_dir: Path, fg_dir: Path, out: Path, size: int) -> int:
 
 def read_rates(root: Path, inputs: InputSpec, n_bg: int, n_fg: int, n: int = 1024) -> dict[str, float]:
     """Samples per second of ``get`` for each layout and for the virtual dataset (what training pays)."""
-    from losslab.core.datasets import VirtualSamples
+    from losslab.core.data.datasets import VirtualSamples
     from losslab.plugins.ground_truth import AlphaMask, GroundPlaneDepth
 
     recipes = GridGenerator().recipes(list(range(n_bg)), list(range(n_fg)), (inputs.image_size, inputs.image_size))

@@ -8,7 +8,7 @@ pipeline takes: 1 - off/on time. Target on a GPU: at most 5%.
 
 Memory (the target: at 224 px the default architecture, ``unet``, trains with
 batch 64 on a 16 GB GPU): the peak of one training step is estimated on fake
-tensors for every architecture and size (``losslab.core.memory``: PyTorch's
+tensors for every architecture and size (``losslab.core.train.memory``: PyTorch's
 MemTracker, nothing allocated, so it runs on a CPU too), with the default
 architecture's estimate for several batches and the largest power-of-two
 batch that fits. On CUDA the measured ``torch.cuda.max_memory_allocated`` of
@@ -31,9 +31,9 @@ from pathlib import Path
 import torch
 
 from losslab.core.config import ExperimentConfig, resolve_variants
-from losslab.core.memory import GB, GIB, MemoryEstimate, estimate_for_config
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.trainer import Trainer
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.memory import GB, GIB, MemoryEstimate, estimate_for_config
+from losslab.core.train.trainer import Trainer
 
 #: the architecture and size the memory target names
 TARGET_ARCH, TARGET_SIZE = "unet", 224
@@ -123,7 +123,7 @@ def fits_note(est: MemoryEstimate, capacity: float) -> str:
 def memory_report(archs: list[str], sizes: list[int], batch: int, batches: list[int], capacity: float,
                   catalog, measured: float | None) -> None:
     """Estimated peaks: every architecture and size at ``batch``; the default architecture by batch."""
-    print(f"\npeak memory of one training step, estimated (losslab.core.memory: MemTracker on fake tensors; "
+    print(f"\npeak memory of one training step, estimated (losslab.core.train.memory: MemTracker on fake tensors; "
           f"target {capacity / GB:g} GB = {capacity / GIB:.2f} GiB)")
     print(f"{'architecture':<14}{'size':>6}{'batch':>7}{'estimated':>12}  at the peak (GiB)")
     for arch in archs:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 
 import torch
 
-from losslab.core.plugin_manager import load_catalog
+from losslab.core.plugin.manager import load_catalog
 
 MASK_TERMS = ("bce", "dice")
 DEPTH_TERMS = ("l1", "ssim", "gradient")

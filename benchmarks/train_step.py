@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 
 from losslab.core.config import load_experiment
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.trainer import Trainer
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.trainer import Trainer
 
 
 def _sync(device: torch.device) -> None:

@@ -9,10 +9,11 @@ The exports are resolved lazily, so ``from losslab.core import hookimpl``
 
 from typing import TYPE_CHECKING, Any
 
-from losslab.core.markers import hookimpl, hookspec
+from losslab.core.plugin.markers import hookimpl, hookspec
 
 if TYPE_CHECKING:
-    from losslab.core.components import (
+    from losslab.core.data.recipes import Recipe
+    from losslab.core.plugin.contracts import (
         Augmentation,
         Batch,
         Generator,
@@ -22,10 +23,9 @@ if TYPE_CHECKING:
         Metric,
         Task,
     )
-    from losslab.core.host_sync import loss_host_round_trips
-    from losslab.core.plugin_manager import load_catalog
-    from losslab.core.recipes import Recipe
-    from losslab.core.registry import Catalog, Component, Registry, RegistryError
+    from losslab.core.plugin.host_sync import loss_host_round_trips
+    from losslab.core.plugin.manager import load_catalog
+    from losslab.core.plugin.registry import Catalog, Component, Registry, RegistryError
 
 __all__ = [
     "Augmentation",
@@ -53,23 +53,23 @@ _REGISTRY = ("Registry", "Component", "Catalog", "RegistryError")
 
 def __getattr__(name: str) -> Any:  # lazy: `from losslab.core import hookimpl` must not import torch
     if name in _COMPONENTS:
-        from losslab.core import components
+        from losslab.core.plugin import contracts as components
 
         return getattr(components, name)
     if name in _REGISTRY:
-        from losslab.core import registry
+        from losslab.core.plugin import registry
 
         return getattr(registry, name)
     if name == "load_catalog":
-        from losslab.core.plugin_manager import load_catalog
+        from losslab.core.plugin.manager import load_catalog
 
         return load_catalog
     if name == "loss_host_round_trips":
-        from losslab.core.host_sync import loss_host_round_trips
+        from losslab.core.plugin.host_sync import loss_host_round_trips
 
         return loss_host_round_trips
     if name == "Recipe":
-        from losslab.core.recipes import Recipe
+        from losslab.core.data.recipes import Recipe
 
         return Recipe
     raise AttributeError(f"module 'losslab.core' has no attribute {name!r}")

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from losslab.core.registry import Catalog, RegistryError
+from losslab.core.plugin.registry import Catalog, RegistryError
 
 
 class ConfigError(Exception):

@@ -36,8 +36,8 @@ from kornia.geometry.conversions import convert_affinematrix_to_homography, norm
 from kornia.geometry.transform import get_affine_matrix2d, invert_affine_transform
 
 from losslab.core.device import upload
-from losslab.core.markers import hookimpl
-from losslab.core.registry import Registry
+from losslab.core.plugin.markers import hookimpl
+from losslab.core.plugin.registry import Registry
 
 IMAGE_KEYS = ("bg", "fg_bg")
 TARGET_KEYS = ("mask", "depth")

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from losslab.core.geometry import SceneGeometry
-from losslab.core.markers import hookimpl
-from losslab.core.recipes import Recipe
+from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data.recipes import Recipe
+from losslab.core.plugin.markers import hookimpl
 
 DOCUMENTED_SIZES = (90, 80, 70, 60)
 DOCUMENTED_IMAGE = 150

@@ -25,10 +25,10 @@ from typing import Any, ClassVar
 import cv2
 import numpy as np
 
-from losslab.core.geometry import SceneGeometry
-from losslab.core.markers import hookimpl
-from losslab.core.recipes import Recipe
-from losslab.core.sources import Sources
+from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data.recipes import Recipe
+from losslab.core.data.sources import Sources
+from losslab.core.plugin.markers import hookimpl
 
 #: What the compositor hands a producer: ``bg``, ``fg_bg`` (N,H,W,3) uint8 and ``alpha`` (N,H,W) float32.
 Composed = dict[str, np.ndarray]
@@ -48,7 +48,7 @@ class AlphaMask:
         return (composed["alpha"] >= self.threshold).astype(np.uint8)
 
     def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
-        """On the device the mask is the same threshold of the composited alpha (core/device_data.py)."""
+        """On the device the mask is the same threshold of the composited alpha (core/data/device_data.py)."""
         return {"kind": "threshold", "threshold": self.threshold}
 
     def cache_key(self, recipe: Recipe, sources: Sources) -> Hashable:
@@ -109,7 +109,7 @@ class GroundPlaneDepth:
         return out
 
     def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
-        """Each bg's depth map and each recipe's fg depth, uploaded once (core/device_data.py)."""
+        """Each bg's depth map and each recipe's fg depth, uploaded once (core/data/device_data.py)."""
         bg_maps = np.stack([self.geometry(sources, b).depth_map(height, width) for b in range(sources.n_bg)])
         fg_values = np.array([self.geometry(sources, r.bg).ground_depth_at(min(r.base_y, height) - 1, height)
                               for r in recipes], dtype=np.float32)
@@ -149,7 +149,7 @@ class LayerDepth:
         return out
 
     def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
-        """A constant background and each recipe's row depth, uploaded once (core/device_data.py)."""
+        """A constant background and each recipe's row depth, uploaded once (core/data/device_data.py)."""
         bg_maps = np.full((sources.n_bg, height, width), self.background, dtype=np.float32)
         fg_values = np.array([self.depths[r.row if 0 <= r.row < len(self.depths) else 0] for r in recipes],
                              dtype=np.float32)
@@ -267,8 +267,8 @@ class ModelDepth:
                     "or, for a state dict, also pass architecture=<registered name>"
                 ) from None
         else:
-            from losslab.core.plugin_manager import load_catalog
-            from losslab.core.registry import RegistryError
+            from losslab.core.plugin.manager import load_catalog
+            from losslab.core.plugin.registry import RegistryError
 
             try:
                 net = load_catalog().create("architecture", self.architecture, **self.arch_params)

@@ -48,9 +48,9 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from losslab.core.components import Metric, Task
-from losslab.core.markers import hookimpl
-from losslab.core.registry import Registry
+from losslab.core.plugin.contracts import Metric, Task
+from losslab.core.plugin.markers import hookimpl
+from losslab.core.plugin.registry import Registry
 
 Stats = dict[str, torch.Tensor]
 

@@ -69,7 +69,7 @@ def metric_label(key: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _metric_registry() -> Any:
     try:
-        from losslab.core.plugin_manager import load_catalog
+        from losslab.core.plugin.manager import load_catalog
 
         return load_catalog()["metric"]
     except Exception:

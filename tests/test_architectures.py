@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.profiling import count_params, profile_model
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.profiling import count_params, profile_model
 from losslab.plugins.architectures.blocks import Head
 
 NAMES = ("unet", "resnet-unet", "nested-unet")

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from losslab.core.compositor import Compositor
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.sources import SyntheticSources
+from losslab.core.data.compositor import Compositor
+from losslab.core.data.sources import SyntheticSources
+from losslab.core.plugin.manager import load_catalog
 from losslab.plugins.augmentations import AugmentationError, Geometric, Photometric
 from losslab.plugins.generators import GridGenerator
 from losslab.plugins.ground_truth import GroundPlaneDepth

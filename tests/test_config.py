@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from losslab.core.config import ConfigError, dump_yaml, flatten, load_experiment, resolve_variants
-from losslab.core.plugin_manager import load_catalog
+from losslab.core.plugin.manager import load_catalog
 from tests.conftest import TINY, write_experiment
 
 

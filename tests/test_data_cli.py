@@ -19,9 +19,9 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from losslab.core.data_cli import data_app, parse_params
-from losslab.core.sources import SyntheticSources
-from losslab.core.storage import dataset_bytes, open_dataset
+from losslab.core.cli.data_commands import data_app, parse_params
+from losslab.core.data.readers import dataset_bytes, open_dataset
+from losslab.core.data.sources import SyntheticSources
 from losslab.plugins.ground_truth import ModelDepth
 
 runner = CliRunner()
@@ -154,7 +154,7 @@ def test_model_depth_end_to_end(tmp_path: Path) -> None:
                     "--workers", 2, "--chunk-size", 20)
     assert result.exit_code == 0, result.output
     samples = open_dataset(out)
-    from losslab.core.datasets import VirtualSamples
+    from losslab.core.data.datasets import VirtualSamples
     from losslab.plugins.generators import GridGenerator
     from losslab.plugins.ground_truth import AlphaMask
 

@@ -16,14 +16,14 @@ import cv2
 import numpy as np
 import pytest
 
-from losslab.core.compositor import Compositor, fit_fg
-from losslab.core.datagen import GenerationPlan, InputSpec, generate
-from losslab.core.datagen.fastcompose import BatchCompositor
-from losslab.core.datagen.jpeg import BandEncoder
-from losslab.core.datasets import VirtualSamples
-from losslab.core.recipes import Recipe, parse_stem
-from losslab.core.sources import SyntheticSources
-from losslab.core.storage import DatasetError, ShardSamples, dataset_bytes, open_dataset
+from losslab.core.data.batch_compositor import BatchCompositor
+from losslab.core.data.compositor import Compositor, fit_fg
+from losslab.core.data.datasets import VirtualSamples
+from losslab.core.data.generate import GenerationPlan, InputSpec, generate
+from losslab.core.data.jpeg import BandEncoder
+from losslab.core.data.readers import DatasetError, ShardSamples, dataset_bytes, open_dataset
+from losslab.core.data.recipes import Recipe, parse_stem
+from losslab.core.data.sources import SyntheticSources
 from losslab.plugins.generators import GridGenerator, RandomPlacementGenerator
 from losslab.plugins.ground_truth import AlphaMask, DiffMask, GroundPlaneDepth, LayerDepth
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from losslab.core.compositor import Compositor
-from losslab.core.geometry import SceneGeometry
-from losslab.core.recipes import Recipe
-from losslab.core.sources import SyntheticSources
+from losslab.core.data.compositor import Compositor
+from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data.recipes import Recipe
+from losslab.core.data.sources import SyntheticSources
 from losslab.plugins.generators import GridGenerator, RandomPlacementGenerator
 from losslab.plugins.ground_truth import AlphaMask, DiffMask, GroundPlaneDepth, LayerDepth, ModelDepth
 

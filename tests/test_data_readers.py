@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from losslab.core.datagen import GenerationPlan, InputSpec, generate
-from losslab.core.datasets import VirtualSamples, split_by_bg
-from losslab.core.sources import SyntheticSources, fit_background, read_rgb
-from losslab.core.storage import DatasetError, OriginalSamples, npz_memmap, open_dataset
+from losslab.core.data.datasets import VirtualSamples, split_by_bg
+from losslab.core.data.generate import GenerationPlan, InputSpec, generate
+from losslab.core.data.readers import DatasetError, OriginalSamples, npz_memmap, open_dataset
+from losslab.core.data.sources import SyntheticSources, fit_background, read_rgb
 from losslab.plugins.generators import GridGenerator
 from losslab.plugins.ground_truth import AlphaMask, GroundPlaneDepth
 

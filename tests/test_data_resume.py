@@ -22,12 +22,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from losslab.core.data_cli import data_app
-from losslab.core.datagen import GenerationError, GenerationInterrupted, GenerationPlan, InputSpec, generate
-from losslab.core.datagen import runner as runner_module
-from losslab.core.datasets import VirtualSamples
-from losslab.core.sources import SyntheticSources
-from losslab.core.storage import DatasetError, open_dataset
+from losslab.core.cli.data_commands import data_app
+from losslab.core.data.datasets import VirtualSamples
+from losslab.core.data.generate import GenerationError, GenerationInterrupted, GenerationPlan, InputSpec, generate
+from losslab.core.data.generate import pipeline as runner_module
+from losslab.core.data.readers import DatasetError, open_dataset
+from losslab.core.data.sources import SyntheticSources
 from losslab.plugins.generators import GridGenerator
 from losslab.plugins.ground_truth import AlphaMask, GroundPlaneDepth
 
@@ -35,7 +35,7 @@ from losslab.plugins.ground_truth import AlphaMask, GroundPlaneDepth
 _BLOCKED = ["losslab.augmentations", "losslab.architectures", "losslab.losses", "losslab.metrics"]
 _BLOCKED += [ep.name for ep in metadata.entry_points(group="losslab")]
 CHILD_ENV = {**os.environ, "LAB_DISABLE_PLUGINS": ",".join(_BLOCKED)}
-CHILD = [sys.executable, "-c", "from losslab.core.data_cli import data_app; data_app()"]
+CHILD = [sys.executable, "-c", "from losslab.core.cli.data_commands import data_app; data_app()"]
 
 
 def _args(out: Path, n_bg: int, n_fg: int, size: int, *extra: str) -> list[str]:
@@ -211,7 +211,7 @@ def test_resume_with_other_options_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_failing_chunk_costs_only_itself(tmp_path: Path, monkeypatch) -> None:
-    from losslab.core.datagen import layouts
+    from losslab.core.data.generate import layouts
 
     plan = GenerationPlan(InputSpec.synthetic(3, 1, image_size=64))
     original = layouts.SeedWriter.write_chunk

@@ -1,6 +1,6 @@
 """Bad source files: each is converted in a documented way or refused with a message naming it.
 
-Checks the readers in ``losslab.core.sources`` against images written here
+Checks the readers in ``losslab.core.data.sources`` against images written here
 with OpenCV and Pillow (an independent encoder), and that one bad file in a
 folder never costs the others.
 """
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from losslab.core.sources import FolderSources, SourceError, fit_background, list_images, read_rgb, read_rgba
+from losslab.core.data.sources import FolderSources, SourceError, fit_background, list_images, read_rgb, read_rgba
 
 
 def _rgb(h: int = 20, w: int = 30, seed: int = 0) -> np.ndarray:

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from losslab.core.config import resolve_variants
-from losslab.core.datasets import build_samples
-from losslab.core.device_data import DeviceSamples, device_arrays, supports_device
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.trainer import Trainer
+from losslab.core.data.datasets import build_samples
+from losslab.core.data.device_data import DeviceSamples, device_arrays, supports_device
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ SCRIPT = textwrap.dedent('''
     from torch import nn
     from losslab.core import hookimpl
     from losslab.core.config import load_experiment
-    from losslab.core.plugin_manager import load_catalog
-    from losslab.core.runner import run_experiment
+    from losslab.core.plugin.manager import load_catalog
+    from losslab.core.experiment.runner import run_experiment
 
     class PlainNet(nn.Module):
         def __init__(self):

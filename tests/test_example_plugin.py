@@ -42,7 +42,7 @@ def test_catalog_has_its_loss_and_metric_with_distribution_and_version() -> None
 
 
 def test_lab_plugins_lists_it_and_blocking_removes_it() -> None:
-    from losslab.core.cli import app
+    from losslab.core.cli.main import app
 
     row = re.compile(rf"^loss\s+log-cosh\s+example\s+{DIST} {re.escape(VERSION)}\s+log-cosh depth loss", re.M)
     listed = runner.invoke(app, ["plugins", "--kind", "loss"])
@@ -57,7 +57,7 @@ def test_lab_plugins_lists_it_and_blocking_removes_it() -> None:
 def test_tiny_experiment_trains_with_its_loss_and_logs_its_metric(tmp_path: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    from losslab.core.cli import app
+    from losslab.core.cli.main import app
 
     exp = write_experiment(
         tmp_path / "example.yaml",

@@ -1,6 +1,6 @@
 """The GPU fast path: a training step that never makes the host wait for the device.
 
-Checked on the CPU with the meta-device audit of ``losslab.core.host_sync`` (which
+Checked on the CPU with the meta-device audit of ``losslab.core.plugin.host_sync`` (which
 finds read-backs, blocking uploads and tensors built from host data without a
 GPU), and on CUDA, where there is one, with ``torch.cuda.set_sync_debug_mode``.
 """
@@ -12,11 +12,11 @@ import pytest
 import torch
 
 from losslab.core.config import resolve_variants
+from losslab.core.data.device_data import DeviceBatchLoader, DeviceSamples
 from losslab.core.device import upload
-from losslab.core.device_data import DeviceBatchLoader, DeviceSamples
-from losslab.core.host_sync import DEVICE, autocast_allowed_on_meta, host_round_trips, loss_host_round_trips
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.trainer import Trainer
+from losslab.core.plugin.host_sync import DEVICE, autocast_allowed_on_meta, host_round_trips, loss_host_round_trips
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.trainer import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -226,7 +226,7 @@ def test_compile_takes_a_mode_and_names_the_choices(catalog):
 def test_the_audit_docstring_examples_hold():
     import doctest
 
-    import losslab.core.host_sync as host_sync
+    import losslab.core.plugin.host_sync as host_sync
 
     result = doctest.testmod(host_sync)
     assert result.attempted > 0 and result.failed == 0

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from losslab.core.components import Loss
-from losslab.core.plugin_manager import load_catalog
+from losslab.core.plugin.contracts import Loss
+from losslab.core.plugin.manager import load_catalog
 from losslab.plugins import losses as L
 from losslab.plugins.losses.ssim import MS_SSIM_WEIGHTS
 

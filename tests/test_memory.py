@@ -1,4 +1,4 @@
-"""The step-memory estimate (losslab.core.memory) against hand counts, the batch, and real allocation."""
+"""The step-memory estimate (losslab.core.train.memory) against hand counts, the batch, and real allocation."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from losslab.core.config import resolve_variants
-from losslab.core.memory import GIB, estimate_for_config, estimate_step_memory
-from losslab.core.plugin_manager import load_catalog
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.memory import GIB, estimate_for_config, estimate_step_memory
 
 BENCHMARK_LOSSES = {"mask": [{"name": "bce"}, {"name": "dice"}], "depth": [{"name": "l1"}, {"name": "ssim"}]}
 FAST_LOSSES = {"mask": [{"name": "bce"}], "depth": [{"name": "l1"}]}

@@ -11,8 +11,8 @@ import pytest
 import torch
 from scipy import ndimage
 
-from losslab.core.components import Metric
-from losslab.core.plugin_manager import load_catalog
+from losslab.core.plugin.contracts import Metric
+from losslab.core.plugin.manager import load_catalog
 from losslab.plugins import metrics as M
 
 MASK = ["iou", "dice", "precision", "recall", "accuracy", "boundary-f"]

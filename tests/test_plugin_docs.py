@@ -1,7 +1,7 @@
 """docs/plugins.md stays in step with the code: every hook documented, every documented hook real.
 
 The hook reference has one ``### lab_<hook>(<args>)`` heading per hook spec,
-in the order of ``core/hookspecs.py``, with the spec's argument names, when it
+in the order of ``core/plugin/hookspecs.py``, with the spec's argument names, when it
 runs and an example. Each example is executed and the components it registers
 are checked against their kind's contract, so a copied example works. The
 public API table lists exactly what ``losslab.core`` exports.
@@ -21,12 +21,12 @@ import torch
 from torch import nn
 
 import losslab.core as core
-from losslab.core import hookspecs
-from losslab.core.components import Augmentation, Generator, GroundTruth, Loss, Metric
-from losslab.core.markers import PROJECT_NAME
-from losslab.core.plugin_manager import HOOK_FOR_KIND
-from losslab.core.recipes import Recipe
-from losslab.core.registry import Component, Registry
+from losslab.core.data.recipes import Recipe
+from losslab.core.plugin import hookspecs
+from losslab.core.plugin.contracts import Augmentation, Generator, GroundTruth, Loss, Metric
+from losslab.core.plugin.manager import HOOK_FOR_KIND
+from losslab.core.plugin.markers import PROJECT_NAME
+from losslab.core.plugin.registry import Component, Registry
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -75,7 +75,7 @@ def test_every_hook_has_a_heading() -> None:
 
 def test_every_heading_is_a_real_hook() -> None:
     unknown = set(documented_hooks()) - set(spec_hooks())
-    assert not unknown, f"docs/plugins.md documents hooks core/hookspecs.py lacks: {sorted(unknown)}"
+    assert not unknown, f"docs/plugins.md documents hooks core/plugin/hookspecs.py lacks: {sorted(unknown)}"
 
 
 def test_headings_follow_the_specs_order() -> None:
@@ -263,7 +263,8 @@ def test_public_api_table_lists_exactly_the_exports() -> None:
 
 
 def test_documented_environment_variables_and_commands_exist() -> None:
-    from losslab.core import plugin_manager, scaffold
+    from losslab.core.plugin import manager as plugin_manager
+    from losslab.core.plugin import scaffold
 
     source = inspect.getsource(plugin_manager)
     for variable in ("LAB_DISABLE_PLUGINS", "LAB_TRACE_PLUGINS"):

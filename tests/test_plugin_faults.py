@@ -20,9 +20,9 @@ from torch import nn
 
 from losslab.core import Loss, hookimpl, load_catalog
 from losslab.core.config import LossSpec, LossTermSpec, deep_merge, resolve_variants
-from losslab.core.objective import LossFault, Objective
-from losslab.core.plugin_manager import PluginError
-from losslab.core.registry import KINDS, Catalog
+from losslab.core.plugin.manager import PluginError
+from losslab.core.plugin.registry import KINDS, Catalog
+from losslab.core.train.objective import LossFault, Objective
 from tests.conftest import TINY
 
 
@@ -334,7 +334,7 @@ class HalfSizeNet(nn.Module):
 
 
 def test_architecture_with_wrong_output_shape_stops_naming_the_plugin(tmp_path: Path) -> None:
-    from losslab.core.trainer import Trainer, TrainingError
+    from losslab.core.train.trainer import Trainer, TrainingError
 
     @hookimpl
     def lab_register_architectures(registry: Any) -> None:

@@ -7,8 +7,8 @@ import types
 import pytest
 
 from losslab.core import hookimpl
-from losslab.core.plugin_manager import PluginError, load_catalog
-from losslab.core.registry import KINDS, Registry, RegistryError
+from losslab.core.plugin.manager import PluginError, load_catalog
+from losslab.core.plugin.registry import KINDS, Registry, RegistryError
 
 
 class FakeDist:

@@ -479,7 +479,7 @@ def test_cli_builds_and_explains_errors(store: dict, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner
 
-    from losslab.reports.cli import report
+    from losslab.core.cli.report_commands import report
 
     app = typer.Typer()
     app.command()(report)

@@ -14,10 +14,10 @@ import yaml
 from typer.testing import CliRunner
 
 from losslab.core import hookimpl
-from losslab.core.cli import app
+from losslab.core.cli.main import app
 from losslab.core.config import load_experiment
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.trainer import Trainer, TrainingError
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.trainer import Trainer, TrainingError
 from tests.conftest import write_experiment
 
 runner = CliRunner()
@@ -108,8 +108,8 @@ def test_prediction_grid_and_per_image_rows(finished_run):
 
 def test_predict_writes_mask_and_depth_pngs(finished_run, tmp_path):
     ckpt = sorted((finished_run.tmp / "runs" / "tiny").glob("*/bce-s0/best.pt"))[0]
-    from losslab.core.compositor import Compositor
-    from losslab.core.sources import SyntheticSources
+    from losslab.core.data.compositor import Compositor
+    from losslab.core.data.sources import SyntheticSources
     from losslab.plugins.generators import GridGenerator
 
     sources = SyntheticSources(4, 2, seed=0, size=64)
@@ -196,7 +196,7 @@ def test_cli_resume_skips_finished_children(tmp_path, tracking_uri):
 def test_nan_loss_stops_naming_the_term_and_step(tmp_path):
     import torch
 
-    from losslab.core.components import Loss
+    from losslab.core.plugin.contracts import Loss
 
     class Exploding(Loss):
         task = "depth"
@@ -237,7 +237,7 @@ def test_config_error_is_a_clear_message_not_a_traceback(tmp_path):
 @pytest.mark.parametrize("args", [["--help"], ["plugins"]])
 def test_help_and_plugins_do_not_import_mlflow_or_optuna(args):
     code = (
-        "import sys; from typer.testing import CliRunner; from losslab.core.cli import app;"
+        "import sys; from typer.testing import CliRunner; from losslab.core.cli.main import app;"
         f"r = CliRunner().invoke(app, {args!r}); assert r.exit_code == 0, r.output;"
         "bad = [m for m in ('mlflow', 'optuna') if m in sys.modules]; assert not bad, bad; print(r.output)"
     )

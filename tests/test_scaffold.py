@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 
 from losslab.core import Registry, load_catalog
 from losslab.core.config import LossSpec, LossTermSpec
-from losslab.core.objective import Objective
-from losslab.core.scaffold import MAX_NAME, ScaffoldError, plugin_names, scaffold_plugin
+from losslab.core.plugin.scaffold import MAX_NAME, ScaffoldError, plugin_names, scaffold_plugin
+from losslab.core.train.objective import Objective
 
 EXPECTED_FILES = {
     "pyproject.toml",
@@ -158,7 +158,7 @@ def test_installed_with_pip_its_tests_pass_and_the_catalog_lists_it(package: Pat
 
 
 def test_cli_new_plugin(tmp_path: Path) -> None:
-    from losslab.core.cli import app
+    from losslab.core.cli.main import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["new", "plugin", "edge-tversky", "--out", str(tmp_path)])

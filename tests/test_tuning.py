@@ -16,11 +16,11 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import FixedTrial, TrialState, create_trial
 
 from losslab.core.config import ConfigError, deep_merge, resolve_variants
-from losslab.core.plugin_manager import load_catalog
-from losslab.core.tuning import study as st
-from losslab.core.tuning.results import pareto_front, rank
-from losslab.core.tuning.space import base_dict, build_config, parse_search, sample
-from losslab.core.tuning.worker import config_hash, run_tune, select_base
+from losslab.core.experiment.tuning import study as st
+from losslab.core.experiment.tuning.results import pareto_front, rank
+from losslab.core.experiment.tuning.space import base_dict, build_config, parse_search, sample
+from losslab.core.experiment.tuning.worker import config_hash, run_tune, select_base
+from losslab.core.plugin.manager import load_catalog
 from tests.conftest import TINY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ def test_tune_records_trials_writes_the_best_config_and_resumes(tmp_path, monkey
     assert cfg.loss.mask[0].weight == pytest.approx(best.params["loss.mask.0.weight"])
     assert cfg.loss.depth[0].weight == pytest.approx(best.params["loss.depth.0.weight"])
     assert cfg.search is None and cfg.train.monitor == "val/mask_iou"
-    from losslab.core.runner import run_experiment
+    from losslab.core.experiment.runner import run_experiment
 
     rerun = run_experiment(result.best_path, tracking_uri=uri, runs_dir=tmp_path / "runs", report=False,
                            catalog=catalog, echo=lambda m: None)
@@ -380,14 +380,14 @@ def test_a_dead_workers_trial_is_retried_with_its_parameters(tmp_path, monkeypat
 
 
 def test_two_processes_share_one_study_and_complete_exactly_n(tmp_path):
-    from losslab.core.tracking import Tracker
+    from losslab.core.experiment.tracking import Tracker
 
     trials = 6
     _write(tmp_path / "tiny.yaml", {**SEARCH, "pruner": {"name": "none"}}, train={"epochs": 4})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     Tracker(uri).experiment_id("tiny")  # create the MLflow schema once, as a first `lab run` would
     # each worker imports everything, says READY, and starts when the test says go: both really overlap
-    code = ("import sys, time; from pathlib import Path; from losslab.core.tuning.worker import run_tune; "
+    code = ("import sys, time; from pathlib import Path; from losslab.core.experiment.tuning.worker import run_tune; "
             "print('READY', flush=True); go = Path('go')\n"
             "while not go.exists(): time.sleep(0.05)\n"
             f"r = run_tune(Path('tiny.yaml'), trials={trials}, tracking_uri={uri!r}, report=False)\n"
@@ -419,7 +419,7 @@ def test_two_processes_share_one_study_and_complete_exactly_n(tmp_path):
 def test_cli_reports_errors_without_a_traceback(tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from losslab.core.cli import app
+    from losslab.core.cli.main import app
 
     monkeypatch.chdir(tmp_path)
     path = _write(tmp_path / "bad.yaml", {"params": {"loss.mask.0.weight": {"low": 0.0, "high": 1.0, "log": True}}})
@@ -431,7 +431,7 @@ def test_cli_reports_errors_without_a_traceback(tmp_path, monkeypatch):
 
 
 def test_tuning_modules_import_neither_optuna_nor_mlflow():
-    code = ("import sys, losslab.core.cli, losslab.core.tuning.cli, losslab.core.tuning.worker; "
+    code = ("import sys, losslab.core.cli.main, losslab.core.cli.tune_commands, losslab.core.experiment.tuning.worker; "
             "print(sorted(m for m in ('optuna', 'mlflow') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})

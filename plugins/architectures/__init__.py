@@ -10,8 +10,8 @@ defaults, so an experiment can name an architecture with no params at all.
 
 from __future__ import annotations
 
-from losslab.core.markers import hookimpl
-from losslab.core.registry import Registry
+from losslab.core.plugin.markers import hookimpl
+from losslab.core.plugin.registry import Registry
 from losslab.plugins.architectures.nested_unet import NestedUNet
 from losslab.plugins.architectures.resnet_unet import ResNetUNet
 from losslab.plugins.architectures.unet import UNet

@@ -1,7 +1,7 @@
 """Built-in loss terms: the catalog a loss-function study chooses from.
 
 One module per family (kornia's layout): a functional form with the formula
-in its docstring, and a thin :class:`~losslab.core.components.Loss` subclass
+in its docstring, and a thin :class:`~losslab.core.plugin.contracts.Loss` subclass
 whose constructor keyword arguments are the term's YAML ``params``.
 
 Mask losses take ``input_kind = "logits"`` (bce, focal, lovasz, boundary-bce:
@@ -14,8 +14,8 @@ given float64), so it is safe under autocast, and runs on any device.
 
 from __future__ import annotations
 
-from losslab.core.markers import hookimpl
-from losslab.core.registry import Registry
+from losslab.core.plugin.markers import hookimpl
+from losslab.core.plugin.registry import Registry
 from losslab.plugins.losses.bce import BCELoss, bce_loss
 from losslab.plugins.losses.boundary import BoundaryBCELoss, boundary_band, boundary_bce_loss
 from losslab.plugins.losses.focal import FocalLoss, focal_loss

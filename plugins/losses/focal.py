@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from losslab.core.components import InputKind, Loss, Task
+from losslab.core.plugin.contracts import InputKind, Loss, Task
 from losslab.plugins.losses._checks import as_float, check_pair, check_positive
 
 

@@ -34,7 +34,7 @@ import kornia
 import torch
 import torch.nn.functional as F
 
-from losslab.core.components import InputKind, Loss, Task
+from losslab.core.plugin.contracts import InputKind, Loss, Task
 from losslab.plugins.losses._checks import as_float, check_pair
 
 #: Wang et al. (2003) weights of the five scales, finest first.

@@ -1,0 +1,1 @@
+"""The ``lab`` command: typer apps. The only place that wires the engine to the built-in plugins and reports."""

@@ -1,0 +1,226 @@
+"""The ``lab`` command line.
+
+Only typer and the standard library are imported at module level: heavy
+modules (torch, mlflow, optuna) load inside the commands that need them, so
+``lab --help`` and ``lab plugins`` stay fast and never import mlflow or optuna.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from losslab.core.cli.data_commands import data_app
+from losslab.core.plugin.scaffold import new_plugin
+
+app = typer.Typer(
+    name="lab",
+    help="losslab: plugin-based experiments on loss functions for joint mask + depth prediction.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data", help="Generate, convert and inspect datasets.")
+new_app = typer.Typer(help="Scaffold new things.", no_args_is_help=True)
+new_app.command("plugin", help="Scaffold a third-party plugin package.")(new_plugin)
+app.add_typer(new_app, name="new")
+
+TrackingUri = Annotated[
+    str | None,
+    typer.Option("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)."),
+]
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print an actionable error (no traceback) and exit."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@app.command()
+def run(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. experiments/bce_vs_dice.yaml.")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key: train.epochs=1.")] = None,
+    tracking_uri: TrackingUri = None,
+    resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run of this experiment.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help="Where checkpoints are kept.")] = Path("lab-runs"),
+    report: Annotated[bool, typer.Option(help="Build the comparison report at the end.")] = True,
+    nproc: Annotated[int, typer.Option(help="Train each run on N processes (DDP through torchrun).")] = 1,
+) -> None:
+    """Train one network per (variant, seed), log to MLflow and print the comparison table."""
+    if nproc > 1:
+        _launch_torchrun(nproc)
+        return
+    from losslab.core.config import ConfigError
+    from losslab.core.plugin.manager import PluginError
+    from losslab.core.plugin.registry import RegistryError
+
+    try:
+        from losslab.core.experiment.runner import run_experiment
+
+        result = run_experiment(experiment, set_ or [], tracking_uri=tracking_uri, resume=resume,
+                                runs_dir=runs_dir, report=report)
+    except (ConfigError, PluginError, RegistryError) as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command with --resume to continue", code=130)
+        return
+    if not result.is_main:
+        return  # under torchrun only rank 0 reports
+    typer.echo("")
+    typer.echo(result.table)
+    if result.winner:
+        typer.echo(f"\nwinner: {result.winner} (by {result.monitor}); parent run {result.parent_run_id}")
+    for fmt, path in result.report.items():
+        typer.echo(f"report ({fmt}): {path}")
+    if result.failed:
+        fail(f"{len(result.failed)} of {len(result.children)} run(s) failed: "
+             + "; ".join(f"{c.variant}-s{c.seed}: {c.error}" for c in result.failed), code=1)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """Re-run this very command under torchrun on one machine (see docs/distributed.md for several)."""
+    args = list(sys.argv[1:])
+    for i, arg in enumerate(args):
+        if arg == "--nproc":
+            del args[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del args[i]
+            break
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "-m", "losslab.core.cli.main", *args]
+    typer.echo("launching: " + " ".join(command[2:]), err=True)
+    os.execvp(command[0], command)
+
+
+@app.command()
+def plugins(
+    kind: Annotated[str | None, typer.Option(help="Only this kind: generator, ground_truth, augmentation, "
+                                                  "architecture, loss, metric.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Architectures: parameters and FLOPs.")] = False,
+    size: Annotated[int, typer.Option(help="Input size for --verbose FLOPs.")] = 64,
+) -> None:
+    """List every registered component: kind, name, plugin, distribution and version, summary."""
+    from losslab.core.plugin.manager import PluginError, load_catalog
+    from losslab.core.plugin.registry import KINDS
+
+    if kind is not None:
+        kind = kind.replace("-", "_")
+        if kind not in KINDS:
+            fail(f"--kind {kind!r} is not a component kind; choose one of {', '.join(KINDS)}")
+    try:
+        catalog = load_catalog()
+    except PluginError as exc:
+        fail(str(exc))
+        return
+    rows = []
+    for component in catalog.components(kind):
+        extra = ""
+        if verbose and component.kind == "architecture":
+            extra = _describe_architecture(component, size)
+        source = f"{component.distribution} {component.version}".strip()
+        rows.append((component.kind, component.name, component.plugin, source, component.summary + extra))
+    headers = ("kind", "name", "plugin", "distribution", "summary")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers[:-1])]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
+    typer.echo(fmt.format(*headers))
+    for row in rows:
+        typer.echo(fmt.format(*row))
+    for failure in catalog.failures:
+        typer.secho(f"skipped plugin {failure.plugin!r} ({failure.distribution}): {failure.error}",
+                    fg=typer.colors.YELLOW, err=True)
+
+
+def _describe_architecture(component, size: int) -> str:
+    try:
+        from losslab.core.train.profiling import profile_model
+
+        stats = profile_model(component.create(), size)
+        return f" [{stats['params'] / 1e6:.2f} M params, {stats['flops'] / 1e9:.3f} GFLOPs at {size}x{size}]"
+    except Exception as exc:
+        return f" [could not profile: {type(exc).__name__}: {exc}]"
+
+
+@app.command()
+def predict(
+    bg: Annotated[Path, typer.Option(help="A bg image, or a folder of them.")],
+    fg_bg: Annotated[Path, typer.Option("--fg-bg", help="The fg_bg image, or a folder of them.")],
+    out: Annotated[Path, typer.Option(help="Output folder for <name>_mask.png and <name>_depth.png.")],
+    run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id of a child run.")] = None,
+    checkpoint: Annotated[Path | None, typer.Option(help="A best.pt / last.pt checkpoint file.")] = None,
+    tracking_uri: TrackingUri = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
+) -> None:
+    """Predict mask and depth PNGs for one (bg, fg_bg) pair or two folders of pairs."""
+    from losslab.core.experiment.predict import PredictError, predict_paths
+
+    if (run_id is None) == (checkpoint is None):
+        fail("give exactly one of --run RUN_ID or --checkpoint PATH")
+    try:
+        written = predict_paths(bg, fg_bg, out, run_id=run_id, checkpoint=checkpoint,
+                                tracking_uri=tracking_uri, device=device)
+    except PredictError as exc:
+        fail(str(exc))
+        return
+    typer.echo(f"wrote {len(written)} prediction pair(s) to {out}")
+
+
+@app.command()
+def ui(
+    tracking_uri: TrackingUri = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Open the MLflow UI on the same store, bound to 127.0.0.1."""
+    from losslab.core.experiment.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(tracking_uri)
+    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port)]
+    os.execvp(command[0], command)
+
+
+@app.command()
+def report(
+    ref: Annotated[str, typer.Argument(help="Experiment name (its latest run) or a parent run id.")],
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("reports-out"),
+    format: Annotated[str, typer.Option("--format", help="Comma-separated: html, md.")] = "html,md",
+    tracking_uri: TrackingUri = None,
+) -> None:
+    """Build the comparison report of a run or experiment from what MLflow holds."""
+    from losslab.core.cli.report_commands import report as build
+
+    build(ref, out=out, format=format, tracking_uri=tracking_uri)
+
+
+@app.command()
+def tune(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML with a search: block.")],
+    trials: Annotated[int, typer.Option(help="Trials to run (in total across workers of the study).")] = 12,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite optuna.db).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the experiment's name).")] = None,
+    timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key.")] = None,
+    tracking_uri: TrackingUri = None,
+    runs_dir: Annotated[Path, typer.Option(help="Where trial checkpoints are kept.")] = Path("lab-runs"),
+    report: Annotated[bool, typer.Option(help="Build the study's report at the end.")] = True,
+) -> None:
+    """Search loss weights (and any dotted key) with Optuna, tracked in MLflow."""
+    from losslab.core.cli.tune_commands import tune as run_tune
+
+    run_tune(experiment, trials=trials, storage=storage, study=study, timeout=timeout, sets=set_ or [],
+             tracking_uri=tracking_uri, runs_dir=runs_dir, report=report)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

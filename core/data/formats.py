@@ -1,0 +1,233 @@
+"""File names, encoders and decoders of the materialized layouts, shared by writers and readers.
+
+Keeping both directions in one module is what guarantees that a reader
+decodes exactly what a writer encoded (same names, same depth unit).
+
+Depth encodings, never stretched per image (a value means the same distance
+in every image):
+
+- ``png16``: 16-bit PNG, 1 unit = 1 mm (``DEPTH_PNG_UNITS_PER_METRE``), so
+  0..65.535 m; deeper values are clipped. Lossless up to the 0.5 mm rounding.
+- ``jpg8``: the documented 8-bit JPEG, kept for compatibility, with a fixed
+  scale: ``v = round(255 * depth / depth_max)`` (far is white), lossy.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from losslab.core.data.geometry import DEPTH_PNG_UNITS_PER_METRE
+
+IMAGE_FORMATS = ("jpg", "png")
+DEPTH_FORMATS = ("png16", "jpg8")
+TEMP_SUFFIX = ".part"
+
+#: PNG settings for masks and depth: no row filter and fast deflate. Both are mostly long runs (a
+#: mask is 0 or 255; ground-plane depth is constant along each row), which deflate packs well without
+#: filtering, and the encoder is ~5x faster than OpenCV's adaptive default.
+_PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+_PNG_IMAGE = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
+
+
+# -- names (the documented seed layout) ------------------------------------------------------------------
+
+
+def image_ext(image_format: str) -> str:
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(f"image format must be one of {', '.join(IMAGE_FORMATS)}, got {image_format!r}")
+    return "." + image_format
+
+
+def depth_ext(depth_format: str) -> str:
+    if depth_format not in DEPTH_FORMATS:
+        raise ValueError(f"depth format must be one of {', '.join(DEPTH_FORMATS)}, got {depth_format!r}")
+    return ".png" if depth_format == "png16" else ".jpg"
+
+
+def fgbg_dir(bg: int) -> str:
+    return f"fgbg_{bg}"
+
+
+def mask_dir(bg: int) -> str:
+    return f"mask_fgbg_{bg}"
+
+
+def depth_dir(bg: int) -> str:
+    return f"depth_fgbg_{bg}"
+
+
+def sample_paths(stem: str, bg: int, image_format: str, depth_format: str) -> tuple[str, str, str]:
+    """Relative paths of a sample's fg_bg, mask and depth.
+
+    ``fgbg_K/<stem>.jpg``, ``mask_fgbg_K/mask_<stem>.png``, ``depth_fgbg_K/depth_<stem>.png``.
+    """
+    return (
+        f"{fgbg_dir(bg)}/{stem}{image_ext(image_format)}",
+        f"{mask_dir(bg)}/mask_{stem}.png",
+        f"{depth_dir(bg)}/depth_{stem}{depth_ext(depth_format)}",
+    )
+
+
+BG_DIR = "bg"
+
+
+def bg_path(bg: int, image_format: str) -> str:
+    """Relative path of bg ``K`` as composited (already at the image size): ``bg/bg_K.jpg``."""
+    return f"{BG_DIR}/bg_{bg}{image_ext(image_format)}"
+
+
+# -- depth units -----------------------------------------------------------------------------------------
+
+
+def depth_to_png16(depth_m: np.ndarray) -> np.ndarray:
+    """Metres -> uint16 millimetres (rounded, clipped to 0..65535)."""
+    units = np.multiply(depth_m, DEPTH_PNG_UNITS_PER_METRE, dtype=np.float64)
+    np.rint(units, out=units)
+    np.clip(units, 0, 65535, out=units)
+    return units.astype(np.uint16)
+
+
+def png16_to_depth(units: np.ndarray) -> np.ndarray:
+    return units.astype(np.float32) / np.float32(DEPTH_PNG_UNITS_PER_METRE)
+
+
+def depth_to_jpg8(depth_m: np.ndarray, depth_max: float) -> np.ndarray:
+    """Metres -> 8-bit with a fixed scale (``depth_max`` metres is 255), never per image."""
+    return np.clip(np.rint(depth_m * (255.0 / depth_max)), 0, 255).astype(np.uint8)
+
+
+def jpg8_to_depth(values: np.ndarray, depth_max: float) -> np.ndarray:
+    return values.astype(np.float32) * np.float32(depth_max / 255.0)
+
+
+# -- encoders --------------------------------------------------------------------------------------------
+
+
+def _encode(ext: str, img: np.ndarray, params: list[int]) -> bytes:
+    ok, buf = cv2.imencode(ext, img, params)
+    if not ok:
+        raise RuntimeError(f"OpenCV could not encode a {img.shape} {img.dtype} image as {ext}")
+    return buf.tobytes()
+
+
+def encode_image(rgb: np.ndarray, image_format: str, jpeg_quality: int = 95) -> bytes:
+    """RGB uint8 -> JPEG (baseline, 4:2:0, a restart marker per MCU row; see :mod:`.jpeg`) or PNG bytes."""
+    if image_format == "jpg":
+        from losslab.core.data.jpeg import BandEncoder
+
+        return BandEncoder(jpeg_quality).encode_full(rgb)
+    image_ext(image_format)
+    return _encode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), _PNG_IMAGE)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """{0,1} mask -> 8-bit PNG with values 0 and 255 (lossless, and visible in any viewer)."""
+    return _encode(".png", mask.astype(np.uint8) * np.uint8(255), _PNG_FAST)
+
+
+def encode_depth(depth_m: np.ndarray, depth_format: str, depth_max: float) -> bytes:
+    if depth_format == "png16":
+        return _encode(".png", depth_to_png16(depth_m), _PNG_FAST)
+    depth_ext(depth_format)
+    return _encode(".jpg", depth_to_jpg8(depth_m, depth_max), [cv2.IMWRITE_JPEG_QUALITY, 95])
+
+
+# -- decoders --------------------------------------------------------------------------------------------
+
+
+class DatasetError(Exception):
+    """A dataset on disk cannot be read; the message names the file and what to do."""
+
+
+def _read(path: Path, flags: int) -> np.ndarray:
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        reason = exc.strerror or exc
+        raise DatasetError(f"{path}: cannot be read ({reason}); is the dataset complete?") from None
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), flags) if data else None
+    if img is None:
+        raise DatasetError(
+            f"{path}: cannot be decoded (empty or corrupt); regenerate it with `lab data generate`"
+        )
+    return img
+
+
+def decode_image(path: Path) -> np.ndarray:
+    """Any image -> RGB uint8."""
+    img = _read(path, cv2.IMREAD_COLOR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def decode_mask(path: Path) -> np.ndarray:
+    """A mask image (PNG 0/255, or the original's JPEG) -> {0,1} uint8, thresholded at 128."""
+    img = _read(path, cv2.IMREAD_GRAYSCALE)
+    return (img >= 128).astype(np.uint8)
+
+
+def decode_depth(path: Path, depth_format: str, depth_max: float) -> np.ndarray:
+    """A depth image -> float32 metres."""
+    if depth_format == "png16":
+        img = _read(path, cv2.IMREAD_UNCHANGED)
+        if img.dtype != np.uint16 or img.ndim != 2:
+            raise DatasetError(f"{path}: expected a 16-bit single-channel PNG (depth in mm), got {img.dtype} "
+                               f"with shape {img.shape}")
+        return png16_to_depth(img)
+    return jpg8_to_depth(_read(path, cv2.IMREAD_GRAYSCALE), depth_max)
+
+
+# -- atomic writes ---------------------------------------------------------------------------------------
+
+
+def temp_name(path: Path | str) -> str:
+    """Hidden temp name beside ``path``, unique per process (two workers may write the same bg)."""
+    folder, name = os.path.split(os.fspath(path))
+    return os.path.join(folder, f".{name}.{os.getpid()}{TEMP_SUFFIX}")
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(TEMP_SUFFIX)
+
+
+def write_file(path: Path | str, data: bytes) -> None:
+    """Plain write (create or truncate): only for files inside a staging folder renamed whole later."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
+
+
+def link_file(source: str, path: str, atomic: bool) -> bool:
+    """Make ``path`` a hard link to the complete file ``source``; False if the file system refuses.
+
+    A link makes no new inode, so it costs a fraction of writing a file; it
+    appears whole or not at all. ``atomic`` replaces an existing ``path``
+    (through a temp name), as :func:`atomic_write` does.
+    """
+    try:
+        if not atomic:
+            os.link(source, path)
+            return True
+        try:
+            os.link(source, path)
+        except FileExistsError:
+            tmp = temp_name(path)
+            os.link(source, tmp)
+            os.replace(tmp, path)
+        return True
+    except OSError:  # no hard links here (another file system, too many links, gone): write instead
+        return False
+
+
+def atomic_write(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to a temp name, then rename: a reader (or a resumed run) never sees a truncated file."""
+    tmp = temp_name(path)
+    write_file(tmp, data)
+    os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Experiments: the study runner (variants x seeds), MLflow tracking, tuning with Optuna, prediction."""

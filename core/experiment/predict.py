@@ -1,0 +1,128 @@
+"""``lab predict``: mask and depth PNGs from a trained checkpoint, for one pair or folders of pairs.
+
+The mask is written as an 8-bit PNG (0 or 255), depth as a 16-bit PNG in
+millimetres (the dataset's unit, ``geometry.DEPTH_PNG_UNITS_PER_METRE``).
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from losslab.core.data.geometry import DEPTH_PNG_UNITS_PER_METRE
+from losslab.core.data.recipes import parse_stem
+from losslab.core.data.sources import IMAGE_SUFFIXES, SourceError, read_rgb
+
+
+class PredictError(Exception):
+    """Prediction inputs are unusable; the message says which and how to fix it."""
+
+
+def load_checkpoint(checkpoint: Path | None, run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
+    if run_id is not None:
+        from losslab.core.experiment.tracking import Tracker
+
+        tracker = Tracker(tracking_uri)
+        tmp = Path(tempfile.mkdtemp(prefix="lab-predict-"))
+        try:
+            checkpoint = tracker.download(run_id, "checkpoints/best.pt", tmp)
+        except Exception as exc:
+            raise PredictError(f"run {run_id} in {tracker.uri} has no checkpoints/best.pt artifact "
+                               f"({type(exc).__name__}); pass a child run id of `lab run`") from None
+    assert checkpoint is not None
+    if not Path(checkpoint).is_file():
+        raise PredictError(f"checkpoint {checkpoint} does not exist")
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise PredictError(f"{checkpoint} is not a losslab checkpoint ({type(exc).__name__}: {exc})") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise PredictError(f"{checkpoint} is not a losslab checkpoint (no model/config inside)")
+    return state
+
+
+class Predictor:
+    """A trained model and the data settings it was trained with."""
+
+    def __init__(self, state: dict[str, Any], device: str = "auto") -> None:
+        from losslab.core.config import ExperimentConfig
+        from losslab.core.device import resolve_device
+        from losslab.core.plugin.manager import load_catalog
+
+        self.cfg = ExperimentConfig.model_validate(state["config"])
+        self.device = resolve_device(device)
+        self.model = load_catalog().create("architecture", self.cfg.model.name, **self.cfg.model.params)
+        self.model.load_state_dict(state["model"])
+        self.model.to(self.device).eval()
+
+    @torch.no_grad()
+    def __call__(self, bg: np.ndarray, fg_bg: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Mask (H, W) uint8 {0, 255} and depth (H, W) float32 metres, at the inputs' size."""
+        if bg.shape != fg_bg.shape:
+            raise PredictError(f"bg is {bg.shape[1]}x{bg.shape[0]} but fg_bg is {fg_bg.shape[1]}x{fg_bg.shape[0]}; "
+                               "they must be the same size")
+        h, w = bg.shape[:2]
+        size = self.cfg.data.image_size
+        pair = [cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for img in (bg, fg_bg)]
+        x = torch.from_numpy(np.concatenate(pair, axis=2)).permute(2, 0, 1)[None].float().div(255.0)
+        out = self.model(x.to(self.device))
+        prob = torch.sigmoid(out["mask"])[0, 0].cpu().numpy()
+        depth = out["depth"].clamp(0, 1)[0, 0].cpu().numpy() * self.cfg.data.max_depth
+        prob = cv2.resize(prob, (w, h), interpolation=cv2.INTER_LINEAR)
+        depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_LINEAR)
+        return ((prob >= 0.5) * 255).astype(np.uint8), depth.astype(np.float32)
+
+
+def _pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
+    if fg_bg.is_file():
+        if not bg.is_file():
+            raise PredictError(f"--fg-bg is a file, so --bg must be a file too; {bg} is not")
+        return [(bg, fg_bg)]
+    if not fg_bg.is_dir():
+        raise PredictError(f"--fg-bg {fg_bg} does not exist")
+    if not bg.is_dir():
+        raise PredictError(f"--fg-bg is a folder, so --bg must be a folder too; {bg} is not")
+    fg_bgs = sorted(p for p in fg_bg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    bgs = {p.stem: p for p in bg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    if not fg_bgs:
+        raise PredictError(f"--fg-bg folder {fg_bg} holds no images")
+    pairs = []
+    for path in fg_bgs:
+        match = bgs.get(path.stem)
+        if match is None:
+            try:
+                match = bgs.get(f"bg{parse_stem(path.stem)['bg']}")
+            except ValueError:
+                match = None
+        if match is None and len(bgs) == 1:
+            match = next(iter(bgs.values()))
+        if match is None:
+            raise PredictError(f"no bg found for {path.name} in {bg}: name the bg like the fg_bg, or "
+                               "bg<K>.jpg for documented names like bg<K>_<row>_<col>_fg_<J>.jpg")
+        pairs.append((match, path))
+    return pairs
+
+
+def predict_paths(bg: Path, fg_bg: Path, out: Path, *, run_id: str | None = None, checkpoint: Path | None = None,
+                  tracking_uri: str | None = None, device: str = "auto") -> list[tuple[Path, Path]]:
+    pairs = _pairs(Path(bg), Path(fg_bg))
+    predictor = Predictor(load_checkpoint(checkpoint, run_id, tracking_uri), device)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for bg_path, fg_bg_path in pairs:
+        try:
+            mask, depth = predictor(read_rgb(bg_path), read_rgb(fg_bg_path))
+        except SourceError as exc:
+            raise PredictError(str(exc)) from None
+        mask_path = out / f"{fg_bg_path.stem}_mask.png"
+        depth_path = out / f"{fg_bg_path.stem}_depth.png"
+        depth_mm = np.clip(np.rint(depth * DEPTH_PNG_UNITS_PER_METRE), 0, 65535).astype(np.uint16)
+        if not cv2.imwrite(str(mask_path), mask) or not cv2.imwrite(str(depth_path), depth_mm):
+            raise PredictError(f"could not write into {out}; check that it is writable")
+        written.append((mask_path, depth_path))
+    return written

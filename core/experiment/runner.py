@@ -1,0 +1,286 @@
+"""``lab run``: every (variant, seed) of an experiment, tracked in MLflow, ending in a comparison table.
+
+One parent run per ``lab run``, one child run per (variant, seed); the
+layout is the contract of ``docs/tracking.md``. ``--resume`` finds the
+latest unfinished parent of the same resolved experiment, skips its finished
+children and continues the others from their last checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from losslab.core.config import ExperimentConfig, dump_yaml, flatten, load_experiment
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.plugin.registry import Catalog
+
+Echo = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def _silent(message: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Previous:
+    """A child run found when resuming: its id, MLflow status and best metrics."""
+
+    run_id: str
+    status: str
+    metrics: dict[str, float]
+
+
+@dataclass
+class ChildResult:
+    variant: str
+    seed: int
+    run_id: str
+    metrics: dict[str, float]
+    status: str = "finished"
+    error: str = ""
+
+
+@dataclass
+class ExperimentResult:
+    name: str
+    parent_run_id: str
+    monitor: str
+    mode: str
+    children: list[ChildResult] = field(default_factory=list)
+    table: str = ""
+    winner: str | None = None
+    report: dict[str, Path] = field(default_factory=dict)
+    is_main: bool = True
+
+    @property
+    def failed(self) -> list[ChildResult]:
+        return [c for c in self.children if c.status != "finished"]
+
+
+class NullTracker:
+    """What ranks other than 0 use under torchrun: the same calls, nothing recorded."""
+
+    uri = "(not tracked on this rank)"
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        def nothing(*args: Any, **kwargs: Any) -> Any:
+            return [] if name == "find_runs" else ""
+
+        return nothing
+
+
+class MlflowRunLogger:
+    """Trainer's logger bound to one child run."""
+
+    def __init__(self, tracker: Any, run_id: str) -> None:
+        self.tracker, self.run_id = tracker, run_id
+
+    def metrics(self, values: dict[str, float], step: int) -> None:
+        finite = {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
+        self.tracker.log_metrics(self.run_id, finite, step)
+
+    def artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(self.run_id, path, artifact_path)
+
+
+def config_hash(configs: list[ExperimentConfig]) -> str:
+    blob = json.dumps([c.to_dict() for c in configs], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple[str, str | None]:
+    """Variant by metric, mean +/- std over seeds; and the winning variant by ``monitor``."""
+    done = [c for c in children if c.status == "finished"]
+    if not done:
+        return "no run finished", None
+    variants = list(dict.fromkeys(c.variant for c in done))
+    # metrics and the total loss; per-term losses stay in MLflow and the report, to keep the table readable
+    keys = sorted({k for c in done for k in c.metrics
+                   if k.startswith(("val/mask_", "val/depth_")) or k in ("val/loss", monitor)},
+                  key=lambda k: (k != monitor, "loss" in k, k))
+    stats: dict[str, dict[str, tuple[float, float, int]]] = {}
+    for v in variants:
+        stats[v] = {}
+        for k in keys:
+            values = [c.metrics[k] for c in done if c.variant == v and k in c.metrics]
+            if values:
+                sd = statistics.stdev(values) if len(values) > 1 else 0.0
+                stats[v][k] = (statistics.fmean(values), sd, len(values))
+    sign = 1 if mode == "max" else -1
+    ranked = sorted((v for v in variants if monitor in stats[v]), key=lambda v: -sign * stats[v][monitor][0])
+    winner = ranked[0] if ranked else None
+    headers = ["variant", *(k.removeprefix("val/") for k in keys), "seeds"]
+    lines = []
+    for v in ranked + [v for v in variants if v not in ranked]:
+        cells = [v + (" *" if v == winner else "")]
+        for k in keys:
+            if k in stats[v]:
+                mean, sd, _ = stats[v][k]
+                cells.append(f"{mean:.4f} ± {sd:.4f}")
+            else:
+                cells.append("—")  # a loss term this variant does not use
+        cells.append(str(max((n for _, _, n in stats[v].values()), default=0)))
+        lines.append(cells)
+    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(headers)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
+    out.append(f"* best by {monitor} ({mode}); mean ± std over seeds")
+    return "\n".join(out), winner
+
+
+def _find_resumable_parent(tracker: Any, name: str, digest: str) -> Any | None:
+    runs = tracker.find_runs(name, f"tags.`losslab.role` = 'parent' and tags.`losslab.config_hash` = '{digest}'")
+    for run in runs:
+        if run.info.status != "FINISHED":
+            return run
+    return None
+
+
+def run_experiment(
+    path: Path | None = None,
+    sets: list[str] | None = None,
+    *,
+    configs: list[ExperimentConfig] | None = None,
+    tracking_uri: str | None = None,
+    resume: bool = False,
+    runs_dir: Path = Path("lab-runs"),
+    report: bool = True,
+    catalog: Catalog | None = None,
+    echo: Echo = _stderr,
+) -> ExperimentResult:
+    """Train every (variant, seed) of an experiment file (or of already resolved ``configs``)."""
+    from losslab.core.device import resolve_device
+    from losslab.core.experiment.tracking import Tracker, version_tags
+    from losslab.core.train import distributed
+
+    catalog = catalog or load_catalog()
+    if configs is None:
+        if path is None:
+            raise ValueError("run_experiment needs an experiment path or resolved configs")
+        configs = load_experiment(Path(path), sets, catalog)
+    name = configs[0].name
+    monitor, mode = configs[0].train.monitor, configs[0].train.monitor_mode
+    digest = config_hash(configs)
+    rank = distributed.init(resolve_device(configs[0].train.device).type)
+    if not rank.is_main:
+        echo = _silent
+    tracker: Any = Tracker(tracking_uri) if rank.is_main else NullTracker()
+    echo(f"losslab: experiment {name!r}: {len(configs)} variant(s) x {len(configs[0].seeds)} seed(s); "
+         f"tracking at {tracker.uri}" + (f"; {rank.world_size} processes" if rank.enabled else ""))
+
+    parent = _find_resumable_parent(tracker, name, digest) if resume and rank.is_main else None
+    existing: dict[tuple[str, int], Previous] = {}
+    parent_id = ""
+    if parent is not None:
+        parent_id = parent.info.run_id
+        tracker.reopen(parent_id)
+        for child in tracker.find_runs(name, f"tags.`mlflow.parentRunId` = '{parent_id}'"):
+            key = (child.data.tags.get("losslab.variant", ""), int(child.data.tags.get("losslab.seed", -1)))
+            best = {k.removeprefix("best/"): v for k, v in child.data.metrics.items() if k.startswith("best/")}
+            existing.setdefault(key, Previous(child.info.run_id, child.info.status, best))
+        echo(f"losslab: resuming parent run {parent_id} ({len(existing)} child run(s) found)")
+    elif rank.is_main:
+        if resume:
+            echo("losslab: --resume found no unfinished run of this experiment; starting a new one")
+        tags = {
+            "losslab.role": "parent", "losslab.kind": "run", "losslab.config_hash": digest,
+            "losslab.variants": json.dumps([c.variant for c in configs]),
+            "losslab.seeds": json.dumps(configs[0].seeds), **version_tags(),
+        }
+        parent_id = tracker.start_run(name, name, tags)
+        tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
+                         "config.yaml")
+    parent_id, existing = distributed.broadcast_object((parent_id, existing))
+    result = ExperimentResult(name, parent_id, monitor, mode, is_main=rank.is_main)
+    root = Path(runs_dir) / name / parent_id
+    try:
+        for cfg in configs:
+            for seed in cfg.seeds:
+                result.children.append(
+                    _run_child(cfg, seed, tracker, parent_id, existing.get((cfg.variant, seed)), root,
+                               catalog, resume, echo)
+                )
+    except KeyboardInterrupt:
+        tracker.end_run(parent_id, "KILLED")
+        echo(f"losslab: interrupted; continue with `lab run ... --resume` (parent run {parent_id})")
+        raise
+    result.table, result.winner = summary_table(result.children, monitor, mode)
+    summary = {
+        "monitor": monitor, "mode": mode, "winner": result.winner,
+        "rows": [{"variant": c.variant, "seed": c.seed, "run_id": c.run_id, "status": c.status,
+                  "metrics": {k.removeprefix("best/"): v for k, v in c.metrics.items()}} for c in result.children],
+    }
+    tracker.log_json(parent_id, summary, "summary.json")
+    if report and rank.is_main:
+        from losslab.reports.build import report_at_end
+
+        result.report = report_at_end(parent_id, root / "report", tracker.uri, echo)
+    tracker.end_run(parent_id, "FAILED" if result.failed and len(result.failed) == len(result.children)
+                    else "FINISHED")
+    return result
+
+
+def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
+               root: Path, catalog: Catalog, resume: bool, echo: Echo) -> ChildResult:
+    from losslab.core.experiment.visualize import save_prediction_grid
+    from losslab.core.train.trainer import Trainer, TrainingError  # torch-heavy: loaded when a run starts
+
+    label = f"{cfg.variant}-s{seed}"
+    if existing is not None and existing.status == "FINISHED":
+        echo(f"losslab: {label}: already finished in run {existing.run_id}; skipped")
+        return ChildResult(cfg.variant, seed, existing.run_id, dict(existing.metrics))
+    if existing is not None:
+        run_id = existing.run_id
+        tracker.reopen(run_id)
+    else:
+        run_id = tracker.start_run(cfg.name, label, {
+            "losslab.role": "child", "losslab.variant": cfg.variant, "losslab.seed": str(seed),
+        }, parent_id=parent_id)
+        tracker.log_params(run_id, {**flatten(cfg.to_dict()), "seed": seed})
+        tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
+    run_dir = root / label
+    try:
+        trainer = Trainer(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
+        outcome = trainer.fit(resume=resume)
+    except KeyboardInterrupt:
+        tracker.set_tags(run_id, {"losslab.status": "killed"})
+        tracker.end_run(run_id, "KILLED")
+        raise
+    except (TrainingError, ValueError, RuntimeError) as exc:
+        message = str(exc)
+        echo(f"losslab: {label} failed: {message}")
+        tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": message[:5000]})
+        tracker.end_run(run_id, "FAILED")
+        return ChildResult(cfg.variant, seed, run_id, {}, status="failed", error=message)
+    best = {f"best/{k}": v for k, v in outcome.best.items()}
+    tracker.log_metrics(run_id, {**best, "time/total_s": outcome.total_s, "best/epoch": outcome.best_epoch},
+                        step=max(outcome.best_epoch, 0))
+    tracker.log_artifact(run_id, outcome.best_checkpoint, "checkpoints")
+    for name in ("val_per_image.csv", "val_samples.npz"):
+        if (run_dir / name).exists():
+            tracker.log_artifact(run_id, run_dir / name)
+    if (run_dir / "val_samples.npz").exists() and not isinstance(tracker, NullTracker):
+        import numpy as np
+
+        with np.load(run_dir / "val_samples.npz") as data:
+            samples = {k: data[k] for k in data.files}
+        if len(samples.get("fg_bg", [])):
+            tracker.log_artifact(run_id, save_prediction_grid(samples, run_dir / "predictions.png"))
+    tracker.set_tags(run_id, {"losslab.status": "finished"})
+    tracker.end_run(run_id, "FINISHED")
+    shown = ", ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in outcome.best.items()
+                      if not k.startswith("val/mask/") and not k.startswith("val/depth/"))
+    echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch}): {shown}")
+    return ChildResult(cfg.variant, seed, run_id, dict(outcome.best))

@@ -1,0 +1,148 @@
+"""MLflow tracking behind a small facade, imported lazily (``import mlflow`` costs about 2 s).
+
+The default store is a local SQLite file ``mlflow.db`` in the working
+directory, with artifacts in ``mlruns/`` beside it; ``--tracking-uri`` or
+``MLFLOW_TRACKING_URI`` choose another, a remote server included. The layout
+written here is the contract in ``docs/tracking.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DB = "mlflow.db"
+PARAM_VALUE_LIMIT = 6000
+
+
+def default_tracking_uri(explicit: str | None = None) -> str:
+    """``explicit`` > ``MLFLOW_TRACKING_URI`` > ``sqlite:///<cwd>/mlflow.db``."""
+    if explicit:
+        return explicit
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{Path.cwd() / DEFAULT_DB}"
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Artifacts of a local SQLite store live in ``mlruns/`` beside the database file."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        return (db.parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def version_tags() -> dict[str, str]:
+    import torch
+
+    from losslab.core.plugin.manager import _losslab_version
+
+    return {
+        "losslab.version": _losslab_version(),
+        "losslab.torch": torch.__version__,
+        "losslab.cuda": torch.version.cuda or "none",
+        "losslab.git_commit": git_commit(),
+    }
+
+
+class Tracker:
+    """Parent and child runs through ``MlflowClient`` (explicit run ids, no global active-run stack)."""
+
+    def __init__(self, tracking_uri: str | None = None) -> None:
+        self.uri = default_tracking_uri(tracking_uri)
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        import logging
+
+        logging.getLogger("alembic").setLevel(logging.WARNING)
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    def experiment_id(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                self.client.restore_experiment(found.experiment_id)
+            return found.experiment_id
+        return self.client.create_experiment(name, artifact_location=artifact_root_for(self.uri))
+
+    def start_run(self, experiment: str, run_name: str, tags: dict[str, str],
+                  parent_id: str | None = None) -> str:
+        all_tags = dict(tags)
+        if parent_id:
+            all_tags["mlflow.parentRunId"] = parent_id
+        run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
+        return run.info.run_id
+
+    def reopen(self, run_id: str) -> None:
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_run(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def find_runs(self, experiment: str, filter_string: str, max_results: int = 1000) -> list[Any]:
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        return list(self.client.search_runs([found.experiment_id], filter_string=filter_string,
+                                            max_results=max_results, order_by=["attributes.start_time DESC"]))
+
+    # -- logging -------------------------------------------------------------------------------------
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k[:250], str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()]
+        existing = self.client.get_run(run_id).data.params
+        items = [p for p in items if p.key not in existing]  # a resumed run keeps its params
+        for start in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[start : start + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for start in range(0, len(items), 500):
+            self.client.log_batch(run_id, metrics=items[start : start + 500])
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, name: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            file = Path(tmp) / Path(name).name
+            file.write_text(text)
+            parent = str(Path(name).parent)
+            self.log_artifact(run_id, file, None if parent == "." else parent)
+
+    def log_json(self, run_id: str, data: Any, name: str) -> None:
+        self.log_text(run_id, json.dumps(data, indent=2, default=str), name)
+
+    def download(self, run_id: str, path: str, dst: Path) -> Path:
+        import mlflow
+
+        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path, dst_path=str(dst),
+                                                        tracking_uri=self.uri))

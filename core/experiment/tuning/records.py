@@ -1,0 +1,146 @@
+"""The MLflow side of a study: one parent run per study, one nested run per trial.
+
+The parent is found again by its tags (``losslab.study`` and
+``losslab.storage``), so a resumed study, or a second worker of the same
+study, logs under the same parent. Workers that start together may each
+create one; every worker then keeps the oldest (by start time, then run id)
+and a worker whose own parent lost deletes it, so one parent remains.
+The layout is the contract in ``docs/tracking.md`` ("Tune studies").
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from losslab.core.config import ExperimentConfig, dump_yaml
+from losslab.core.experiment.tuning.space import SearchSpace
+
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
+    from losslab.core.experiment.tracking import Tracker
+
+
+
+class StudyRecords:
+    """Parent and trial runs of one study in one MLflow store."""
+
+    def __init__(self, tracker: Tracker, experiment: str, study: str, storage: str, space: SearchSpace,
+                 base: ExperimentConfig, seed: int) -> None:
+        self.tracker, self.experiment, self.study, self.storage = tracker, experiment, study, storage
+        self.space, self.base, self.seed = space, base, seed
+        self.parent_id = ""
+
+    # -- the parent ----------------------------------------------------------------------------------
+
+    def _parents(self) -> list[Any]:
+        runs = self.tracker.find_runs(self.experiment, "tags.`losslab.role` = 'parent' and "
+                                                       "tags.`losslab.kind` = 'tune'")
+        mine = [r for r in runs if r.data.tags.get("losslab.study") == self.study
+                and r.data.tags.get("losslab.storage") == self.storage]
+        return sorted(mine, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+    def open_parent(self, trials: int) -> tuple[str, bool]:
+        """The study's parent run id (created or re-used) and whether it existed before."""
+        from losslab.core.experiment.tracking import version_tags
+
+        found = self._parents()
+        existed = bool(found)
+        if not found:
+            tags = {
+                "losslab.role": "parent", "losslab.kind": "tune", "losslab.study": self.study,
+                "losslab.storage": self.storage, "losslab.directions": json.dumps(self.space.directions),
+                "losslab.objectives": json.dumps(self.space.metrics), "losslab.seeds": json.dumps([self.seed]),
+                "losslab.variants": json.dumps([]), **version_tags(),
+            }
+            created = self.tracker.start_run(self.experiment, f"tune-{self.study}", tags)
+            found = self._parents()
+            winner = found[0].info.run_id if found else created
+            if winner != created:
+                self.tracker.client.delete_run(created)
+            else:
+                self._describe(created)
+        else:
+            winner = found[0].info.run_id
+            if found[0].info.status != "RUNNING":
+                self.tracker.reopen(winner)
+        self.parent_id = winner
+        self.tracker.set_tags(winner, {"losslab.trials_target": trials})
+        return winner, existed
+
+    def _describe(self, run_id: str) -> None:
+        s = self.space
+        params: dict[str, Any] = {f"search.{p.key}": p.describe()[:500] for p in s.params}
+        params.update({"search.sampler": s.sampler_name, "search.pruner": s.pruner_name,
+                       "search.objectives": json.dumps(s.metrics), "search.directions": json.dumps(s.directions)})
+        self.tracker.log_params(run_id, params)
+        self.tracker.log_text(run_id, dump_yaml(self.base), "config.yaml")
+
+    def close_parent(self, status: str) -> None:
+        if self.parent_id:
+            self.tracker.end_run(self.parent_id, status)
+
+    # -- trials --------------------------------------------------------------------------------------
+
+    def start_trial(self, number: int, shown: dict[str, Any], retry_of: int | None) -> str:
+        tags = {"losslab.role": "trial", "losslab.kind": "tune", "losslab.study": self.study,
+                "losslab.trial": str(number), "losslab.trial_state": "running", "losslab.seed": str(self.seed)}
+        if retry_of is not None:
+            tags["losslab.retry_of"] = str(retry_of)
+        run_id = self.tracker.start_run(self.experiment, f"trial-{number}", tags, parent_id=self.parent_id)
+        self.tracker.log_params(run_id, {k: _param_value(v) for k, v in shown.items()})
+        return run_id
+
+    def log_config(self, run_id: str, cfg: ExperimentConfig) -> None:
+        self.tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
+
+    def finish_trial(self, run_id: str, state: str, values: list[float] | None, best: dict[str, float],
+                     total_s: float, error: str = "") -> None:
+        metrics: dict[str, float] = {f"best/{k}": v for k, v in best.items() if _finite(v)}
+        if values is not None:
+            if len(values) == 1:
+                metrics["objective"] = values[0]
+            else:
+                metrics.update({f"objective/{i}": v for i, v in enumerate(values)})
+        metrics = {k: v for k, v in metrics.items() if _finite(v)}
+        metrics["time/total_s"] = total_s
+        self.tracker.log_metrics(run_id, metrics, step=0)
+        tags = {"losslab.trial_state": state, "losslab.status": "finished" if state != "failed" else "failed"}
+        if error:
+            tags["losslab.error" if state == "failed" else "losslab.note"] = error[:5000]
+        self.tracker.set_tags(run_id, tags)
+        self.tracker.end_run(run_id, "FAILED" if state == "failed" else "FINISHED")
+
+    def kill_trial(self, run_id: str, reason: str) -> None:
+        self.tracker.set_tags(run_id, {"losslab.trial_state": "failed", "losslab.status": "failed",
+                                       "losslab.error": reason})
+        self.tracker.end_run(run_id, "KILLED")
+
+    def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
+        self.tracker.log_artifact(run_id, path, artifact_path)
+
+    def on_stale(self, study: Any, trial: FrozenTrial, grace: int) -> str:
+        """Close the MLflow run of a trial whose worker died; return the message it records."""
+        worker = trial.user_attrs.get("losslab.worker", "unknown")
+        reason = (f"worker {worker} sent no heartbeat for more than {grace} s (killed or lost); the trial "
+                  "is queued again with the same parameters")
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            self.tracker.set_tags(run_id, {"losslab.trial_state": "failed", "losslab.status": "failed",
+                                           "losslab.error": reason})
+            self.tracker.end_run(run_id, "FAILED")
+        return reason
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(float(value))
+
+
+def _param_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+

@@ -1,0 +1,196 @@
+"""One trial: sample, build and validate its config, train with per-epoch pruning, record the outcome.
+
+A trial that raises (a ``TrainingError`` for NaN losses, an invalid sampled
+config, an out-of-memory batch size) is told to Optuna as FAIL with its reason
+in the ``fail_reason`` user attribute and ``losslab.error`` on its MLflow run;
+the study goes on. Ctrl-C (or SIGTERM) closes the trial as failed, queues the
+same parameters again for the next run of ``lab tune``, and stops the worker.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from losslab.core.config import ExperimentConfig
+from losslab.core.experiment.tuning.records import StudyRecords
+from losslab.core.experiment.tuning.space import SearchSpace, build_config, is_finite, sample
+from losslab.core.experiment.tuning.study import (
+    FAIL_REASON_ATTR,
+    OVERRIDES_ATTR,
+    RUN_ATTR,
+    Heartbeat,
+    StaleTrialHandler,
+)
+from losslab.core.plugin.registry import Catalog
+
+Echo = Callable[[str], None]
+
+
+@dataclass
+class TrialOutcome:
+    number: int
+    state: str  # complete | pruned | failed
+    values: list[float] | None
+    params: dict[str, Any]
+    seconds: float
+    run_id: str = ""
+    error: str = ""
+    epochs: int = 0
+
+
+@dataclass
+class TuneContext:
+    """What every trial of one worker shares."""
+
+    space: SearchSpace
+    base: dict[str, Any]
+    base_cfg: ExperimentConfig
+    catalog: Catalog
+    records: StudyRecords
+    study: Any
+    storage: Any
+    handler: StaleTrialHandler
+    worker: str
+    seed: int
+    runs_root: Path
+    echo: Echo
+    sampler_seed: int = 0
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcome:
+    """Run one claimed trial to its end; return what happened (re-raise only KeyboardInterrupt)."""
+    import optuna
+
+    from losslab.core.experiment.runner import MlflowRunLogger
+    from losslab.core.train.trainer import Trainer, TrainingError
+
+    started = time.perf_counter()
+    space, number = ctx.space, trial.number
+    with Heartbeat(ctx.storage, trial._trial_id, ctx.space.heartbeat.interval):
+        overrides, shown = sample(trial, space)
+        trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        run_id = ctx.records.start_trial(number, shown, retry_of)
+        trial.set_user_attr(RUN_ATTR, run_id)
+        described = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        again = f" (retry of trial {retry_of})" if retry_of is not None else ""
+        ctx.echo(f"losslab: trial {number}{again}: {described}")
+        outcome = TrialOutcome(number, "failed", None, shown, 0.0, run_id)
+        run_dir = ctx.runs_root / f"trial-{number}"
+        reported: list[float] = []
+        best: dict[str, float] = {}
+        trainer: Any = None
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            outcome.epochs = epoch + 1
+            if space.multi:
+                return
+            metric = space.objectives[0].metric
+            value = metrics.get(metric)
+            if value is None:
+                return
+            reported.append(float(value))
+            trial.report(float(value), epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({metric} = {value:.4f})")
+
+        try:
+            cfg = build_config(ctx.base, overrides, ctx.catalog, f"trial-{number}")
+            ctx.records.log_config(run_id, cfg)
+            trainer = Trainer(cfg, ctx.seed, ctx.catalog, run_dir, MlflowRunLogger(ctx.records.tracker, run_id))
+            result = trainer.fit(on_epoch=on_epoch)
+            best = dict(result.best)
+            values = [best.get(m) for m in space.metrics]
+            missing = [m for m, v in zip(space.metrics, values, strict=True) if not is_finite(v)]
+            if missing:
+                found = ", ".join(f"{m} = {best.get(m)}" for m in missing)
+                raise TrainingError(f"objective {', '.join(missing)} is missing or not finite at the best epoch "
+                                    f"({found}); the trial cannot be ranked")
+            outcome.values = [float(v) for v in values]  # type: ignore[arg-type]
+            outcome.state = "complete"
+            _log_artifacts(ctx, run_id, run_dir, result.best_checkpoint)
+        except optuna.TrialPruned as exc:
+            outcome.state, outcome.error = "pruned", str(exc)
+            outcome.values = [reported[-1]] if reported else None
+            best = dict(trainer.best_metrics) if trainer is not None else {}
+        except KeyboardInterrupt:
+            _interrupted(ctx, trial, run_id)
+            raise
+        except Exception as exc:
+            outcome.state, outcome.error = "failed", _reason(exc)
+        outcome.seconds = time.perf_counter() - started
+        _tell(ctx, trial, outcome)
+        ctx.records.finish_trial(run_id, outcome.state, outcome.values, best, outcome.seconds, outcome.error)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    ctx.echo(_summary(ctx, outcome))
+    return outcome
+
+
+def _reason(exc: Exception) -> str:
+    """Our own errors already say what and how to fix; anything else keeps its type for the bug report."""
+    from losslab.core.config import ConfigError
+    from losslab.core.train.trainer import TrainingError
+
+    if isinstance(exc, TrainingError | ConfigError) and str(exc):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _tell(ctx: TuneContext, trial: Any, outcome: TrialOutcome) -> None:
+    from optuna.trial import TrialState
+
+    if outcome.state == "complete":
+        ctx.study.tell(trial, outcome.values if ctx.space.multi else outcome.values[0])  # type: ignore[index]
+    elif outcome.state == "pruned":
+        ctx.study.tell(trial, state=TrialState.PRUNED)
+    else:
+        trial.set_user_attr(FAIL_REASON_ATTR, outcome.error[:2000])
+        ctx.study.tell(trial, state=TrialState.FAIL)
+
+
+def _interrupted(ctx: TuneContext, trial: Any, run_id: str) -> None:
+    """Queue the same parameters again (as a dead worker's trial would be), then close this one."""
+    from optuna.trial import TrialState
+
+    reason = "interrupted (Ctrl-C or SIGTERM); queued again with the same parameters"
+    frozen = next((t for t in ctx.study.get_trials(deepcopy=False) if t.number == trial.number), None)
+    if frozen is not None:
+        ctx.handler.retry(ctx.study, frozen)
+    trial.set_user_attr(FAIL_REASON_ATTR, reason)
+    ctx.study.tell(trial, state=TrialState.FAIL)
+    ctx.records.kill_trial(run_id, reason)
+
+
+def _log_artifacts(ctx: TuneContext, run_id: str, run_dir: Path, checkpoint: Path) -> None:
+    """The trial's best checkpoint and prediction grid, as ``lab run`` logs them (``lab predict --run`` works)."""
+    from losslab.core.experiment.visualize import save_prediction_grid
+
+    if checkpoint.exists():
+        ctx.records.log_artifact(run_id, checkpoint, "checkpoints")
+    samples_file = run_dir / "val_samples.npz"
+    if samples_file.exists():
+        import numpy as np
+
+        with np.load(samples_file) as data:
+            samples = {k: data[k] for k in data.files}
+        if len(samples.get("fg_bg", [])):
+            ctx.records.log_artifact(run_id, save_prediction_grid(samples, run_dir / "predictions.png"))
+
+
+def _summary(ctx: TuneContext, o: TrialOutcome) -> str:
+    took = f"{o.seconds:.1f}s"
+    if o.state == "complete":
+        values = ", ".join(f"{m} = {v:.4f}" for m, v in zip(ctx.space.metrics, o.values or [], strict=False))
+        return f"losslab: trial {o.number} complete in {took}: {values}"
+    if o.state == "pruned":
+        return f"losslab: trial {o.number} {o.error} in {took}"
+    return f"losslab: trial {o.number} failed in {took}: {o.error}"
