@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import copy
 import difflib
+import os
+import reprlib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from losslab.core.paths import name_problem, suggest
 from losslab.core.plugin.registry import Catalog, RegistryError
 
 
@@ -144,6 +147,15 @@ class ExperimentConfig(_Strict):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
     search: dict[str, Any] | None = None
 
+    @field_validator("name", "variant")
+    @classmethod
+    def _folder_name(cls, value: str) -> str:
+        """Both become folders under the runs root (``lab-runs/<name>/<run>/<variant>-s<seed>``)."""
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(f"{problem}, since it names a folder; use e.g. {suggest(value)!r}")
+        return value
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -151,12 +163,97 @@ class ExperimentConfig(_Strict):
 # -- loading and overriding ----------------------------------------------------------------------------
 
 
+#: Bounds on an experiment file, so a hostile or broken one cannot hang or exhaust the machine.
+#: Overridable by environment variable (docs/config.md); real experiments are a few KB and a few
+#: hundred nodes.
+YAML_MAX_BYTES = int(os.environ.get("LOSSLAB_YAML_MAX_BYTES", 1_000_000))
+YAML_MAX_NODES = int(os.environ.get("LOSSLAB_YAML_MAX_NODES", 100_000))
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that checks the composed node graph before building any Python object.
+
+    Aliases share nodes, so an "alias bomb" is a tiny graph whose expansion (what
+    validation, merging and copying walk) is exponential. :func:`_check_nodes`
+    counts the expanded size with one memoised pass and refuses it above
+    ``YAML_MAX_NODES``; it also refuses a key given twice in one mapping, which
+    plain YAML loading resolves by silently dropping the first block.
+    """
+
+
+def _check_nodes(root: yaml.Node, where: str, limit: int) -> None:
+    sizes: dict[int, int] = {}
+    checked: set[int] = set()
+
+    def size(node: yaml.Node, path: str) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            if id(node) not in checked:
+                checked.add(id(node))
+                seen: dict[str, yaml.Node] = {}
+                for key, _ in node.value:
+                    if isinstance(key, yaml.ScalarNode) and key.tag != "tag:yaml.org,2002:merge":
+                        first = seen.setdefault(key.value, key)
+                        if first is not key:
+                            at = f"{path}.{key.value}" if path else key.value
+                            raise ConfigError(
+                                f"{where}: {at}: duplicate key at line {key.start_mark.line + 1} (first at line "
+                                f"{first.start_mark.line + 1}); YAML would keep only the last one: merge the two "
+                                "blocks or rename one")
+            for key, value in node.value:
+                name = key.value if isinstance(key, yaml.ScalarNode) else "?"
+                total += size(key, path) + size(value, f"{path}.{name}" if path else str(name))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                total += size(item, f"{path}.{i}" if path else str(i))
+        if total > limit:
+            raise ConfigError(
+                f"{where}: {path or '<top level>'}: expands to more than {limit} YAML nodes (aliases repeated "
+                "inside aliases?); write the values out, or raise LOSSLAB_YAML_MAX_NODES if this is intended")
+        sizes[id(node)] = total
+        return total
+
+    size(root, "")
+
+
+def safe_load_bounded(text: str, where: str = "<yaml>", limit: int | None = None) -> Any:
+    """YAML text -> Python data, safely (no tags that build objects) and within the node bound."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_nodes(node, where, YAML_MAX_NODES if limit is None else limit)
+        return loader.construct_document(node)
+    except RecursionError:
+        raise ConfigError(f"{where}: nested too deeply to be read; flatten the structure") from None
+    finally:
+        loader.dispose()
+
+
 def load_yaml(path: Path) -> dict[str, Any]:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: experiment file not found; pass the path to a YAML experiment")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a folder, pipe or device); pass the path to a YAML "
+                          "experiment file")
+    size = path.stat().st_size
+    if size > YAML_MAX_BYTES:
+        raise ConfigError(f"{path}: {size} bytes, more than the {YAML_MAX_BYTES} an experiment file may have; "
+                          "check it is the right file, or raise LOSSLAB_YAML_MAX_BYTES")
+    data = path.read_bytes()
     try:
-        raw = yaml.safe_load(path.read_text())
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at line {line}); "
+                          "save the file as UTF-8") from None
+    try:
+        raw = safe_load_bounded(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -175,7 +272,7 @@ def parse_set(item: str) -> tuple[str, Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: the key before '=' is empty")
     try:
-        value = yaml.safe_load(text) if text.strip() else ""
+        value = safe_load_bounded(text, f"--set {key}") if text.strip() else ""
     except yaml.YAMLError:
         value = text
     return key, value
@@ -313,6 +410,14 @@ def _lookup(data: Any, loc: tuple[Any, ...]) -> Any:
     return node
 
 
+def _shown(value: Any, limit: int = 200) -> str:
+    """``repr`` of a found value, cut short: a huge value must not flood (or exhaust) the message."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxdict, short.maxstring, short.maxother = 3, 8, 8, 80, 80
+    text = short.repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     model: Any = ExperimentConfig
     for part in loc:
@@ -365,7 +470,7 @@ def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> list[
             by_path.setdefault(loc, []).append(err["msg"].removeprefix("Value error, "))
     for loc, messages in by_path.items():
         path = ".".join(str(p) for p in loc) or "<top level>"
-        lines.append(f"{path}: {_one_of(messages)}; found {_lookup(data, loc)!r}")
+        lines.append(f"{path}: {_one_of(messages)}; found {_shown(_lookup(data, loc))}")
     return lines
 
 

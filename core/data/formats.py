@@ -144,8 +144,13 @@ class DatasetError(Exception):
 
 
 def _read(path: Path, flags: int) -> np.ndarray:
+    from losslab.core.data.limits import InputLimitError, check_pixels, read_image_bytes
+
     try:
-        data = Path(path).read_bytes()
+        data = read_image_bytes(path)  # regular files only, within the byte cap; never blocks on a FIFO
+        check_pixels(data, path)
+    except InputLimitError as exc:
+        raise DatasetError(str(exc)) from None
     except OSError as exc:
         reason = exc.strerror or exc
         raise DatasetError(f"{path}: cannot be read ({reason}); is the dataset complete?") from None

@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data.limits import InputLimitError, check_pixels, read_image_bytes
 
 #: bgs kept decoded per process (~70 MB at 150 px); fgs, small, are all kept.
 BG_CACHE = 1024
@@ -245,7 +246,10 @@ def _decode(path: Path) -> np.ndarray:
     """Decode an image file as stored (any depth, any channels), with a clear error per failure mode."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        data = read_image_bytes(path)  # regular files only, within the byte cap; never blocks on a FIFO
+        check_pixels(data, path)  # the header's width x height within the pixel cap, before decoding
+    except InputLimitError as exc:
+        raise SourceError(str(exc)) from None
     except PermissionError:
         raise SourceError(
             f"{path}: cannot be read (permission denied); fix its permissions or remove it"
