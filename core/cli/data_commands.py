@@ -119,7 +119,12 @@ def generate(
         generate,
     )
     from losslab.core.data.readers import dataset_bytes
+    from losslab.core.paths import UnsafePathError, check_out_dir
 
+    try:
+        check_out_dir(out)
+    except UnsafePathError as exc:
+        _fail(str(exc))
     gen_params = parse_params(gen_param, "--gen-param")
     if rows is not None or cols is not None or sizes is not None:
         if generator != "grid":

@@ -56,6 +56,8 @@ def run(
         _launch_torchrun(nproc)
         return
     from losslab.core.config import ConfigError
+    from losslab.core.experiment.tracking import TrackingError
+    from losslab.core.paths import UnsafePathError
     from losslab.core.plugin.manager import PluginError
     from losslab.core.plugin.registry import RegistryError
 
@@ -64,7 +66,7 @@ def run(
 
         result = run_experiment(experiment, set_ or [], tracking_uri=tracking_uri, resume=resume,
                                 runs_dir=runs_dir, report=report)
-    except (ConfigError, PluginError, RegistryError) as exc:
+    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError) as exc:
         fail(str(exc))
         return
     except KeyboardInterrupt:
@@ -159,13 +161,16 @@ def predict(
 ) -> None:
     """Predict mask and depth PNGs for one (bg, fg_bg) pair or two folders of pairs."""
     from losslab.core.experiment.predict import PredictError, predict_paths
+    from losslab.core.experiment.tracking import TrackingError
+    from losslab.core.paths import UnsafePathError, check_out_dir
 
     if (run_id is None) == (checkpoint is None):
         fail("give exactly one of --run RUN_ID or --checkpoint PATH")
     try:
+        check_out_dir(out)
         written = predict_paths(bg, fg_bg, out, run_id=run_id, checkpoint=checkpoint,
                                 tracking_uri=tracking_uri, device=device)
-    except PredictError as exc:
+    except (PredictError, TrackingError, UnsafePathError) as exc:
         fail(str(exc))
         return
     typer.echo(f"wrote {len(written)} prediction pair(s) to {out}")
@@ -180,10 +185,26 @@ def ui(
     from losslab.core.experiment.tracking import default_tracking_uri
 
     uri = default_tracking_uri(tracking_uri)
+    busy = _port_busy(port)
+    if busy:
+        fail(f"cannot serve the MLflow UI on 127.0.0.1:{port}: {busy}; stop what uses it (another `lab ui`?) "
+             "or pass --port N", code=1)
     typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
                "--port", str(port)]
     os.execvp(command[0], command)
+
+
+def _port_busy(port: int) -> str | None:
+    """Why 127.0.0.1:``port`` cannot be bound (None when it can): MLflow itself exits 0 on a busy port."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
 
 
 @app.command()

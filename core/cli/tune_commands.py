@@ -38,8 +38,10 @@ def tune(
 ) -> None:
     """Run (or join, or resume) the study and print its best trials."""
     from losslab.core.config import ConfigError
+    from losslab.core.experiment.tracking import TrackingError
     from losslab.core.experiment.tuning.study import StudyError
     from losslab.core.experiment.tuning.worker import run_tune
+    from losslab.core.paths import UnsafePathError
     from losslab.core.plugin.manager import PluginError
     from losslab.core.plugin.registry import RegistryError
 
@@ -51,7 +53,7 @@ def tune(
     try:
         result = run_tune(experiment, trials=trials, storage=storage, study_name=study, timeout=timeout,
                           sets=sets or [], tracking_uri=tracking_uri, runs_dir=runs_dir, report=report)
-    except (ConfigError, PluginError, RegistryError, StudyError) as exc:
+    except (ConfigError, PluginError, RegistryError, StudyError, TrackingError, UnsafePathError) as exc:
         _fail(str(exc))
         return
     except KeyboardInterrupt:

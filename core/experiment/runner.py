@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from losslab.core.config import ExperimentConfig, dump_yaml, flatten, load_experiment
+from losslab.core.config import ConfigError, ExperimentConfig, dump_yaml, flatten, load_experiment
+from losslab.core.paths import safe_join
 from losslab.core.plugin.manager import load_catalog
 from losslab.core.plugin.registry import Catalog
 
@@ -148,6 +149,46 @@ def _find_resumable_parent(tracker: Any, name: str, digest: str) -> Any | None:
     return None
 
 
+def check_data(configs: list[ExperimentConfig]) -> None:
+    """Open every distinct data source once, before any MLflow run exists.
+
+    A missing or unfinished dataset, or a bg/fg folder that is missing or holds
+    no images, then fails as a config error with nothing left RUNNING in
+    MLflow. Reading every image is left to the trainer (which skips bad ones).
+    """
+    from losslab.core.data.formats import DatasetError
+    from losslab.core.data.sources import SourceError, list_images
+
+    seen: set[str] = set()
+    for cfg in configs:
+        source = cfg.data.source
+        key = source.model_dump_json()
+        if key in seen or source.kind == "synthetic":
+            continue
+        seen.add(key)
+        where = f"variants.{cfg.variant}: " if len(configs) > 1 else ""
+        try:
+            if source.kind == "dataset":
+                from losslab.core.data.readers import open_dataset
+
+                open_dataset(source.path)  # type: ignore[arg-type]
+            else:
+                list_images(Path(source.bg_dir), "bg")  # type: ignore[arg-type]
+                list_images(Path(source.fg_dir), "fg")  # type: ignore[arg-type]
+        except (DatasetError, SourceError) as exc:
+            key_path = "data.source.path" if source.kind == "dataset" else "data.source"
+            raise ConfigError(f"{where}{key_path}: {exc}") from None
+
+
+def _fail_run(tracker: Any, run_id: str, exc: BaseException) -> None:
+    """End a run as FAILED with the reason as tags; never let a tracking error hide the original one."""
+    try:
+        tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.end_run(run_id, "FAILED")
+    except Exception:
+        pass
+
+
 def run_experiment(
     path: Path | None = None,
     sets: list[str] | None = None,
@@ -173,6 +214,7 @@ def run_experiment(
     name = configs[0].name
     monitor, mode = configs[0].train.monitor, configs[0].train.monitor_mode
     digest = config_hash(configs)
+    check_data(configs)
     rank = distributed.init(resolve_device(configs[0].train.device).type)
     if not rank.is_main:
         echo = _silent
@@ -204,8 +246,8 @@ def run_experiment(
                          "config.yaml")
     parent_id, existing = distributed.broadcast_object((parent_id, existing))
     result = ExperimentResult(name, parent_id, monitor, mode, is_main=rank.is_main)
-    root = Path(runs_dir) / name / parent_id
     try:
+        root = safe_join(runs_dir, name, parent_id)  # names are validated; this holds even if a check was missed
         for cfg in configs:
             for seed in cfg.seeds:
                 result.children.append(
@@ -215,6 +257,9 @@ def run_experiment(
     except KeyboardInterrupt:
         tracker.end_run(parent_id, "KILLED")
         echo(f"losslab: interrupted; continue with `lab run ... --resume` (parent run {parent_id})")
+        raise
+    except Exception as exc:  # nothing may stay RUNNING in MLflow after a failure
+        _fail_run(tracker, parent_id, exc)
         raise
     result.table, result.winner = summary_table(result.children, monitor, mode)
     summary = {
@@ -234,6 +279,8 @@ def run_experiment(
 
 def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
                root: Path, catalog: Catalog, resume: bool, echo: Echo) -> ChildResult:
+    from losslab.core.data.formats import DatasetError
+    from losslab.core.data.sources import SourceError
     from losslab.core.experiment.visualize import save_prediction_grid
     from losslab.core.train.trainer import Trainer, TrainingError  # torch-heavy: loaded when a run starts
 
@@ -250,20 +297,23 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
         }, parent_id=parent_id)
         tracker.log_params(run_id, {**flatten(cfg.to_dict()), "seed": seed})
         tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
-    run_dir = root / label
     try:
+        run_dir = safe_join(root, label)
         trainer = Trainer(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
         outcome = trainer.fit(resume=resume)
     except KeyboardInterrupt:
         tracker.set_tags(run_id, {"losslab.status": "killed"})
         tracker.end_run(run_id, "KILLED")
         raise
-    except (TrainingError, ValueError, RuntimeError) as exc:
+    except (TrainingError, ValueError, RuntimeError, DatasetError, SourceError) as exc:
         message = str(exc)
         echo(f"losslab: {label} failed: {message}")
         tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": message[:5000]})
         tracker.end_run(run_id, "FAILED")
         return ChildResult(cfg.variant, seed, run_id, {}, status="failed", error=message)
+    except Exception as exc:  # unexpected: the run is still ended as FAILED before the error goes up
+        _fail_run(tracker, run_id, exc)
+        raise
     best = {f"best/{k}": v for k, v in outcome.best.items()}
     tracker.log_metrics(run_id, {**best, "time/total_s": outcome.total_s, "best/epoch": outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))

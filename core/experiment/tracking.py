@@ -4,6 +4,14 @@ The default store is a local SQLite file ``mlflow.db`` in the working
 directory, with artifacts in ``mlruns/`` beside it; ``--tracking-uri`` or
 ``MLFLOW_TRACKING_URI`` choose another, a remote server included. The layout
 written here is the contract in ``docs/tracking.md``.
+
+Before any run is created the store is checked: an unknown URI scheme, or an
+HTTP server that does not answer within ``LOSSLAB_TRACKING_TIMEOUT`` seconds
+(default 5), is a :class:`TrackingError` with a message instead of a
+``KeyError`` or a minute of MLflow's retries. A local SQLite store is
+initialised (tables created, migrations run) under an exclusive lock on
+``<db>.lock``, so processes that start at once on a fresh ``mlflow.db`` do
+not race in alembic.
 """
 
 from __future__ import annotations
@@ -18,6 +26,90 @@ from typing import Any
 
 DEFAULT_DB = "mlflow.db"
 PARAM_VALUE_LIMIT = 6000
+TIMEOUT_ENV = "LOSSLAB_TRACKING_TIMEOUT"
+#: Schemes MLflow's tracking store registry knows without plugins (plugins add theirs by entry point).
+BUILTIN_SCHEMES = ("", "file", "sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks",
+                   "databricks-uc", "uc")
+
+
+class TrackingError(Exception):
+    """The tracking store cannot be used; the message names the URI and says what to do."""
+
+
+def _scheme(uri: str) -> str:
+    from urllib.parse import urlparse
+
+    if len(uri) > 1 and uri[1] == ":" and uri[0].isalpha():  # a Windows drive, not a scheme
+        return ""
+    scheme = urlparse(uri).scheme
+    return scheme.split("+", 1)[0]  # postgresql+psycopg2 -> postgresql
+
+
+def known_schemes() -> set[str]:
+    from importlib.metadata import entry_points
+
+    return set(BUILTIN_SCHEMES) | {ep.name for ep in entry_points(group="mlflow.tracking_store")}
+
+
+def timeout_s() -> float:
+    text = os.environ.get(TIMEOUT_ENV, "").strip()
+    try:
+        return float(text) if text else 5.0
+    except ValueError:
+        raise TrackingError(f"{TIMEOUT_ENV}={text!r} is not a number of seconds; set e.g. 5 or unset it") from None
+
+
+def check_tracking_uri(uri: str) -> None:
+    """Refuse, with a message, a URI whose scheme MLflow does not know, or a server that does not answer."""
+    scheme = _scheme(uri)
+    if scheme not in known_schemes():
+        raise TrackingError(
+            f"tracking URI {uri!r}: unknown scheme {scheme!r}; use sqlite:///path/to/mlflow.db, a folder path, "
+            "or http(s)://host:port of an MLflow server (--tracking-uri or MLFLOW_TRACKING_URI)")
+    if scheme in ("http", "https"):
+        _check_reachable(uri)
+
+
+def _check_reachable(uri: str) -> None:
+    """Any HTTP answer (even an error status) means a server is there; no answer in time is an error."""
+    import urllib.error
+    import urllib.request
+
+    limit = timeout_s()
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=limit):
+            pass
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(
+            f"tracking URI {uri}: no MLflow server answered within {limit:g} s ({reason}); start it "
+            f"(`mlflow server --port ...`), check the address, or raise {TIMEOUT_ENV}") from None
+
+
+def _init_sqlite_store(uri: str) -> None:
+    """Create (or migrate) a SQLite store once, holding an exclusive lock on ``<db>.lock`` meanwhile.
+
+    MLflow creates tables and runs its alembic migrations on first use; two
+    processes doing so at once on a fresh file crash one of them ("duplicate
+    column name"). The second waits here, then finds the schema ready.
+    """
+    from mlflow.tracking import MlflowClient
+
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock (concurrent first starts are then the user's care)
+        MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        return
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def default_tracking_uri(explicit: str | None = None) -> str:
@@ -65,12 +157,17 @@ class Tracker:
 
     def __init__(self, tracking_uri: str | None = None) -> None:
         self.uri = default_tracking_uri(tracking_uri)
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        check_tracking_uri(self.uri)
+        # a server that goes away mid-run fails in seconds, not after MLflow's default minutes of retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
         import logging
 
         logging.getLogger("alembic").setLevel(logging.WARNING)
         from mlflow.tracking import MlflowClient
+
+        if self.uri.startswith("sqlite:///"):
+            _init_sqlite_store(self.uri)
 
         self.client = MlflowClient(tracking_uri=self.uri)
 

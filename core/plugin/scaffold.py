@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from losslab.core.paths import UnsafePathError, check_out_dir, safe_join
+
 if TYPE_CHECKING:
     from losslab.core.plugin.registry import Catalog
 
@@ -90,6 +92,10 @@ def scaffold_plugin(name: str, out: Path, *, catalog: Catalog | None = None) -> 
             f"({taken.distribution}); choose another name (see `lab plugins --kind loss`)"
         )
     root = Path(out) / names["dist"]
+    try:
+        safe_join(check_out_dir(out), names["dist"])  # the name is validated above; this holds the write under --out
+    except UnsafePathError as exc:
+        raise ScaffoldError(str(exc)) from None
     if root.exists() and any(root.iterdir()):
         raise ScaffoldError(f"{root} already exists and is not empty; remove it or pass another --out")
     files = {

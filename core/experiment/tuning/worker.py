@@ -45,6 +45,7 @@ from losslab.core.experiment.tuning.study import (
     waiting,
 )
 from losslab.core.experiment.tuning.trial import TrialOutcome, TuneContext, run_trial
+from losslab.core.paths import safe_join
 from losslab.core.plugin.registry import Catalog
 
 Echo = Callable[[str], None]
@@ -150,7 +151,7 @@ def run_tune(
                                          f"{records.on_stale(s, t, space.heartbeat.grace)}")
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ctx = TuneContext(space, base, cfg, catalog, records, study, rdb, handler, worker, seed,
-                      Path(runs_dir) / cfg.name / f"tune-{safe_name(name)}", echo, sampler_seed=sampler_seed)
+                      safe_join(runs_dir, cfg.name, f"tune-{safe_name(name)}"), echo, sampler_seed=sampler_seed)
     done = len(finished(study.get_trials(deepcopy=False)))
     echo(f"losslab: study {name!r} ({'resumed' if done or existed else 'new'}, {done} of {trials} trial(s) done) "
          f"in {shown_url}; MLflow parent run {parent_id} in {tracker.uri}")
