@@ -98,7 +98,7 @@ def test_bad_files_are_skipped_and_listed(tmp_path: Path) -> None:
     samples = open_dataset(out)
     assert len(samples) == 2 * 1 * 40
     assert sorted(set(samples.bg_ids().tolist())) == [0, 2]  # bg indices are the sorted files' positions
-    assert (out / "fgbg_2" / "bg2_0_0_fg_0.jpg").is_file() and not (out / "fgbg_1").exists()
+    assert (out / "fgbg_3" / "bg3_0_0_fg_1.jpg").is_file() and not (out / "fgbg_2").exists()  # named from 1
     meta = json.loads((out / "dataset.json").read_text())
     assert len(meta["resolved"]["skipped"]) == 3
 

@@ -74,19 +74,20 @@ def _assert_same(materialized, virtual: VirtualSamples, indices) -> None:
 def test_seed_layout_has_the_documented_folders_and_names(seed_jpg: Path) -> None:
     n = N_BG * N_FG * 2 * 20
     top = sorted(p.name for p in seed_jpg.iterdir())
-    assert top == ["bg", "dataset.json", "depth_fgbg_0", "depth_fgbg_1", "fgbg_0", "fgbg_1", "manifest.jsonl",
-                   "mask_fgbg_0", "mask_fgbg_1", "recipes.npy"]
-    names = sorted(p.name for k in range(N_BG) for p in (seed_jpg / f"fgbg_{k}").iterdir())
+    # bgs, fgs and folders are numbered from 1, as documented (bg1..bg100, fg_1.., fgbg_1..)
+    assert top == ["bg", "dataset.json", "depth_fgbg_1", "depth_fgbg_2", "fgbg_1", "fgbg_2", "manifest.jsonl",
+                   "mask_fgbg_1", "mask_fgbg_2", "recipes.npy"]
+    names = sorted(p.name for k in range(1, N_BG + 1) for p in (seed_jpg / f"fgbg_{k}").iterdir())
     assert len(names) == n
-    pattern = re.compile(r"^bg(\d)_([0-3])_([0-4])_(flip_)?fg_(\d)\.jpg$")
+    pattern = re.compile(r"^bg([12])_([0-3])_([0-4])_(flip_)?fg_([12])\.jpg$")
     assert all(pattern.match(name) for name in names)
-    assert "bg0_0_2_fg_1.jpg" in names and "bg1_3_4_flip_fg_0.jpg" in names
-    for k in range(N_BG):
+    assert "bg1_0_2_fg_2.jpg" in names and "bg2_3_4_flip_fg_1.jpg" in names
+    for k in range(1, N_BG + 1):
         for image in (seed_jpg / f"fgbg_{k}").iterdir():
-            assert parse_stem(image.stem)["bg"] == k  # K is the bg index: one folder per bg
+            assert parse_stem(image.stem)["bg"] == k  # K is the bg's number: one folder per bg
             assert (seed_jpg / f"mask_fgbg_{k}" / f"mask_{image.stem}.png").is_file()
             assert (seed_jpg / f"depth_fgbg_{k}" / f"depth_{image.stem}.png").is_file()
-    assert sorted(p.name for p in (seed_jpg / "bg").iterdir()) == ["bg_0.jpg", "bg_1.jpg"]
+    assert sorted(p.name for p in (seed_jpg / "bg").iterdir()) == ["bg_1.jpg", "bg_2.jpg"]
 
 
 def test_manifest_lists_every_sample_with_its_recipe(seed_jpg: Path) -> None:
@@ -103,9 +104,9 @@ def test_manifest_lists_every_sample_with_its_recipe(seed_jpg: Path) -> None:
 
 def test_depth_png_is_16_bit_millimetres_of_the_scene_geometry(seed_jpg: Path) -> None:
     sources = SyntheticSources(N_BG, N_FG)
-    stem = "bg1_2_3_flip_fg_0"
-    depth = cv2.imread(str(seed_jpg / "depth_fgbg_1" / f"depth_{stem}.png"), cv2.IMREAD_UNCHANGED)
-    mask = cv2.imread(str(seed_jpg / "mask_fgbg_1" / f"mask_{stem}.png"), cv2.IMREAD_UNCHANGED)
+    stem = "bg2_2_3_flip_fg_1"  # bg index 1, fg index 0
+    depth = cv2.imread(str(seed_jpg / "depth_fgbg_2" / f"depth_{stem}.png"), cv2.IMREAD_UNCHANGED)
+    mask = cv2.imread(str(seed_jpg / "mask_fgbg_2" / f"mask_{stem}.png"), cv2.IMREAD_UNCHANGED)
     assert depth.dtype == np.uint16 and depth.shape == (150, 150)
     assert set(np.unique(mask)) == {0, 255}
     geo = sources.geometry(1)
@@ -122,7 +123,7 @@ def test_depth_png_is_16_bit_millimetres_of_the_scene_geometry(seed_jpg: Path) -
 
 def test_jpg8_depth_keeps_the_documented_8_bit_jpeg_at_a_fixed_scale(tmp_path: Path) -> None:
     out = _generate(tmp_path / "ds", depth_format="jpg8", depth_max=50.0, image_size=64)
-    depth = cv2.imread(str(out / "depth_fgbg_0" / "depth_bg0_0_0_fg_0.jpg"), cv2.IMREAD_GRAYSCALE)
+    depth = cv2.imread(str(out / "depth_fgbg_1" / "depth_bg1_0_0_fg_1.jpg"), cv2.IMREAD_GRAYSCALE)
     want = _virtual(size=64).get([0])["depth"][0]
     error = np.abs(depth.astype(float) - want * 255 / 50)  # v = 255 * depth / depth_max, never stretched
     assert np.median(error) <= 1 and np.percentile(error, 95) <= 4  # JPEG's loss, larger at the fg's edge
@@ -191,8 +192,8 @@ def test_virtual_matches_other_generators_and_ground_truth(tmp_path: Path) -> No
                         image_size=96)
         samples = open_dataset(out)
         _assert_same(samples, _virtual(generator, DiffMask(), LayerDepth(), size=96), range(len(samples)))
-    names = {p.name for p in (tmp_path / "seed" / "fgbg_0").iterdir()}
-    assert all(re.match(r"^bg0_x\d+_y\d+_s\d+_(flip_)?fg_\d\.png$", name) for name in names)
+    names = {p.name for p in (tmp_path / "seed" / "fgbg_1").iterdir()}
+    assert all(re.match(r"^bg1_x\d+_y\d+_s\d+_(flip_)?fg_\d\.png$", name) for name in names)
 
 
 def test_seed_jpeg_decodes_to_a_plain_quality_95_encode(seed_jpg: Path) -> None:
@@ -220,18 +221,18 @@ def test_workers_and_chunking_do_not_change_a_byte(tmp_path: Path, seed_jpg: Pat
     report = generate(GenerationPlan(InputSpec.synthetic(N_BG, N_FG), chunk_size=50), out, workers=2,
                       progress=False, log=lambda _m: None)
     assert report.complete
-    for rel in ("fgbg_1/bg1_3_4_flip_fg_1.jpg", "mask_fgbg_0/mask_bg0_1_2_fg_1.png", "bg/bg_1.jpg",
-                "depth_fgbg_1/depth_bg1_0_0_flip_fg_0.png", "manifest.jsonl"):
+    for rel in ("fgbg_2/bg2_3_4_flip_fg_2.jpg", "mask_fgbg_1/mask_bg1_1_2_fg_2.png", "bg/bg_2.jpg",
+                "depth_fgbg_2/depth_bg2_0_0_flip_fg_1.png", "manifest.jsonl"):
         assert (out / rel).read_bytes() == (seed_jpg / rel).read_bytes(), rel
 
 
 def test_identical_ground_truth_files_are_hard_links(tmp_path: Path) -> None:
     """A mask from alpha does not depend on the bg: one placement's masks on every bg share one file."""
     linked = _generate(tmp_path / "links", image_size=64)
-    a, b = linked / "mask_fgbg_0" / "mask_bg0_1_1_fg_0.png", linked / "mask_fgbg_1" / "mask_bg1_1_1_fg_0.png"
+    a, b = linked / "mask_fgbg_1" / "mask_bg1_1_1_fg_1.png", linked / "mask_fgbg_2" / "mask_bg2_1_1_fg_1.png"
     assert os.path.samefile(a, b)
     copies = _generate(tmp_path / "copies", image_size=64, links=False)
-    c, d = copies / "mask_fgbg_0" / "mask_bg0_1_1_fg_0.png", copies / "mask_fgbg_1" / "mask_bg1_1_1_fg_0.png"
+    c, d = copies / "mask_fgbg_1" / "mask_bg1_1_1_fg_1.png", copies / "mask_fgbg_2" / "mask_bg2_1_1_fg_1.png"
     assert not os.path.samefile(c, d) and c.read_bytes() == d.read_bytes() == a.read_bytes()
     assert dataset_bytes(linked) < dataset_bytes(copies)  # a linked file is counted once
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from losslab.core.data.datasets import VirtualSamples, split_by_bg
+from losslab.core.data.generate.layouts import sample_stem
 from losslab.core.data.generate import GenerationPlan, InputSpec, generate
 from losslab.core.data.readers import DatasetError, OriginalSamples, npz_memmap, open_dataset
 from losslab.core.data.sources import SyntheticSources, fit_background, read_rgb
@@ -29,14 +30,19 @@ def _write(path: Path, img: np.ndarray) -> None:
     assert cv2.imwrite(str(path), img)
 
 
-def _original(root: Path, bg_names: tuple[str, ...] = ("img_0.jpg", "img_1.jpg"), bg_size: int = SIZE):
-    """The documented layout: fgbg_K/, mask_fgbg_K/ (JPEG), depth_fgbg_K/ (8-bit JPEG stretched per image)."""
+def _original(root: Path, bg_names: tuple[str, ...] = ("img_1.jpg", "img_2.jpg"), bg_size: int = SIZE,
+              base: int = 1):
+    """The documented layout: fgbg_K/, mask_fgbg_K/ (JPEG), depth_fgbg_K/ (8-bit JPEG stretched per image).
+
+    Names number bg and fg from ``base``: 1 as documented (``fgbg_1/bg1_0_0_fg_1.jpg`` is bg 0, fg 0),
+    0 as earlier losslab versions wrote them.
+    """
     recipes = GridGenerator().recipes([0, 1], [0], (SIZE, SIZE))
     sources = SyntheticSources(2, 1, size=SIZE)
     virtual = VirtualSamples(sources, recipes, AlphaMask(), GroundPlaneDepth())
     arrays = virtual.get(range(len(recipes)))
     for i, recipe in enumerate(recipes):
-        k, stem = recipe.bg, recipe.stem
+        k, stem = recipe.bg + base, sample_stem(recipe, base)
         _write(root / f"fgbg_{k}" / f"{stem}.jpg", cv2.cvtColor(arrays["fg_bg"][i], cv2.COLOR_RGB2BGR))
         _write(root / f"mask_fgbg_{k}" / f"mask_{stem}.jpg", arrays["mask"][i] * 255)
         d = arrays["depth"][i]
@@ -47,8 +53,10 @@ def _original(root: Path, bg_names: tuple[str, ...] = ("img_0.jpg", "img_1.jpg")
     return recipes, arrays
 
 
-def test_original_layout_is_read_from_names_without_a_manifest(tmp_path: Path) -> None:
-    recipes, arrays = _original(tmp_path)
+@pytest.mark.parametrize("base", [1, 0])
+def test_original_layout_is_read_from_names_without_a_manifest(tmp_path: Path, base: int) -> None:
+    names = ("img_1.jpg", "img_2.jpg") if base else ("img_0.jpg", "img_1.jpg")
+    recipes, arrays = _original(tmp_path, names, base=base)
     samples = open_dataset(tmp_path)
     assert isinstance(samples, OriginalSamples) and len(samples) == len(recipes) == 80
     order = sorted(range(len(recipes)), key=lambda i: (recipes[i].bg, recipes[i].fg, recipes[i].flip,
@@ -59,9 +67,10 @@ def test_original_layout_is_read_from_names_without_a_manifest(tmp_path: Path) -
     got = samples.get([j])
     i = order[j]
     np.testing.assert_array_equal(got["mask"][0], arrays["mask"][i])  # JPEG masks are thresholded back
-    image = cv2.imread(str(tmp_path / f"fgbg_{recipes[i].bg}" / f"{recipes[i].stem}.jpg"))
+    k, stem = recipes[i].bg + base, sample_stem(recipes[i], base)
+    image = cv2.imread(str(tmp_path / f"fgbg_{k}" / f"{stem}.jpg"))
     np.testing.assert_array_equal(got["fg_bg"][0], cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
-    depth = cv2.imread(str(tmp_path / f"depth_fgbg_{recipes[i].bg}" / f"depth_{recipes[i].stem}.jpg"), 0)
+    depth = cv2.imread(str(tmp_path / f"depth_fgbg_{k}" / f"depth_{stem}.jpg"), 0)
     np.testing.assert_allclose(got["depth"][0], depth / 255 * 50.0, rtol=1e-6)  # unitless: v / 255 * depth_max
     assert got["bg"].shape == (1, SIZE, SIZE, 3) and got["depth"].dtype == np.float32
     train, val = split_by_bg(samples, 0.5)
@@ -69,12 +78,12 @@ def test_original_layout_is_read_from_names_without_a_manifest(tmp_path: Path) -
 
 
 def test_original_bg_index_from_trailing_numbers_or_sorted_order(tmp_path: Path) -> None:
-    _original(tmp_path / "numbered", bg_names=("scene_1.jpg", "scene_0.jpg"))
+    _original(tmp_path / "numbered", bg_names=("scene_2.jpg", "scene_1.jpg"))
     _original(tmp_path / "named", bg_names=("b.jpg", "a.jpg"), bg_size=2 * SIZE)
     numbered, named = open_dataset(tmp_path / "numbered"), open_dataset(tmp_path / "named")
     assert numbered.bg_ids()[0] == named.bg_ids()[0] == 0
-    # trailing numbers name the bg: bg 0 is scene_0.jpg, whatever the sorted order
-    np.testing.assert_array_equal(numbered.get([0])["bg"][0], read_rgb(tmp_path / "numbered/bg_images/scene_0.jpg"))
+    # trailing numbers name the bg, counted from 1 like the fg_bg names: bg 0 is scene_1.jpg, whatever the order
+    np.testing.assert_array_equal(numbered.get([0])["bg"][0], read_rgb(tmp_path / "numbered/bg_images/scene_1.jpg"))
     # no numbers: bg 0 is the first file in sorted order; a larger bg is brought to the samples' size
     expected = fit_background(read_rgb(tmp_path / "named/bg_images/a.jpg"), SIZE)
     np.testing.assert_array_equal(named.get([0])["bg"][0], expected)
@@ -82,11 +91,11 @@ def test_original_bg_index_from_trailing_numbers_or_sorted_order(tmp_path: Path)
 
 def test_original_samples_without_mask_or_valid_name_are_left_out(tmp_path: Path) -> None:
     _original(tmp_path)
-    (tmp_path / "mask_fgbg_1" / "mask_bg1_0_0_fg_0.jpg").unlink()
-    (tmp_path / "fgbg_0" / "holiday.jpg").write_bytes(b"not a sample")
+    (tmp_path / "mask_fgbg_2" / "mask_bg2_0_0_fg_1.jpg").unlink()
+    (tmp_path / "fgbg_1" / "holiday.jpg").write_bytes(b"not a sample")
     samples = open_dataset(tmp_path)
     assert len(samples) == 79
-    assert any("bg1_0_0_fg_0.jpg: no mask file" in s for s in samples.skipped)
+    assert any("bg2_0_0_fg_1.jpg: no mask file" in s for s in samples.skipped)
     assert any("holiday.jpg" in s and "documented pattern" in s for s in samples.skipped)
 
 
@@ -122,10 +131,10 @@ def test_damaged_shards_and_files_are_reported(tmp_path: Path) -> None:
 
     generate(GenerationPlan(InputSpec.synthetic(1, 1, image_size=SIZE)), tmp_path / "seed", workers=1,
              progress=False, log=lambda _m: None)
-    (tmp_path / "seed" / "fgbg_0" / "bg0_2_2_fg_0.jpg").write_bytes(b"")
+    (tmp_path / "seed" / "fgbg_1" / "bg1_2_2_fg_1.jpg").write_bytes(b"")
     samples = open_dataset(tmp_path / "seed")
-    index = next(i for i in range(len(samples)) if samples.recipe(i).stem == "bg0_2_2_fg_0")
-    with pytest.raises(DatasetError, match=r"bg0_2_2_fg_0\.jpg: cannot be decoded"):
+    index = next(i for i in range(len(samples)) if samples.recipe(i).stem == "bg1_2_2_fg_1")
+    with pytest.raises(DatasetError, match=r"bg1_2_2_fg_1\.jpg: cannot be decoded"):
         samples.get([index])
     with pytest.raises(IndexError, match=r"out of range 0\.\.39"):
         samples.get([40])

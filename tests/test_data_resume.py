@@ -226,7 +226,7 @@ def test_a_failing_chunk_costs_only_itself(tmp_path: Path, monkeypatch) -> None:
         report = generate(plan, tmp_path / "ds", workers=1, progress=False, log=lambda _m: None)
     assert not report.complete and report.written == 80
     (failure,) = report.failures
-    assert failure.startswith("chunk 1 (bg1_0_0_fg_0...): OSError") and "No space left" in failure
+    assert failure.startswith("chunk 1 (bg2_0_0_fg_1...): OSError") and "No space left" in failure
     assert not (tmp_path / "ds" / "dataset.json").exists()
     again = generate(plan, tmp_path / "ds", workers=1, resume=True, progress=False, log=lambda _m: None)
     assert again.complete and again.written == 40 and len(open_dataset(tmp_path / "ds")) == 120

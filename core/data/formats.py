@@ -35,6 +35,12 @@ _PNG_IMAGE = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRIT
 
 # -- names (the documented seed layout) ------------------------------------------------------------------
 
+#: File and folder names of the seed layout number bgs and fgs from 1, as documented (bg1..bg100,
+#: fg_1.., fgbg_1..fgbg_100: ``fgbg_6/bg6_0_2_flip_fg_74.jpg`` is bg index 5, fg index 73); recipes,
+#: manifests and ``recipes.npy`` keep 0-based indices. Datasets written before numbered names from 0:
+#: their ``dataset.json`` has no ``name_base``, and the reader uses 0 for them.
+NAME_BASE = 1
+
 
 def image_ext(image_format: str) -> str:
     if image_format not in IMAGE_FORMATS:
@@ -48,36 +54,38 @@ def depth_ext(depth_format: str) -> str:
     return ".png" if depth_format == "png16" else ".jpg"
 
 
-def fgbg_dir(bg: int) -> str:
-    return f"fgbg_{bg}"
+def fgbg_dir(bg: int, base: int = NAME_BASE) -> str:
+    return f"fgbg_{bg + base}"
 
 
-def mask_dir(bg: int) -> str:
-    return f"mask_fgbg_{bg}"
+def mask_dir(bg: int, base: int = NAME_BASE) -> str:
+    return f"mask_fgbg_{bg + base}"
 
 
-def depth_dir(bg: int) -> str:
-    return f"depth_fgbg_{bg}"
+def depth_dir(bg: int, base: int = NAME_BASE) -> str:
+    return f"depth_fgbg_{bg + base}"
 
 
-def sample_paths(stem: str, bg: int, image_format: str, depth_format: str) -> tuple[str, str, str]:
-    """Relative paths of a sample's fg_bg, mask and depth.
+def sample_paths(stem: str, bg: int, image_format: str, depth_format: str,
+                 base: int = NAME_BASE) -> tuple[str, str, str]:
+    """Relative paths of a sample's fg_bg, mask and depth (``bg`` is the 0-based index).
 
-    ``fgbg_K/<stem>.jpg``, ``mask_fgbg_K/mask_<stem>.png``, ``depth_fgbg_K/depth_<stem>.png``.
+    ``fgbg_K/<stem>.jpg``, ``mask_fgbg_K/mask_<stem>.png``, ``depth_fgbg_K/depth_<stem>.png``,
+    with K = ``bg + base``.
     """
     return (
-        f"{fgbg_dir(bg)}/{stem}{image_ext(image_format)}",
-        f"{mask_dir(bg)}/mask_{stem}.png",
-        f"{depth_dir(bg)}/depth_{stem}{depth_ext(depth_format)}",
+        f"{fgbg_dir(bg, base)}/{stem}{image_ext(image_format)}",
+        f"{mask_dir(bg, base)}/mask_{stem}.png",
+        f"{depth_dir(bg, base)}/depth_{stem}{depth_ext(depth_format)}",
     )
 
 
 BG_DIR = "bg"
 
 
-def bg_path(bg: int, image_format: str) -> str:
-    """Relative path of bg ``K`` as composited (already at the image size): ``bg/bg_K.jpg``."""
-    return f"{BG_DIR}/bg_{bg}{image_ext(image_format)}"
+def bg_path(bg: int, image_format: str, base: int = NAME_BASE) -> str:
+    """Relative path of bg index ``bg`` as composited (at the image size): ``bg/bg_K.jpg``, K = ``bg + base``."""
+    return f"{BG_DIR}/bg_{bg + base}{image_ext(image_format)}"
 
 
 # -- depth units -----------------------------------------------------------------------------------------

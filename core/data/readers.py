@@ -133,6 +133,8 @@ class SeedSamples(_Materialized):
         self.image_format = meta.get("image_format", "jpg")
         self.depth_format = meta.get("depth_format", "png16")
         self.depth_max = float(meta.get("depth_max", 50.0))
+        #: names number bg and fg from 1 (formats.NAME_BASE); datasets written before, with no key, from 0
+        self.name_base = int(meta.get("name_base", 0))
         self._bg = lru_cache(maxsize=256)(self._read_bg)
 
     @staticmethod
@@ -154,12 +156,13 @@ class SeedSamples(_Materialized):
         return np.asarray(rows, dtype=np.int32).reshape(-1, len(RECIPE_FIELDS))
 
     def _read_bg(self, bg: int) -> np.ndarray:
-        return formats.decode_image(self.root / formats.bg_path(bg, self.image_format))
+        return formats.decode_image(self.root / formats.bg_path(bg, self.image_format, self.name_base))
 
     def paths(self, index: int) -> tuple[Path, Path, Path]:
         """Absolute paths of sample ``index``'s fg_bg, mask and depth files."""
         recipe = self.recipe(index)
-        names = formats.sample_paths(sample_stem(recipe), recipe.bg, self.image_format, self.depth_format)
+        base = self.name_base
+        names = formats.sample_paths(sample_stem(recipe, base), recipe.bg, self.image_format, self.depth_format, base)
         return tuple(self.root / n for n in names)  # type: ignore[return-value]
 
     def get(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
@@ -309,11 +312,12 @@ class ShardSamples(_Materialized):
 # -- the original dataset --------------------------------------------------------------------------------
 
 
-def _numbered(paths: list[Path]) -> dict[int, Path]:
-    """bg index -> file: the trailing number of each name when all have distinct ones, else sorted order."""
+def _numbered(paths: list[Path], base: int = 0) -> dict[int, Path]:
+    """bg index -> file: the trailing number (counted from ``base``) of each name when all have distinct
+    ones, else sorted order."""
     numbers = [re.search(r"(\d+)$", p.stem) for p in paths]
     if all(numbers) and len({int(m.group(1)) for m in numbers if m}) == len(paths):
-        return {int(m.group(1)): p for m, p in zip(numbers, paths, strict=True) if m}
+        return {int(m.group(1)) - base: p for m, p in zip(numbers, paths, strict=True) if m}
     return dict(enumerate(sorted(paths)))
 
 
@@ -371,6 +375,10 @@ class OriginalSamples(_Materialized):
             raise DatasetError(
                 f"{root}: no usable sample in fgbg_K/ folders (with mask_fgbg_K/ and depth_fgbg_K/)"
             )
+        # the documented dataset numbers bg and fg from 1; earlier losslab seed layouts from 0
+        self.name_base = 0 if any(e[0][0] == 0 or e[0][1] == 0 for e in entries) else 1
+        base = self.name_base
+        entries = [((k - base, fg - base, *rest), *files) for (k, fg, *rest), *files in entries]
         entries.sort(key=lambda e: e[0])
         self._files = [(e[1], e[2], e[3]) for e in entries]
         first = formats.decode_image(self._files[0][0])
@@ -379,7 +387,7 @@ class OriginalSamples(_Materialized):
         self.bg_dir = self._find_bg_dir(root, bg_dir)
         files = [p for p in self.bg_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
         files = [p for p in files if not p.name.startswith(".")]
-        self._bg_files = _numbered(files)
+        self._bg_files = _numbered(files, self.name_base)
         missing = sorted(set(int(b) for b in np.unique(self.recipes[:, 0])) - set(self._bg_files))
         if missing:
             raise DatasetError(

@@ -38,9 +38,9 @@ class Recipe:
 
     @property
     def stem(self) -> str:
-        """The documented file stem: ``bg5_0_2_flip_fg_73``."""
+        """The documented file stem, numbered from 1: bg index 4, fg index 72 -> ``bg5_0_2_flip_fg_73``."""
         flip = "flip_" if self.flip else ""
-        return f"bg{self.bg}_{self.row}_{self.col}_{flip}fg_{self.fg}"
+        return f"bg{self.bg + 1}_{self.row}_{self.col}_{flip}fg_{self.fg + 1}"
 
     def to_dict(self) -> dict[str, int | bool]:
         return asdict(self)
@@ -54,7 +54,11 @@ class Recipe:
 
 
 def parse_stem(stem: str) -> dict[str, int | bool]:
-    """Parse ``bg5_0_2_flip_fg_73`` into its bg, row, col, flip and fg; raise ValueError otherwise."""
+    """Parse ``bg5_0_2_flip_fg_73`` into its bg, row, col, flip and fg; raise ValueError otherwise.
+
+    The numbers are those written in the name (the documented layout counts bg and fg from 1, datasets
+    of earlier losslab versions from 0); the caller knows which base applies.
+    """
     match = _NAME.match(stem)
     if not match:
         raise ValueError(

@@ -6,6 +6,7 @@ millimetres (the dataset's unit, ``geometry.DEPTH_PNG_UNITS_PER_METRE``).
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,6 @@ import numpy as np
 import torch
 
 from losslab.core.data.geometry import DEPTH_PNG_UNITS_PER_METRE
-from losslab.core.data.recipes import parse_stem
 from losslab.core.data.sources import IMAGE_SUFFIXES, SourceError, read_rgb
 
 
@@ -78,7 +78,29 @@ class Predictor:
         return ((prob >= 0.5) * 255).astype(np.uint8), depth.astype(np.float32)
 
 
+_BG_NUMBER = re.compile(r"^bg(\d+)_")
+_TRAILING_NUMBER = re.compile(r"(\d+)$")
+
+
+def _bg_by_number(bgs: list[Path]) -> dict[int, Path]:
+    """bg files by the number their name ends with (``bg_5.jpg``, ``bg5.jpg``, ``img005.png``), when unique."""
+    found: dict[int, list[Path]] = {}
+    for p in bgs:
+        match = _TRAILING_NUMBER.search(p.stem)
+        if match:
+            found.setdefault(int(match.group(1)), []).append(p)
+    return {n: ps[0] for n, ps in found.items() if len(ps) == 1}
+
+
 def _pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
+    """(bg, fg_bg) file pairs: two files, or two folders paired by name.
+
+    A fg_bg pairs with the bg of the same stem; else, for the names ``lab data
+    generate`` and the documented dataset use (``bg<K>_<row>_<col>_...``,
+    ``bg<K>_x.._y.._s.._...``), with the bg whose name ends with the number K
+    (``bg/bg_K.jpg`` of the seed layout, ``bgK.jpg``); else, when the bg folder
+    holds one image, with that one.
+    """
     if fg_bg.is_file():
         if not bg.is_file():
             raise PredictError(f"--fg-bg is a file, so --bg must be a file too; {bg} is not")
@@ -88,22 +110,22 @@ def _pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
     if not bg.is_dir():
         raise PredictError(f"--fg-bg is a folder, so --bg must be a folder too; {bg} is not")
     fg_bgs = sorted(p for p in fg_bg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    bgs = {p.stem: p for p in bg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    bg_files = [p for p in bg.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES]
+    bgs = {p.stem: p for p in bg_files}
+    numbered = _bg_by_number(bg_files)
     if not fg_bgs:
         raise PredictError(f"--fg-bg folder {fg_bg} holds no images")
     pairs = []
     for path in fg_bgs:
         match = bgs.get(path.stem)
-        if match is None:
-            try:
-                match = bgs.get(f"bg{parse_stem(path.stem)['bg']}")
-            except ValueError:
-                match = None
+        number = _BG_NUMBER.match(path.stem)
+        if match is None and number is not None:
+            match = numbered.get(int(number.group(1)))
         if match is None and len(bgs) == 1:
             match = next(iter(bgs.values()))
         if match is None:
-            raise PredictError(f"no bg found for {path.name} in {bg}: name the bg like the fg_bg, or "
-                               "bg<K>.jpg for documented names like bg<K>_<row>_<col>_fg_<J>.jpg")
+            raise PredictError(f"no bg found for {path.name} in {bg}: name the bg like the fg_bg, or end its "
+                               "name with K (bg_K.jpg, bgK.jpg) for names like bg<K>_<row>_<col>_fg_<J>.jpg")
         pairs.append((match, path))
     return pairs
 

@@ -33,16 +33,19 @@ from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import Sources
 
 
-def sample_stem(recipe: Recipe) -> str:
+def sample_stem(recipe: Recipe, base: int = formats.NAME_BASE) -> str:
     """The documented stem for grid recipes; free placements (row -1) also name their box.
 
-    ``bg5_0_2_flip_fg_73`` for a grid cell; ``bg5_x12_y60_s48_flip_fg_73`` for a
-    random placement, whose row and column mean nothing.
+    bg and fg are numbered from ``base`` (1, as documented; 0 in datasets
+    written before): ``bg5_0_2_flip_fg_73`` for a grid cell of bg index 4 and
+    fg index 72; ``bg5_x12_y60_s48_flip_fg_73`` for a random placement, whose
+    row and column mean nothing.
     """
-    if recipe.row >= 0 and recipe.col >= 0:
-        return recipe.stem
     flip = "flip_" if recipe.flip else ""
-    return f"bg{recipe.bg}_x{recipe.x}_y{recipe.y}_s{recipe.size}_{flip}fg_{recipe.fg}"
+    bg, fg = recipe.bg + base, recipe.fg + base
+    if recipe.row >= 0 and recipe.col >= 0:
+        return f"bg{bg}_{recipe.row}_{recipe.col}_{flip}fg_{fg}"
+    return f"bg{bg}_x{recipe.x}_y{recipe.y}_s{recipe.size}_{flip}fg_{fg}"
 
 
 class Producer:

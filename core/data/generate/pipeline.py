@@ -27,6 +27,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from losslab.core.data.formats import NAME_BASE
 from losslab.core.data.generate.layouts import Producer, SeedWriter
 from losslab.core.data.generate.plan import GenerationError, GenerationPlan, Prepared, prepare
 from losslab.core.data.generate.resume import DATASET_FILE, Progress
@@ -280,6 +281,7 @@ def _metadata(prepared: Prepared) -> dict[str, Any]:
         "format": "losslab-dataset",
         "version": 1,
         "layout": plan.layout,
+        "name_base": NAME_BASE,
         "image_size": plan.inputs.image_size,
         "image_format": plan.image_format if plan.layout == "seed" else "raw",
         "depth_format": plan.depth_format if plan.layout == "seed" else "uint16-mm",
