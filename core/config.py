@@ -184,6 +184,7 @@ class _BoundedLoader(yaml.SafeLoader):
 def _check_nodes(root: yaml.Node, where: str, limit: int) -> None:
     sizes: dict[int, int] = {}
     checked: set[int] = set()
+    duplicates: list[str] = []
 
     def size(node: yaml.Node, path: str) -> int:
         known = sizes.get(id(node))
@@ -199,8 +200,8 @@ def _check_nodes(root: yaml.Node, where: str, limit: int) -> None:
                         first = seen.setdefault(key.value, key)
                         if first is not key:
                             at = f"{path}.{key.value}" if path else key.value
-                            raise ConfigError(
-                                f"{where}: {at}: duplicate key at line {key.start_mark.line + 1} (first at line "
+                            duplicates.append(
+                                f"{at}: duplicate key at line {key.start_mark.line + 1} (first at line "
                                 f"{first.start_mark.line + 1}); YAML would keep only the last one: merge the two "
                                 "blocks or rename one")
             for key, value in node.value:
@@ -217,6 +218,10 @@ def _check_nodes(root: yaml.Node, where: str, limit: int) -> None:
         return total
 
     size(root, "")
+    if len(duplicates) == 1:
+        raise ConfigError(f"{where}: {duplicates[0]}")
+    if duplicates:
+        raise ConfigError(f"{where}: duplicate keys:\n  - " + "\n  - ".join(duplicates))
 
 
 def safe_load_bounded(text: str, where: str = "<yaml>", limit: int | None = None) -> Any:

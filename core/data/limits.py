@@ -85,6 +85,10 @@ def read_image_bytes(path: Path | str, max_bytes: int | None = None) -> bytes:
     other ``OSError`` (missing, permission denied) pass through for the caller's message.
     """
     cap = max_image_bytes() if max_bytes is None else max_bytes
+    why = not_regular(path)  # a socket cannot even be opened; a device should not be
+    if why:
+        raise InputLimitError(f"{path}: is {why}, not a regular image file; only regular files are read: "
+                              "move it out of the folder")
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     try:
         st = os.fstat(fd)
