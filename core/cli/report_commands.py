@@ -27,6 +27,7 @@ def report(
     ] = False,
 ) -> None:
     """Build the comparison report of a study from what MLflow holds."""
+    from losslab.core.experiment.tracking import TrackingError, check_tracking_uri
     from losslab.core.paths import UnsafePathError, check_out_dir
     from losslab.reports.build import build_report, log_report, parse_formats
     from losslab.reports.collect import ReportError, make_client, resolve_parent
@@ -34,11 +35,13 @@ def report(
     uri = tracking_uri or _default_uri()
     try:
         check_out_dir(out)
+        if uri:
+            check_tracking_uri(uri)
         paths = build_report(ref, out, formats=parse_formats(format), tracking_uri=uri)
         if log:
             parent = resolve_parent(make_client(uri), ref)
             log_report(parent.info.run_id, paths, tracking_uri=uri)
-    except (ReportError, UnsafePathError) as exc:
+    except (ReportError, UnsafePathError, TrackingError) as exc:
         typer.echo(f"lab report: {exc}", err=True)
         raise typer.Exit(code=1) from None
     for fmt, path in paths.items():

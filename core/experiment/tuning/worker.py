@@ -117,7 +117,7 @@ def run_tune(
     best_dir: Path | None = None,
 ) -> TuneResult:
     """Join (or start) the study and run trials until it has ``trials`` in total; then summarize it."""
-    from losslab.core.experiment.tracking import Tracker, default_tracking_uri
+    from losslab.core.experiment.tracking import Tracker, check_tracking_uri, default_tracking_uri
     from losslab.core.experiment.tuning.results import finish_study
     from losslab.core.plugin.manager import load_catalog
 
@@ -139,6 +139,7 @@ def run_tune(
         raise StudyError(f"study name {name!r}: use letters, digits, space and _ . + - (at most 120 characters); "
                          "pass --study NAME")
     uri = default_tracking_uri(tracking_uri)
+    check_tracking_uri(uri)  # before the Optuna study exists: a bad URI leaves nothing behind
     url = normalize_storage(storage or default_storage(uri))
     shown_url = public_storage(url)
     handler = StaleTrialHandler(space.heartbeat.max_retry)
