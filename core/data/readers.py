@@ -112,6 +112,11 @@ def _stack(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _read_meta(root: Path) -> dict[str, Any]:
+    from losslab.core.data.limits import not_regular
+
+    why = not_regular(root / DATASET_FILE)
+    if why:  # a FIFO would block the read forever
+        raise DatasetError(f"{root / DATASET_FILE}: is {why}, not a regular file; regenerate the dataset")
     try:
         return json.loads((root / DATASET_FILE).read_text())
     except (OSError, json.JSONDecodeError) as exc:
