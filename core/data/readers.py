@@ -383,7 +383,8 @@ class OriginalSamples(_Materialized):
         # the documented dataset numbers bg and fg from 1; earlier losslab seed layouts from 0
         self.name_base = 0 if any(e[0][0] == 0 or e[0][1] == 0 for e in entries) else 1
         base = self.name_base
-        entries = [((k - base, fg - base, *rest), *files) for (k, fg, *rest), *files in entries]
+        entries = [((k - base, fg - base, flip, row, col), image, mask, depth)
+                   for (k, fg, flip, row, col), image, mask, depth in entries]
         entries.sort(key=lambda e: e[0])
         self._files = [(e[1], e[2], e[3]) for e in entries]
         first = formats.decode_image(self._files[0][0])
