@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.core.config import ConfigError, ExperimentConfig, dump_yaml, flatten, load_experiment
-from losslab.core.paths import safe_join
+from losslab.core.paths import check_out_dir, safe_join
 from losslab.core.plugin.manager import load_catalog
 from losslab.core.plugin.registry import Catalog
 
@@ -215,6 +215,7 @@ def run_experiment(
     monitor, mode = configs[0].train.monitor, configs[0].train.monitor_mode
     digest = config_hash(configs)
     check_data(configs)
+    check_out_dir(runs_dir, "--runs-dir")
     rank = distributed.init(resolve_device(configs[0].train.device).type)
     if not rank.is_main:
         echo = _silent

@@ -97,10 +97,39 @@ def _runs(uri: str, experiment: str) -> list[Any]:
     return list(client.search_runs([found.experiment_id])) if found else []
 
 
+_START = """
+import os, sys, time
+import mlflow.tracking  # the slow import first, so both processes reach the store at the same instant
+from losslab.core.experiment.tracking import Tracker
+print("ready", flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.002)
+tracker = Tracker(sys.argv[1])
+print(tracker.start_run("race", "r", {}), flush=True)
+"""
+
+
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> str:
-    """One SQLite store for the tests that create runs (each in its own experiment): migrations run once."""
-    return f"sqlite:///{tmp_path_factory.mktemp('store') / 'mlflow.db'}"
+def race(tmp_path_factory) -> tuple[str, list[tuple[int, str, str]]]:
+    """Two processes starting at once on a fresh ``mlflow.db``: the store, and each one's (code, stdout, stderr).
+
+    The tests that create runs then share this store (each in its own experiment), so MLflow's
+    migrations, slow on a loaded machine, run once for the whole module.
+    """
+    folder = tmp_path_factory.mktemp("store")
+    uri, go = f"sqlite:///{folder / 'mlflow.db'}", folder / "go"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _START, uri, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
+    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]  # type: ignore[union-attr]
+    go.touch()  # both create the tables and run the migrations now, where alembic used to race
+    outs = [p.communicate(timeout=120) for p in procs]
+    return uri, [(p.returncode, out, err) for p, (out, err) in zip(procs, outs, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def store(race) -> str:
+    return race[0]
 
 
 # -- 2. names that become paths ----------------------------------------------------------------------------
@@ -311,6 +340,8 @@ def test_out_that_lies_below_a_file(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "which is a file, not a folder" in result.output
     result = runner.invoke(app, ["new", "plugin", "focal-edge", "--out", str(below)])
     assert result.exit_code == 2 and "which is a file, not a folder" in result.output
+    result = _lab("run", write_experiment(tmp_path / "e.yaml"), "--runs-dir", below)
+    assert result.exit_code == 2 and f"--runs-dir {below} lies below" in result.output
 
 
 def test_non_utf8_experiment_file(tmp_path: Path) -> None:
@@ -406,28 +437,10 @@ def test_fifo_in_a_folder_source_of_lab_run_is_skipped(tmp_path: Path, store: st
     assert {r.info.status for r in _runs(store, "fifo")} == {"FINISHED"}
 
 
-_START = """
-import os, sys, time
-import mlflow.tracking  # the slow import first, so both processes reach the store at the same instant
-from losslab.core.experiment.tracking import Tracker
-print("ready", flush=True)
-while not os.path.exists(sys.argv[2]):
-    time.sleep(0.002)
-tracker = Tracker(sys.argv[1])
-print(tracker.start_run("race", "r", {}), flush=True)
-"""
-
-
-def test_two_processes_starting_at_once_on_a_fresh_store(tmp_path: Path) -> None:
-    uri, go = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "go"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    procs = [subprocess.Popen([sys.executable, "-c", _START, uri, str(go)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=env) for _ in range(2)]
-    assert [p.stdout.readline().strip() for p in procs] == ["ready", "ready"]
-    go.touch()  # both create the tables and run the migrations now, where alembic used to race
-    outs = [p.communicate(timeout=120) for p in procs]
-    for proc, (out, err) in zip(procs, outs, strict=True):
-        assert proc.returncode == 0, err
+def test_two_processes_starting_at_once_on_a_fresh_store(race) -> None:
+    uri, outcomes = race
+    for code, out, err in outcomes:
+        assert code == 0, err
         assert len(out.strip()) == 32  # a run id
     assert len(_runs(uri, "race")) == 2
 
