@@ -33,15 +33,11 @@ import torch
 from losslab.core.config import ExperimentConfig, resolve_variants
 from losslab.core.plugin.manager import load_catalog
 from losslab.core.train.memory import GB, GIB, MemoryEstimate, estimate_for_config
+from losslab.core.train.step import model_inputs, run_model
 from losslab.core.train.trainer import Trainer
 
 #: the architecture and size the memory target names
 TARGET_ARCH, TARGET_SIZE = "unet", 224
-
-
-class _Progress:
-    def update(self, n: int) -> None:
-        pass
 
 
 def _sync(device: torch.device) -> None:
@@ -70,9 +66,10 @@ def build(arch: str, size: int, batch: int, steps: int, catalog, compile: bool |
 
 def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
     """(samples/s with the pipeline, samples/s on a resident batch), interleaved, median of 3."""
-    device = trainer.device
-    resident = next(iter(trainer.train_batches))
-    for aug in trainer.augment:
+    parts = trainer.parts
+    device = parts.device
+    resident = next(iter(parts.train_batches))
+    for aug in parts.augment:
         resident = aug(resident)
     batch = resident["bg"].shape[0]
 
@@ -80,19 +77,19 @@ def measure(trainer: Trainer, steps: int) -> tuple[float, float]:
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(steps):
-            out = trainer._run_model(trainer._inputs(resident))
-            total, _ = trainer.objective(out, resident)
-            trainer.optimizer.zero_grad(set_to_none=True)
+            out = run_model(parts.forward, model_inputs(resident, parts.precision), parts.precision, device)
+            total, _ = parts.objective(out, resident)
+            parts.optimizer.zero_grad(set_to_none=True)
             total.backward()
-            trainer.optimizer.step()
+            parts.optimizer.step()
         _sync(device)
         return steps * batch / (time.perf_counter() - t0)
 
     def pipeline_steps() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        trainer.train_epoch(_Progress())
-        trainer.epoch += 1
+        trainer.loop.train_epoch()
+        trainer.loop.state.epoch += 1
         _sync(device)
         return steps * batch / (time.perf_counter() - t0)
 
@@ -194,7 +191,7 @@ def main() -> None:
             on, off = measure(trainer, args.steps)
             share = 1.0 - on / off
             print(f"{arch:<14}{size:>6}{on:>12.1f}/s{off:>10.1f}/s{share * 100:>15.1f}%"
-                  + ("" if trainer.device.type != "cuda" else f"   ({'met' if share <= 0.05 else 'NOT met'})"))
+                  + ("" if trainer.parts.device.type != "cuda" else f"   ({'met' if share <= 0.05 else 'NOT met'})"))
             if size == TARGET_SIZE and arch == TARGET_ARCH:
                 est = estimate(arch, size, args.batch, catalog)
                 line = (f"  peak memory, {arch} {size}px batch {args.batch}: estimated {est.peak / GIB:.2f} GiB "

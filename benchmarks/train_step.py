@@ -24,6 +24,7 @@ import torch
 
 from losslab.core.config import load_experiment
 from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.step import model_inputs, run_model
 from losslab.core.train.trainer import Trainer
 
 
@@ -44,16 +45,17 @@ def main() -> None:
     configs = load_experiment(args.experiment, ["train.progress=false", *args.sets], catalog)
     cfg = next((c for c in configs if c.variant == args.variant), configs[0])
     trainer = Trainer(cfg, 0, catalog, Path("/tmp/losslab-bench"))
-    device, model, optimizer = trainer.device, trainer.model, trainer.optimizer
+    parts = trainer.parts
+    device, model, optimizer = parts.device, parts.model, parts.optimizer
     model.train()
-    resident = next(iter(trainer.train_batches))
-    x = trainer._inputs(resident)
+    resident = next(iter(parts.train_batches))
+    x = model_inputs(resident, parts.precision)
     batch = x.shape[0]
 
     def bare_step() -> float:
         _sync(device)
         t0 = time.perf_counter()
-        out = trainer._run_model(x)
+        out = run_model(parts.forward, x, parts.precision, device)
         loss = out["mask"].float().mean() + out["depth"].float().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -62,7 +64,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     sums: dict[str, torch.Tensor] = {}
-    batches = iter(trainer.train_batches)
+    batches = iter(parts.train_batches)
 
     def full_step() -> float:
         nonlocal batches
@@ -71,8 +73,8 @@ def main() -> None:
         try:
             loaded = next(batches)
         except StopIteration:
-            trainer.train_batches.epoch += 1
-            batches = iter(trainer.train_batches)
+            parts.train_batches.epoch += 1
+            batches = iter(parts.train_batches)
             loaded = next(batches)
         n, values = trainer.train_step(loaded, check=device.type == "cpu")
         for key, value in values.items():  # what train_epoch accumulates for the per-epoch log

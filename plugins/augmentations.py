@@ -21,6 +21,8 @@ host never waits for the device). So the same seed and the same sequence of
 batches give the same outputs on any machine and device, and torch's global
 random generators are never read or advanced. Random tensors that live on the
 device (noise) come from a device generator seeded from the same stream.
+``state()`` and ``load_state()`` hand that stream's position to the checkpoint
+and back, so a resumed run draws what an uninterrupted one would have drawn.
 """
 
 from __future__ import annotations
@@ -104,6 +106,14 @@ class SeededAugmentation:
 
     def _next_seed(self) -> int:
         return int(torch.randint(0, 2**62, (1,), generator=self._stream).item())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """The random stream's position, as plain data for the checkpoint (a resumed run draws on from it)."""
+        return {"stream": self._stream.get_state()}
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue the stream from where :meth:`state` was taken."""
+        self._stream.set_state(state["stream"].cpu())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(seed={self.seed})"

@@ -55,7 +55,7 @@ def test_trainer_batches_agree_between_paths(catalog, tmp_path):
            "train": {"batch_size": 16, "progress": False}}
     (cfg,) = resolve_variants(raw, ["data.device_compose=false"], catalog)
     (cfg_dev,) = resolve_variants(raw, ["data.device_compose=true"], catalog)
-    cpu = next(iter(Trainer(cfg, 0, catalog, tmp_path / "a").train_batches))
-    dev = next(iter(Trainer(cfg_dev, 0, catalog, tmp_path / "b").train_batches))
+    cpu = next(iter(Trainer(cfg, 0, catalog, tmp_path / "a").parts.train_batches))
+    dev = next(iter(Trainer(cfg_dev, 0, catalog, tmp_path / "b").parts.train_batches))
     for key in ("bg", "fg_bg", "mask", "depth", "index"):
         torch.testing.assert_close(dev[key], cpu[key], rtol=0, atol=0, msg=key)

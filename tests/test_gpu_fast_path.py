@@ -16,6 +16,7 @@ from losslab.core.data.device_data import DeviceBatchLoader, DeviceSamples
 from losslab.core.device import upload
 from losslab.core.plugin.host_sync import DEVICE, autocast_allowed_on_meta, host_round_trips, loss_host_round_trips
 from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.builder import optimizer_for, scheduler_for
 from losslab.core.train.trainer import Trainer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -46,17 +47,18 @@ def meta_autocast():
 
 
 def _on_meta(trainer: Trainer) -> Trainer:
-    """Move a CPU-built trainer to the meta device, as the trainer itself moves to CUDA (data composed there)."""
-    trainer.device = DEVICE
-    trainer.model.to(DEVICE)
-    trainer.forward = trainer.model
-    trainer.objective.to(DEVICE)
-    trainer.metrics = {name: metric.to(DEVICE) for name, metric in trainer.metrics.items()}
-    trainer.optimizer = trainer._build_optimizer()
-    trainer.scheduler = trainer._build_scheduler(100)
-    samples = DeviceSamples(trainer.samples, DEVICE)
-    trainer.train_batches = DeviceBatchLoader(samples, trainer.train_loader)
-    trainer.val_batches = DeviceBatchLoader(samples, trainer.val_loader)
+    """Move a CPU-built trainer's parts to the meta device, as the builder puts them on CUDA (data composed there)."""
+    parts = trainer.parts
+    parts.device = DEVICE
+    parts.model.to(DEVICE)
+    parts.forward = parts.model
+    parts.objective.to(DEVICE)
+    parts.metrics = {name: metric.to(DEVICE) for name, metric in parts.metrics.items()}
+    parts.optimizer = optimizer_for(parts.cfg.train, parts.model)
+    parts.scheduler = scheduler_for(parts.cfg.train, parts.optimizer, 100)
+    samples = DeviceSamples(parts.samples, DEVICE)
+    parts.train_batches = DeviceBatchLoader(samples, parts.train_loader)
+    parts.val_batches = DeviceBatchLoader(samples, parts.val_loader)
     return trainer
 
 
@@ -87,8 +89,8 @@ def test_a_training_step_never_waits_for_the_device(catalog, tmp_path, meta_auto
     (Photometric noise draws from a device generator, which meta has not: the CUDA test covers it.)
     """
     trainer = _trainer(catalog, tmp_path)
-    trainer.precision = type(trainer.precision)(None, False, True)  # channels_last, as on CUDA
-    batches = iter(trainer.train_batches)
+    trainer.parts.precision = type(trainer.parts.precision)(None, False, True)  # channels_last, as on CUDA
+    batches = iter(trainer.parts.train_batches)
     with host_round_trips():  # the first step checks outputs and builds cached operators, once
         trainer.train_step(next(batches), check=False)
     with host_round_trips() as audit:
@@ -100,7 +102,7 @@ def test_a_training_step_never_waits_for_the_device(catalog, tmp_path, meta_auto
 
 def test_the_checked_steps_are_the_only_ones_that_read_back(catalog, tmp_path, meta_autocast):
     trainer = _trainer(catalog, tmp_path)
-    batches = iter(trainer.train_batches)
+    batches = iter(trainer.parts.train_batches)
     with host_round_trips():
         trainer.train_step(next(batches), check=False)
     with host_round_trips() as audit:
@@ -123,7 +125,7 @@ def test_evaluation_reads_back_once_however_many_batches(catalog, tmp_path, meta
 def test_materialized_batches_go_up_without_blocking(catalog, tmp_path):
     """Data that is not virtual is composed on the host and queued to the device from pinned memory."""
     trainer = _trainer(catalog, tmp_path)
-    loader = trainer.train_loader
+    loader = trainer.parts.train_loader
     loader.device = DEVICE
     with host_round_trips() as audit:
         batch = next(iter(loader))
@@ -184,7 +186,7 @@ def test_cuda_training_steps_do_not_synchronise(catalog, tmp_path):
     noisy = {**STEP, "augment": [{"name": "geometric"}, {"name": "photometric", "params": {"noise_std": 0.02}}]}
     (cfg,) = resolve_variants(noisy, ["train.device=cuda"], catalog)
     trainer = Trainer(cfg, 0, catalog, tmp_path)
-    batches = iter(trainer.train_batches)
+    batches = iter(trainer.parts.train_batches)
     trainer.train_step(next(batches), check=False)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -210,7 +212,7 @@ def test_compiled_training_matches_eager_and_saves_plain_weights(catalog, tmp_pa
     assert eager.keys() == compiled.keys()
     for key in eager:
         assert compiled[key] == pytest.approx(eager[key], rel=2e-3, abs=1e-4), key
-    state = torch.load(results["true"].best_checkpoint, weights_only=False)["model"]
+    state = torch.load(results["true"].best_checkpoint, weights_only=True)["model"]
     fresh = catalog.get("architecture", "unet").create(**TINY["model"]["params"])
     fresh.load_state_dict(state)  # strict: every key is the plain module's
 

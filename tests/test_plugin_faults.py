@@ -310,10 +310,10 @@ def test_infinite_total_from_finite_terms_is_not_let_through() -> None:
 
 def test_loss_listed_under_the_wrong_task_and_unbuildable_params_name_the_plugin() -> None:
     catalog = faulty_catalog()
-    with pytest.raises(LossFault, match=re.escape("loss 'mask-only' from plugin 'faulty' (faulty-dist) is a "
+    with pytest.raises(LossFault, match=re.escape("loss 'mask-only' from plugin 'faulty' (faulty-dist 0.7) is a "
                                                   "mask loss but is listed under loss.depth")):
         Objective(LossSpec(mask=[], depth=[LossTermSpec(name="mask-only")]), catalog)
-    unbuildable = r"could not build 'needs-param'.*plugin 'faulty' \(faulty-dist\).*alpha"
+    unbuildable = r"loss.depth: could not build 'needs-param'.*plugin 'faulty' \(faulty-dist 0.7\).*alpha"
     with pytest.raises(LossFault, match=unbuildable):
         Objective(LossSpec(mask=[], depth=[LossTermSpec(name="needs-param")]), catalog)
 

@@ -32,8 +32,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from losslab.core.data.formats import DatasetError
 from losslab.core.data import formats
+from losslab.core.data.formats import DatasetError
 from losslab.core.data.generate.layouts import sample_stem
 from losslab.core.data.generate.resume import DATASET_FILE, MANIFEST, PROGRESS_DIR, RECIPES_FILE
 from losslab.core.data.generate.shards import RECIPE_FIELDS, SHARD_DIR, SHARD_FORMAT

@@ -7,6 +7,7 @@ millimetres (the dataset's unit, ``geometry.DEPTH_PNG_UNITS_PER_METRE``).
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,40 +25,64 @@ class PredictError(Exception):
 
 
 def load_checkpoint(checkpoint: Path | None, run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
-    if run_id is not None:
-        from losslab.core.experiment.tracking import Tracker
+    """The checkpoint's dict, loaded with ``weights_only=True`` (a pickle payload is refused, never run).
 
-        tracker = Tracker(tracking_uri)
-        tmp = Path(tempfile.mkdtemp(prefix="lab-predict-"))
+    With ``run_id`` the run's ``checkpoints/best.pt`` is downloaded into a temporary
+    folder that is removed again on every path, failures included.
+    """
+    from losslab.core.train.checkpoint import CheckpointError, load
+
+    if run_id is None:
+        if checkpoint is None:
+            raise PredictError("pass --checkpoint PATH or --run RUN_ID")
         try:
-            checkpoint = tracker.download(run_id, "checkpoints/best.pt", tmp)
+            return load(Path(checkpoint))
+        except CheckpointError as exc:
+            raise PredictError(str(exc)) from None
+    from losslab.core.experiment.tracking import Tracker
+
+    tracker = Tracker(tracking_uri)
+    tmp = Path(tempfile.mkdtemp(prefix="lab-predict-"))
+    try:
+        try:
+            downloaded = tracker.download(run_id, "checkpoints/best.pt", tmp)
         except Exception as exc:
             raise PredictError(f"run {run_id} in {tracker.uri} has no checkpoints/best.pt artifact "
                                f"({type(exc).__name__}); pass a child run id of `lab run`") from None
-    assert checkpoint is not None
-    if not Path(checkpoint).is_file():
-        raise PredictError(f"checkpoint {checkpoint} does not exist")
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise PredictError(f"{checkpoint} is not a losslab checkpoint ({type(exc).__name__}: {exc})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise PredictError(f"{checkpoint} is not a losslab checkpoint (no model/config inside)")
-    return state
+        try:
+            return load(Path(downloaded))
+        except CheckpointError as exc:
+            raise PredictError(f"checkpoints/best.pt of run {run_id} in {tracker.uri}: {exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 class Predictor:
     """A trained model and the data settings it was trained with."""
 
-    def __init__(self, state: dict[str, Any], device: str = "auto") -> None:
+    def __init__(self, state: dict[str, Any], device: str = "auto", source: str = "checkpoint") -> None:
+        from pydantic import ValidationError
+
         from losslab.core.config import ExperimentConfig
         from losslab.core.device import resolve_device
         from losslab.core.plugin.manager import load_catalog
+        from losslab.core.plugin.registry import RegistryError, create_module
+        from losslab.core.train.checkpoint import CheckpointError, load_weights
 
-        self.cfg = ExperimentConfig.model_validate(state["config"])
+        try:
+            self.cfg = ExperimentConfig.model_validate(state["config"])
+        except ValidationError as exc:
+            raise PredictError(f"{source}: its config is not a valid experiment config for this losslab "
+                               f"({exc.error_count()} error(s), first: {exc.errors()[0]['msg']}); use a "
+                               "checkpoint written by `lab run`") from None
         self.device = resolve_device(device)
-        self.model = load_catalog().create("architecture", self.cfg.model.name, **self.cfg.model.params)
-        self.model.load_state_dict(state["model"])
+        try:
+            component = load_catalog().get("architecture", self.cfg.model.name)
+            self.model = create_module(component, self.cfg.model.params, where=f"{source}: model",
+                                       error=PredictError)
+            load_weights(self.model, state["model"], Path(source), self.cfg.model)
+        except (RegistryError, CheckpointError) as exc:
+            raise PredictError(f"{source}: {exc}" if isinstance(exc, RegistryError) else str(exc)) from None
         self.model.to(self.device).eval()
 
     @torch.no_grad()
@@ -133,7 +158,8 @@ def _pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
 def predict_paths(bg: Path, fg_bg: Path, out: Path, *, run_id: str | None = None, checkpoint: Path | None = None,
                   tracking_uri: str | None = None, device: str = "auto") -> list[tuple[Path, Path]]:
     pairs = _pairs(Path(bg), Path(fg_bg))
-    predictor = Predictor(load_checkpoint(checkpoint, run_id, tracking_uri), device)
+    source = str(checkpoint) if run_id is None else f"checkpoints/best.pt of run {run_id}"
+    predictor = Predictor(load_checkpoint(checkpoint, run_id, tracking_uri), device, source)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for bg_path, fg_bg_path in pairs:

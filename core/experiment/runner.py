@@ -51,6 +51,7 @@ class ChildResult:
     metrics: dict[str, float]
     status: str = "finished"
     error: str = ""
+    resumable: bool = False  # failed on its checkpoint: fixing the file and --resume continues the study
 
 
 @dataclass
@@ -273,8 +274,9 @@ def run_experiment(
         from losslab.reports.build import report_at_end
 
         result.report = report_at_end(parent_id, root / "report", tracker.uri, echo)
-    tracker.end_run(parent_id, "FAILED" if result.failed and len(result.failed) == len(result.children)
-                    else "FINISHED")
+    # FAILED (so --resume finds the parent again) when every child failed, or one failed on its checkpoint
+    stuck = len(result.failed) == len(result.children) or any(c.resumable for c in result.failed)
+    tracker.end_run(parent_id, "FAILED" if result.failed and stuck else "FINISHED")
     return result
 
 
@@ -283,7 +285,9 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     from losslab.core.data.formats import DatasetError
     from losslab.core.data.sources import SourceError
     from losslab.core.experiment.visualize import save_prediction_grid
-    from losslab.core.train.trainer import Trainer, TrainingError  # torch-heavy: loaded when a run starts
+
+    # torch-heavy: loaded when a run starts
+    from losslab.core.train.trainer import CheckpointError, Trainer, TrainingError
 
     label = f"{cfg.variant}-s{seed}"
     if existing is not None and existing.status == "FINISHED":
@@ -311,7 +315,8 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
         echo(f"losslab: {label} failed: {message}")
         tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": message[:5000]})
         tracker.end_run(run_id, "FAILED")
-        return ChildResult(cfg.variant, seed, run_id, {}, status="failed", error=message)
+        return ChildResult(cfg.variant, seed, run_id, {}, status="failed", error=message,
+                           resumable=isinstance(exc, CheckpointError))
     except Exception as exc:  # unexpected: the run is still ended as FAILED before the error goes up
         _fail_run(tracker, run_id, exc)
         raise

@@ -44,6 +44,35 @@ class Component:
         """Build the component with its config params."""
         return self.factory(**params)
 
+    @property
+    def origin(self) -> str:
+        """Who provides it, for messages: ``plugin 'name' (distribution version)``."""
+        version = f" {self.version}" if self.version else ""
+        return f"plugin {self.plugin!r} ({self.distribution}{version})"
+
+
+def create_module(component: Component, params: dict[str, Any], *, where: str,
+                  error: type[Exception] = RuntimeError, hint: str = "") -> Any:
+    """Build ``component`` with ``params`` and check that it is a ``torch.nn.Module``.
+
+    The one place where the engine turns a config's component into a network part
+    (architecture, loss term, metric): a factory that raises, or returns something
+    else than a module, is reported as ``error`` naming ``where`` (the config key),
+    the component and the plugin that registered it. ``hint`` ends the wrong-type
+    message (what to return instead).
+    """
+    from torch import nn  # lazy: `lab plugins` lists components without importing torch
+
+    try:
+        built = component.create(**params)
+    except Exception as exc:
+        raise error(f"{where}: could not build {component.name!r} with params {params} "
+                    f"from {component.origin}: {exc}") from exc
+    if not isinstance(built, nn.Module):
+        raise error(f"{where}: {component.kind} {component.name!r} from {component.origin} built a "
+                    f"{type(built).__name__}, not a torch.nn.Module{hint}")
+    return built
+
 
 class Registry:
     """All components of one kind; handed to ``lab_register_<kind>`` hooks.

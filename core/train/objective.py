@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from losslab.core.config import LossSpec, LossTermSpec
-from losslab.core.plugin.registry import Catalog, Component
+from losslab.core.plugin.registry import Catalog, Component, create_module
 
 
 class LossFault(RuntimeError):
@@ -32,9 +32,7 @@ class Term:
 
     @property
     def origin(self) -> str:
-        c = self.component
-        version = f" {c.version}" if c.version else ""
-        return f"plugin {c.plugin!r} ({c.distribution}{version})"
+        return self.component.origin
 
 
 class Objective(nn.Module):
@@ -49,19 +47,9 @@ class Objective(nn.Module):
             term_spec: LossTermSpec
             for term_spec in getattr(spec, task):
                 component = catalog.get("loss", term_spec.name)
-                origin = f"plugin {component.plugin!r} ({component.distribution})"
-                try:
-                    module = component.create(**term_spec.params)
-                except Exception as exc:
-                    raise LossFault(
-                        f"loss.{task}: could not build {term_spec.name!r} with params {term_spec.params} "
-                        f"from {origin}: {exc}"
-                    ) from exc
-                if not isinstance(module, nn.Module):
-                    raise LossFault(
-                        f"loss {term_spec.name!r} from {origin} "
-                        f"built a {type(module).__name__}, not a torch.nn.Module; return a losslab.core.Loss"
-                    )
+                origin = component.origin
+                module = create_module(component, term_spec.params, where=f"loss.{task}", error=LossFault,
+                                       hint="; return a losslab.core.Loss")
                 declared_task = getattr(module, "task", component.meta.get("task", task))
                 if declared_task != task:
                     raise LossFault(

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from losslab.core.data.batch_compositor import BatchCompositor, Rect
 from losslab.core.data import formats
+from losslab.core.data.batch_compositor import BatchCompositor, Rect
 from losslab.core.data.generate.resume import STAGING_DIR
 from losslab.core.data.jpeg import BandEncoder
 from losslab.core.data.recipes import Recipe

@@ -49,8 +49,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from losslab.core.data.batch_compositor import Rect
 from losslab.core.data import formats
+from losslab.core.data.batch_compositor import Rect
 from losslab.core.data.generate.layouts import Producer, manifest_line
 from losslab.core.data.recipes import Recipe
 
