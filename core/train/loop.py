@@ -178,6 +178,7 @@ class TrainLoop:
 
     def fit(self) -> TrainResult:
         """Every remaining epoch (all of them, unless a callback restored a checkpoint in ``before_fit``)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         try:
             for callback in self.callbacks:
