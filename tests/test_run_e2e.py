@@ -269,3 +269,67 @@ def test_training_reads_a_materialized_dataset(tmp_path, tracking_uri, layout):
     assert rows[0].startswith("index,bg,fg,flip,row,col,") and len(rows) > 1
     held_out = {int(line.split(",")[1]) for line in rows[1:]}
     assert len(held_out) == 1  # one of the 4 bgs, never seen in training
+
+
+def _nan_catalog():
+    """A plugin with a loss and a metric that are finite in training and NaN on the held-out images."""
+    import torch
+
+    from losslab.core.plugin.contracts import Loss
+
+    class EvalNaNLoss(Loss):
+        task = "depth"
+        input_kind = "depth"
+
+        def forward(self, pred, target):
+            value = (pred - target).abs().mean()
+            return value if torch.is_grad_enabled() else value * float("nan")  # evaluation runs under no_grad
+
+    class NaNMetric(torch.nn.Module):
+        def forward(self, pred, target):
+            return torch.full((pred.shape[0],), float("nan"), device=pred.device)
+
+    @hookimpl
+    def lab_register_losses(registry):
+        registry.add("evalnan", EvalNaNLoss, task="depth")
+
+    @hookimpl
+    def lab_register_metrics(registry):
+        registry.add("nanmetric", NaNMetric, task="depth")
+
+    class EP:
+        name = "nanplug"
+        dist = types.SimpleNamespace(name="nan-dist", version="9")
+
+        def load(self):
+            return types.SimpleNamespace(lab_register_losses=lab_register_losses,
+                                         lab_register_metrics=lab_register_metrics)
+
+    return load_catalog(entry_points=[EP()])
+
+
+def test_a_loss_nan_only_in_validation_fails_the_run_naming_term_and_plugin(tmp_path, tracking_uri):
+    from losslab.core.experiment.runner import run_experiment
+
+    catalog = _nan_catalog()
+    exp = write_experiment(tmp_path / "n.yaml", train={"epochs": 1},
+                           loss={"mask": [{"name": "bce"}], "depth": [{"name": "evalnan"}]})
+    configs = load_experiment(exp, None, catalog)
+    result = run_experiment(configs=configs, tracking_uri=tracking_uri, runs_dir=tmp_path / "runs", report=False,
+                            catalog=catalog, echo=lambda m: None)
+    (child,) = result.children
+    assert child.status == "failed" and result.winner is None and result.table == "no run finished"
+    assert "validation loss term depth/evalnan from plugin 'nanplug' (nan-dist 9) is nan at epoch 0" in child.error
+    run = _client(tracking_uri).get_run(child.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["losslab.status"] == "failed"
+    assert "best/val/loss" not in run.data.metrics
+
+
+def test_a_metric_nan_in_validation_fails_the_run_naming_metric_and_plugin(tmp_path):
+    catalog = _nan_catalog()
+    cfg = load_experiment(write_experiment(tmp_path / "m.yaml", train={"epochs": 1},
+                                           metrics={"mask": ["iou"], "depth": ["nanmetric"]}), None, catalog)[0]
+    with pytest.raises(TrainingError, match=r"validation metric depth_nanmetric \(metric 'nanmetric' from plugin "
+                                            r"'nanplug' \(nan-dist 9\)\) is not finite at epoch 0"):
+        Trainer(cfg, 0, catalog, tmp_path / "run").fit()
+    assert not (tmp_path / "run" / "best.pt").exists()  # nothing that could be mistaken for a result

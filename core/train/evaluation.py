@@ -62,7 +62,7 @@ def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[s
     result = {f"val/{k}": v / max(count, 1) for k, v in totals.items()}
     for name in parts.metrics:
         column = np.array([r[name] for r in rows], dtype=np.float64)
-        result[f"val/{name}"] = float(np.nanmean(column)) if len(column) else float("nan")
+        result[f"val/{name}"] = float(np.nanmean(column)) if (~np.isnan(column)).any() else float("nan")
     samples = {k: np.concatenate(v) for k, v in samples_kept.items()}
     return result, rows, samples
 

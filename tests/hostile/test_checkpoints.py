@@ -199,7 +199,7 @@ def test_the_checkpoint_holds_plain_types_only(trained):
 
 
 def test_predict_with_a_config_that_does_not_match_the_weights_says_so(trained, tmp_path):
-    cfg, good = trained
+    _, good = trained
     state = torch.load(good, weights_only=True)
     state["config"]["model"]["params"]["base_channels"] = 8  # the weights are for 4
     edited = tmp_path / "edited.pt"
