@@ -2,7 +2,7 @@
 
 Full step: the next batch from the trainer's own loader (composed from recipes
 by the virtual dataset, resized, moved to the device), then
-``Trainer.train_step``: the configured augmentations, forward, every loss
+``TrainLoop.run_step`` (through ``Trainer.train_step``): the configured augmentations, forward, every loss
 term with its checks, backward, optimizer and scheduler step, and the
 per-term accumulation ``train_epoch`` does for logging. Bare step: the same
 model's forward, a trivial loss, backward and optimizer step on one batch

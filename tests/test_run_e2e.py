@@ -169,9 +169,9 @@ def test_resume_continues_where_it_stopped_and_matches_an_uninterrupted_run(tmp_
         Trainer(cfg, 0, catalog, tmp_path / "cut").fit(on_epoch=stop_after_first)
     resumed = Trainer(cfg, 0, catalog, tmp_path / "cut").fit(resume=True).history
     assert [h["epoch"] for h in resumed] == [0, 1, 2]
-    for a, b in zip(straight, resumed, strict=True):
-        assert a["val/loss"] == pytest.approx(b["val/loss"], rel=1e-6)
-        assert a["train/loss"] == pytest.approx(b["train/loss"], rel=1e-6)
+    for a, b in zip(straight, resumed, strict=True):  # bit for bit: every random state is in last.pt
+        assert {k: v for k, v in a.items() if not k.startswith(("time/", "perf/"))} == {
+            k: v for k, v in b.items() if not k.startswith(("time/", "perf/"))}
 
 
 def test_cli_resume_skips_finished_children(tmp_path, tracking_uri):

@@ -30,15 +30,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from losslab.core.train import checkpoint, distributed
+from losslab.core.train.builder import Parts
 from losslab.core.train.errors import CheckpointError
-
-if TYPE_CHECKING:
-    from losslab.core.train.loop import TrainLoop
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 
@@ -68,6 +66,20 @@ class EpochEnd:
     improved: bool
     rows: list[dict[str, Any]] = field(default_factory=list)
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class TrainLoop(Protocol):
+    """What a callback sees of the loop (``loop.TrainLoop``); a protocol, so this module does not import the loop."""
+
+    parts: Parts
+    run_dir: Path
+
+    @property
+    def state(self) -> Any: ...  # loop.LoopState: epoch, step, best_*, history
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def load_checkpoint_state(self, state: dict[str, Any], path: Path) -> None: ...
 
 
 class Callback:

@@ -6,7 +6,7 @@ Here the step runs on *fake* tensors (``torch._subclasses.fake_tensor.FakeTensor
 strides, no storage), so a step that would need 30 GiB takes a second and no memory, and PyTorch's own
 ``MemTracker`` (``torch.distributed._tools.mem_tracker``) counts the bytes every tensor would hold, by kind
 (parameters, buffers, gradients, optimizer state, activations, backward temporaries, the batch), and the peak
-of their sum. The step is the trainer's (``Trainer.train_step``): ``cat([bg, fg_bg])`` in channels_last, the
+of their sum. The step is the trainer's (``TrainLoop.run_step``): ``cat([bg, fg_bg])`` in channels_last, the
 forward under autocast, every loss term, ``zero_grad``, backward, the optimizer step; it is traced in steady
 state: the optimizer state exists and the previous step's gradients are still held during the forward, as in
 the trainer, which frees them only after the loss.
@@ -269,7 +269,7 @@ def _trace(net: nn.Module, objective: Callable[..., Any], optimizer: Optimizer, 
         tracker.track_external(net, opt, *data.values())
         try:
             with tracker:
-                # Trainer.train_step on a loaded batch (augmentation aside): _inputs, _run_model, objective, ...
+                # TrainLoop.run_step on a loaded batch (augmentation aside): model_inputs, run_model, objective, ...
                 x = torch.cat([data["bg"], data["fg_bg"]], dim=1)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
