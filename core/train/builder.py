@@ -76,7 +76,7 @@ def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
     forward = wrap_model(model, train, device, dist)
     objective = Objective(cfg.loss, catalog).to(device)
     batch_size = _batch_size(cfg, model, objective, precision, device, dist)
-    common = dict(image_size=cfg.data.image_size, max_depth=cfg.data.max_depth, device=device,
+    common: dict[str, Any] = dict(image_size=cfg.data.image_size, max_depth=cfg.data.max_depth, device=device,
                   rank=dist.rank, world_size=dist.world_size)
     train_loader = BatchLoader(samples, train_idx, batch_size=batch_size, shuffle=True, seed=seed,
                                limit=cfg.data.train_limit, drop_last=True, **common)

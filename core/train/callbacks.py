@@ -159,7 +159,7 @@ class EvalArtifacts(Callback):
             os.replace(tmp, self.run_dir / "val_per_image.csv")
         if end.samples:
             tmp = self.run_dir / "val_samples.tmp.npz"
-            np.savez_compressed(tmp, **end.samples)
+            np.savez_compressed(tmp, **end.samples)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays
             os.replace(tmp, self.run_dir / "val_samples.npz")
 
 

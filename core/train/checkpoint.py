@@ -95,7 +95,7 @@ def load_weights(model: nn.Module, weights: dict[str, Any], path: Path, model_sp
 
 def rng_state() -> dict[str, Any]:
     """Every global random state: torch (CPU and each CUDA device), numpy, python ``random``."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     version, internal, gauss_next = random.getstate()
     return {
         "torch": torch.get_rng_state(),
