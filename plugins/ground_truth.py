@@ -11,21 +11,25 @@ output, or None. Writers use it to encode a repeated mask or depth once (the
 documented grid repeats every fg placement on every bg); a producer without
 it, or returning None, is simply recomputed each time. It may define
 ``check()``, which ``lab data generate`` calls once before any work (the model
-depth loads its network there, so a wrong file fails at once).
+depth loads its network there, so a wrong file fails at once), and
+``check_sources(sources, bg_ids)``, called once the sources are known, to
+refuse what it cannot do with them (geometry depth on photos whose geometry
+nobody stated). A producer that fits something per bg may define
+``drain_records(bgs)`` (JSON rows kept in ``dataset.json``).
 """
 
 from __future__ import annotations
 
-import warnings
 from collections import OrderedDict
 from collections.abc import Hashable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
 import cv2
 import numpy as np
 
-from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data.geometry import GeometryUnknown, SceneGeometry
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import Sources
 from losslab.core.plugin.markers import hookimpl
@@ -75,25 +79,85 @@ class DiffMask:
         return (gray > self.threshold).astype(np.uint8)
 
 
+#: What to tell a user whose bgs are photos of unknown geometry (``{what}`` names the producer).
+GEOMETRY_CHOICES = (
+    "a photo's camera cannot be guessed, so choose one of:\n"
+    "  - state it for every bg: --depth-param horizon=0.45 --depth-param camera_height=1.6 (horizon: the "
+    "horizon's row as a fraction of the height from the top; camera height in metres; in a config: "
+    "data.ground_truth.depth.params)\n"
+    "  - state it per bg in a sidecar next to each photo, e.g. {example}: "
+    '{{"horizon": 0.45, "camera_height": 1.6}}\n'
+    "  - use a depth model: --depth model --depth-param path=DIR (a local Depth Anything, DPT, GLPN, ZoeDepth or "
+    "MiDaS; see docs/data.md, 'Depth models')"
+)
+
+
+def _unknown_bgs(sources: Sources, bg_ids: Sequence[int], known: Any) -> list[GeometryUnknown]:
+    out = []
+    for b in bg_ids:
+        try:
+            known(sources, b)
+        except GeometryUnknown as exc:
+            out.append(exc)
+    return out
+
+
+def _geometry_message(what: str, unknown: list[GeometryUnknown], total: int) -> str:
+    first = str(unknown[0]).split(":")[0]
+    example = Path(first).with_suffix(".geometry.json").name if first else "photo.geometry.json"
+    return (f"{what}: {len(unknown)} of {total} bg(s) are photos with no stated geometry (first: {unknown[0]}); "
+            + GEOMETRY_CHOICES.format(example=example))
+
+
+def stated_geometry(sources: Sources, bg: int, overrides: dict[str, float]) -> SceneGeometry:
+    """The bg's geometry with ``overrides`` on top; a photo needs horizon and camera_height from one of the two.
+
+    Raises :class:`GeometryUnknown` when neither the source nor the overrides state them.
+    """
+    try:
+        geo = sources.geometry(bg)
+    except GeometryUnknown as exc:
+        if "horizon" not in overrides or "camera_height" not in overrides:
+            raise
+        geo = exc.defaults
+    return replace(geo, **overrides) if overrides else geo
+
+
 class GroundPlaneDepth:
     """Camera-geometry depth: the bg's ground plane (then wall or sky), each fg at its base row's depth.
 
-    ``horizon`` and ``camera_height`` override the source's geometry when given
-    (for real photos, whose geometry the source cannot know).
+    ``horizon`` and ``camera_height`` (and ``focal``, ``far``) override the
+    source's geometry when given. A photo (a folder source) has no geometry of
+    its own: it needs both stated here, or in its sidecar file
+    (``<bg>.geometry.json``, see :mod:`losslab.core.data.scene_files`);
+    otherwise :meth:`check_sources` refuses it and names the choices.
     """
 
     target: ClassVar[str] = "depth"
 
     def __init__(self, horizon: float | None = None, camera_height: float | None = None,
-                 far: float | None = None, threshold: float = 0.5) -> None:
-        given = {"horizon": horizon, "camera_height": camera_height, "far": far}
-        self.overrides = {k: v for k, v in given.items() if v is not None}
+                 far: float | None = None, focal: float | None = None, threshold: float = 0.5) -> None:
+        given = {"horizon": horizon, "camera_height": camera_height, "far": far, "focal": focal}
+        self.overrides = {k: float(v) for k, v in given.items() if v is not None}
+        if horizon is not None and not 0.0 < horizon < 1.0:
+            raise ValueError(f"ground-plane depth: horizon must be a fraction of the height in (0, 1), got {horizon}")
+        for key in ("camera_height", "far", "focal"):
+            if key in self.overrides and self.overrides[key] <= 0:
+                raise ValueError(f"ground-plane depth: {key} must be positive, got {self.overrides[key]}")
         self.threshold = threshold
         self._bg_depth: dict[tuple[int, int, int], np.ndarray] = {}
 
     def geometry(self, sources: Sources, bg: int) -> SceneGeometry:
-        geo = sources.geometry(bg)
-        return SceneGeometry(**{**geo.__dict__, **self.overrides}) if self.overrides else geo
+        try:
+            return stated_geometry(sources, bg, self.overrides)
+        except GeometryUnknown as exc:
+            raise ValueError(_geometry_message("ground-plane depth", [exc], 1)) from None
+
+    def check_sources(self, sources: Sources, bg_ids: Sequence[int]) -> None:
+        """Refuse, before any work, bgs whose geometry nobody stated (photos), naming what to choose."""
+        unknown = _unknown_bgs(sources, bg_ids, lambda s, b: stated_geometry(s, b, self.overrides))
+        if unknown:
+            raise ValueError(_geometry_message("ground-plane depth", unknown, len(bg_ids)))
 
     def __call__(self, composed: Composed, recipes: Sequence[Recipe], sources: Sources) -> np.ndarray:
         n, h, w = composed["alpha"].shape
@@ -126,19 +190,37 @@ class LayerDepth:
 
     ``depths`` gives the depth (metres) of rows 0..n-1; by default row ``r`` is
     at ``near * step**r``. Free placements (row -1), which have no
-    row, use row 0's depth.
+    row, use row 0's depth. The bg is at ``background`` metres (20 by default
+    for the synthetic scenes); for photos, whose depth nobody knows, it must
+    be stated (:meth:`check_sources`).
     """
 
     target: ClassVar[str] = "depth"
 
     def __init__(self, depths: Sequence[float] | None = None, near: float = 2.5, step: float = 1.25,
-                 background: float = 20.0, rows: int = 4, threshold: float = 0.5) -> None:
+                 background: float | None = None, rows: int = 4, threshold: float = 0.5) -> None:
         self.depths = list(depths) if depths is not None else [near * step**r for r in range(rows)]
+        self.background_stated = background is not None
+        background = 20.0 if background is None else background
         if any(d <= 0 for d in self.depths) or background <= 0:
             raise ValueError(
                 f"layer depth: depths must be positive metres, got {self.depths} and {background}"
             )
         self.background, self.threshold = background, threshold
+
+    def check_sources(self, sources: Sources, bg_ids: Sequence[int]) -> None:
+        """Photos need the bg's layer stated: its 20 m default was made for the synthetic scenes."""
+        if self.background_stated:
+            return
+        unknown = _unknown_bgs(sources, bg_ids, lambda s, b: s.geometry(b))
+        if unknown:
+            raise ValueError(
+                f"layers depth: {len(unknown)} of {len(bg_ids)} bg(s) are photos (first: {unknown[0]}), whose depth "
+                "is unknown; state the bg layer's depth with --depth-param background=METRES, or choose a "
+                "depth that knows the scene: --depth ground-plane with a stated horizon and camera_height (or "
+                "a <bg>.geometry.json sidecar per photo), or --depth model --depth-param path=DIR (a local "
+                "monocular depth model; see docs/data.md, 'Depth models')"
+            )
 
     def __call__(self, composed: Composed, recipes: Sequence[Recipe], sources: Sources) -> np.ndarray:
         n, h, w = composed["alpha"].shape
@@ -160,54 +242,87 @@ class LayerDepth:
         return ("layers", recipe.row, self.threshold, recipe.fg, recipe.flip, recipe.size, recipe.x, recipe.y)
 
 
+ALIGN_METHODS = ("auto", "ground", "anchors", "none")
+
+
 class ModelDepth:
-    """Depth from a monocular depth network loaded from a local file.
+    """Depth from a monocular depth network loaded from local files, made metric per bg.
 
-    The file is a TorchScript archive (``torch.jit.script(net).save(path)``),
-    an exported program (``torch.export.save``, a ``.pt2`` file; export it with
-    dynamic height and width, or set ``input_size`` to the size it was
-    exported at), or, with ``architecture`` set to a registered architecture
-    name (and its ``arch_params``), a state dict saved with ``torch.save`` (a
-    losslab checkpoint, whose weights sit under ``"model"``, works as is).
+    ``path`` is a folder holding a Hugging Face transformers depth model (Depth
+    Anything V1/V2, DPT, GLPN, ZoeDepth; ``config.json``, weights and
+    ``preprocessor_config.json``), a torch.hub folder (``hubconf.py``, with the
+    entry point ``name`` and its ``hub_params``; e.g. MiDaS, its weights in
+    ``weights`` or ``<path>/checkpoints``), or a file: TorchScript
+    (``torch.jit.script(net).save(path)``), an exported program (``.pt2``;
+    export it with dynamic height and width, or set ``input_size``), or, with
+    ``architecture`` set to a registered architecture name (and its
+    ``arch_params``), a state dict (a losslab checkpoint works as is). Nothing
+    is downloaded (:mod:`losslab.plugins.depth_models`).
 
-    By default the network runs once per bg (cached, at most ``cache`` bgs),
-    and each fg is composited at its ground depth: the fg's pixels (alpha at
-    least ``threshold``) take the median bg depth along the fg's lowest row,
-    where it stands on the ground. ``per_sample=True`` runs the network on
-    every fg_bg instead, as the original recipe did (slow; one image per call,
-    so that a sample's depth never depends on the batch it was made in).
+    Unit. A network predicts ``output``: ``"inverse"`` (relative inverse depth:
+    Depth Anything, DPT, MiDaS) or ``"depth"`` (metres: GLPN, ZoeDepth); by
+    default what the model says it predicts (``"depth"`` for a file). It
+    becomes metres per bg by ``align``:
 
-    Unit: the network's raw output ``y`` becomes metres by one fixed mapping,
-    the same for every image (never stretched per image):
-    ``scale * y + shift`` for ``output="depth"``, ``1 / (scale * y + shift)``
-    for ``output="inverse"`` (disparity-like networks), clipped to
-    ``[min_depth, max_depth]``. A losslab network predicts depth / max_depth,
-    so use ``scale`` = the experiment's ``data.max_depth`` for it.
+    - ``"ground"``: a least-squares scale and shift (MiDaS's recipe, in the
+      output's space: disparity for ``inverse``) that fits the prediction to
+      the stated ground plane (``horizon``, ``camera_height``, ``focal``,
+      ``far`` here, or the bg's sidecar, or the synthetic scene's own);
+    - ``"anchors"``: the same fit to the anchor depths of the bg's sidecar
+      (at least 2);
+    - ``"none"``: one fixed mapping for every image, ``scale * y + shift`` (or
+      ``1 / (scale * y + shift)`` for ``inverse``) — for a metric network, or
+      a losslab network (which predicts depth / max_depth: ``scale`` = the
+      experiment's ``data.max_depth``);
+    - ``"auto"`` (default): ``"none"`` when ``scale`` or ``shift`` is given or
+      the network is metric; otherwise ``"anchors"`` where the bg has them,
+      else ``"ground"``. A relative network on a photo with neither is refused
+      before any work (:meth:`check_sources`).
 
-    Input: RGB in [0, 1], normalised by ``mean``/``std`` when given, as
-    ``(1, 3, H, W)``; with ``channels=6`` (the default with ``architecture``,
-    since losslab networks take bg and fg_bg stacked) the bg comes first.
-    ``input_size`` resizes the input to a square and the output back
-    (bilinear). The output may be a tensor ``(1, 1, h, w)`` or ``(1, h, w)``,
-    or a dict with a ``"depth"`` entry.
+    Metres are clipped to ``[min_depth, max_depth]``. Each fit's residual is
+    kept (:meth:`drain_records`) and written to ``dataset.json``, where ``lab
+    data stats`` reports it.
+
+    By default the network runs once per bg (``batch`` bgs per forward pass;
+    cached, at most ``cache`` bgs), and each fg is composited at its ground
+    depth: the fg's pixels (alpha at least ``threshold``) take the median bg
+    depth along the fg's lowest row, where it stands on the ground.
+    ``per_sample=True`` runs the network on every fg_bg instead, as the
+    original work did (slow), each aligned on its own: the ground or anchors
+    not hidden by the fg.
+
+    Input of file and hub networks: RGB in [0, 1], normalised by
+    ``mean``/``std`` when given, as ``(N, 3, H, W)``; with ``channels=6`` (the
+    default with ``architecture``, since losslab networks take bg and fg_bg
+    stacked) the bg comes first. ``input_size`` resizes the input to a square
+    and the output back (bilinear). A transformers model uses its own image
+    processor instead.
     """
 
     target: ClassVar[str] = "depth"
 
     def __init__(
         self, path: str, architecture: str | None = None, arch_params: dict[str, Any] | None = None,
-        output: str = "depth", scale: float = 1.0, shift: float = 0.0, min_depth: float = 0.0,
-        max_depth: float = 65.535, channels: int | None = None, mean: Sequence[float] | None = None,
-        std: Sequence[float] | None = None, input_size: int | None = None, per_sample: bool = False,
-        threshold: float = 0.5, device: str = "cpu", cache: int = 256,
+        output: str | None = None, scale: float | None = None, shift: float | None = None,
+        min_depth: float = 0.0, max_depth: float = 65.535, channels: int | None = None,
+        mean: Sequence[float] | None = None, std: Sequence[float] | None = None, input_size: int | None = None,
+        per_sample: bool = False, threshold: float = 0.5, device: str = "cpu", cache: int = 256,
+        name: str | None = None, hub_params: dict[str, Any] | None = None, weights: str | None = None,
+        align: str = "auto", horizon: float | None = None, camera_height: float | None = None,
+        focal: float | None = None, far: float | None = None, batch: int = 8,
     ) -> None:
         self.path = Path(path).expanduser()
-        if not self.path.is_file():
+        if not self.path.exists():
             raise ValueError(
-                f"model depth: no model file at {self.path}; pass path=<TorchScript or state dict>"
+                f"model depth: no model file at {self.path}; pass path=<a transformers model folder, a torch.hub "
+                "folder, or a TorchScript / state dict file>; nothing is downloaded at run time (docs/data.md, "
+                "'Depth models': e.g. huggingface-cli download depth-anything/Depth-Anything-V2-Small-hf "
+                "--local-dir DIR, once, on a connected machine)"
             )
-        if output not in ("depth", "inverse"):
+        if output not in (None, "depth", "inverse"):
             raise ValueError(f"model depth: output must be 'depth' or 'inverse', got {output!r}")
+        if align not in ALIGN_METHODS:
+            raise ValueError(f"model depth: align must be one of {', '.join(ALIGN_METHODS)}, got {align!r}")
         if scale == 0:
             raise ValueError("model depth: scale must not be 0 (it maps the network's output to metres)")
         if not 0 <= min_depth < max_depth:
@@ -217,146 +332,178 @@ class ModelDepth:
             raise ValueError(f"model depth: channels must be 3 (image) or 6 (bg and image), got {channels}")
         if (mean is None) != (std is None) or (mean is not None and (len(mean) != 3 or len(std or ()) != 3)):
             raise ValueError("model depth: give both mean and std, three values each (RGB), or neither")
+        if batch < 1:
+            raise ValueError(f"model depth: batch must be at least 1, got {batch}")
         self.architecture, self.arch_params = architecture, dict(arch_params or {})
-        self.output, self.scale, self.shift = output, float(scale), float(shift)
+        self.name, self.hub_params, self.weights = name, dict(hub_params or {}), weights
+        self.output, self.align, self.fixed = output, align, scale is not None or shift is not None
+        self.scale = float(scale) if scale is not None else 1.0
+        self.shift = float(shift) if shift is not None else 0.0
         self.min_depth, self.max_depth = float(min_depth), float(max_depth)
         self.channels, self.input_size, self.per_sample = channels, input_size, per_sample
         self.mean = list(mean) if mean is not None else None
         self.std = list(std) if std is not None else None
-        self.threshold, self.device, self.cache_size = threshold, device, cache
+        self.threshold, self.device, self.cache_size, self.batch = threshold, device, cache, batch
+        self.ground = GroundPlaneDepth(horizon=horizon, camera_height=camera_height, focal=focal, far=far)
         self._model: Any = None
         self._bg_depth: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self._fits: dict[int, dict[str, Any]] = {}
+        self._sample_fits: dict[int, list[dict[str, Any]]] = {}
 
     def __getstate__(self) -> dict[str, Any]:  # a pickled copy reloads its own network
         state = dict(self.__dict__)
         state["_model"], state["_bg_depth"] = None, OrderedDict()
+        state["_fits"], state["_sample_fits"] = {}, {}
         return state
 
     # -- the network -----------------------------------------------------------------------------------
 
     def model(self) -> Any:
         if self._model is None:
-            self._model = self._load()
+            from losslab.plugins.depth_models import load_depth_net
+
+            self._model = load_depth_net(
+                self.path, name=self.name, hub_params=self.hub_params, weights=self.weights,
+                architecture=self.architecture, arch_params=self.arch_params, device=self.device,
+                channels=self.channels, mean=self.mean, std=self.std, input_size=self.input_size,
+            )
         return self._model
 
     def check(self) -> None:
         """Load the network once, to fail before any work on a file that is not what it should be."""
-        self._load()
+        self.space()
 
-    def _load(self) -> Any:
-        import torch
-
-        if self.architecture is None and self.path.suffix == ".pt2":
-            try:
-                net = torch.export.load(str(self.path)).module()
-            except Exception as exc:  # any failure means "not an exported program"
-                raise ValueError(
-                    f"model depth: {self.path} cannot be loaded with torch.export.load ({type(exc).__name__}: "
-                    f"{exc}); save it with torch.export.save(torch.export.export(net, args), path)"
-                ) from None
-            return net.to(self.device)
-        if self.architecture is None:
-            try:
-                with warnings.catch_warnings():  # TorchScript is deprecated upstream; the user chose it
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    net = torch.jit.load(str(self.path), map_location="cpu")
-            except Exception as exc:  # torch raises several types for a file that is not an archive
-                raise ValueError(
-                    f"model depth: {self.path} is not a TorchScript archive ({type(exc).__name__}); save the "
-                    "network with torch.jit.script(net).save(path) (or torch.export.save to a .pt2 file), "
-                    "or, for a state dict, also pass architecture=<registered name>"
-                ) from None
-        else:
-            from losslab.core.plugin.manager import load_catalog
-            from losslab.core.plugin.registry import RegistryError
-
-            try:
-                net = load_catalog().create("architecture", self.architecture, **self.arch_params)
-            except RegistryError as exc:
-                raise ValueError(f"model depth: {exc}") from None
-            try:
-                state = torch.load(str(self.path), map_location="cpu", weights_only=True)
-            except Exception as exc:
-                raise ValueError(
-                    f"model depth: {self.path} cannot be read as a state dict ({type(exc).__name__}: {exc}); "
-                    "save it with torch.save(net.state_dict(), path)"
-                ) from None
-            if isinstance(state, dict) and isinstance(state.get("model"), dict):
-                state = state["model"]  # a losslab checkpoint
-            try:
-                net.load_state_dict(state)
-            except (RuntimeError, TypeError, AttributeError) as exc:
-                first = " ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:400]
-                raise ValueError(
-                    f"model depth: the weights in {self.path} do not fit architecture {self.architecture!r} "
-                    f"with params {self.arch_params}: {first}"
-                ) from None
-        return net.eval().to(self.device)
-
-    def predict(self, image: np.ndarray, bg: np.ndarray) -> np.ndarray:
-        """Metres (H, W) float32 for one RGB uint8 image (and its bg, used when ``channels=6``)."""
-        import torch
-        import torch.nn.functional as F
-
-        h, w = image.shape[:2]
-
-        def tensor(img: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)[None].float().div_(255.0)
-            if self.mean is not None and self.std is not None:
-                t = (t - torch.tensor(self.mean).view(1, 3, 1, 1)) / torch.tensor(self.std).view(1, 3, 1, 1)
-            return t
-
-        x = tensor(image) if self.channels == 3 else torch.cat([tensor(bg), tensor(image)], dim=1)
-        if self.input_size:
-            size = (self.input_size, self.input_size)
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        with torch.inference_mode():
-            y = self.model()(x.to(self.device))
-        if isinstance(y, dict):
-            if "depth" not in y:
-                raise ValueError(f"model depth: the network returned a dict without 'depth' ({list(y)})")
-            y = y["depth"]
-        elif isinstance(y, list | tuple):
-            y = y[0]
-        y = y.float().cpu()
-        if y.ndim == 3:
-            y = y[:, None]
-        if y.ndim != 4 or y.shape[0] != 1 or y.shape[1] != 1:
+    def space(self) -> str:
+        """What the network's output is: "inverse" (relative inverse depth) or "depth" (metres)."""
+        space = self.output or self.model().native_output
+        if space not in ("depth", "inverse"):
             raise ValueError(
-                f"model depth: expected an output of shape (1, 1, h, w) or (1, h, w), got {tuple(y.shape)}"
+                f"model depth: cannot tell whether {self.model().description} predicts depth or inverse depth; "
+                "pass output=depth (metres) or output=inverse (relative inverse depth, disparity)"
             )
-        if tuple(y.shape[-2:]) != (h, w):
-            y = F.interpolate(y, size=(h, w), mode="bilinear", align_corners=False)
-        y = y[0, 0].double()
-        if self.output == "depth":
-            depth = self.scale * y + self.shift
+        return space
+
+    def run(self, images: np.ndarray, bgs: np.ndarray | None = None) -> np.ndarray:
+        """The network's raw output (N, H, W) float64 for RGB uint8 images, ``batch`` at a time."""
+        net = self.model()
+        parts = [net(images[i : i + self.batch], None if bgs is None else bgs[i : i + self.batch])
+                 for i in range(0, len(images), self.batch)]
+        return np.concatenate(parts) if parts else np.zeros((0, *images.shape[1:3]))
+
+    # -- alignment --------------------------------------------------------------------------------------
+
+    def method(self, sources: Sources, bg: int) -> str:
+        """How bg ``bg``'s prediction becomes metres (see the class docstring); raises when it cannot."""
+        if self.align == "none" or (self.align == "auto" and (self.fixed or self.space() == "depth")):
+            return "none"
+        anchors = self.anchors(sources, bg)
+        if self.align == "anchors" or (self.align == "auto" and len(anchors) >= 2):
+            if len(anchors) < 2:
+                raise ValueError(f"model depth: align=anchors needs at least 2 anchor depths for bg {bg}, "
+                                 f"found {len(anchors)}; add \"anchors\": [[x, y, metres], ...] to its sidecar")
+            return "anchors"
+        stated_geometry(sources, bg, self.ground.overrides)  # raises GeometryUnknown when nobody stated it
+        return "ground"
+
+    @staticmethod
+    def anchors(sources: Sources, bg: int) -> np.ndarray:
+        of = getattr(sources, "anchors", None)
+        return of(bg) if of is not None else np.zeros((0, 3))
+
+    def check_sources(self, sources: Sources, bg_ids: Sequence[int]) -> None:
+        """Refuse, before any work, a relative network on photos with neither a stated geometry nor anchors."""
+        unknown = _unknown_bgs(sources, bg_ids, self.method)
+        if unknown:
+            raise ValueError(
+                f"model depth: the network predicts relative depth, which needs a known scene to become metres, "
+                f"and {len(unknown)} of {len(bg_ids)} bg(s) have none (first: {unknown[0]}); choose one of:\n"
+                "  - state the ground for every bg: --depth-param horizon=0.45 --depth-param camera_height=1.6\n"
+                "  - a sidecar per photo (<bg>.geometry.json) with horizon and camera_height, or with "
+                "\"anchors\": [[x, y, metres], ...] (at least 2 known depths, pixels of the photo)\n"
+                "  - align=none with a fixed scale (and shift), e.g. for a metric model or output=depth"
+            )
+
+    def to_metres(self, raw: np.ndarray, sources: Sources, bg: int, hidden: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Metres (H, W) float32 for one raw prediction of bg ``bg``'s scene, and the fit's record.
+
+        ``hidden`` marks pixels whose true depth is not the scene's (a pasted
+        fg, in ``per_sample`` mode): they take no part in the fit.
+        """
+        from losslab.plugins.depth_alignment import align, anchor_target, ground_target, to_metres
+
+        method = self.method(sources, bg)
+        space = self.space()
+        if method == "none":
+            return to_metres(raw, self.scale, self.shift, space, self.min_depth, self.max_depth), {"method": "none"}
+        h, w = raw.shape
+        if method == "anchors":
+            depth, mask = anchor_target(self.anchors(sources, bg), h, w)
         else:
-            denom = self.scale * y + self.shift
-            far = torch.full_like(denom, self.max_depth)
-            depth = torch.where(denom > 0, 1.0 / denom.clamp_min(1e-12), far)
-        return depth.clamp(self.min_depth, self.max_depth).float().numpy()
+            depth, mask = ground_target(stated_geometry(sources, bg, self.ground.overrides), h, w)
+        if hidden is not None:
+            mask = mask & ~hidden
+        fit = align(raw, depth, mask, space, method)
+        return to_metres(raw, fit.scale, fit.shift, space, self.min_depth, self.max_depth), fit.to_dict()
+
+    def drain_records(self, bgs: Sequence[int]) -> list[dict[str, Any]]:
+        """The fits made for ``bgs`` since the last call, as JSON rows (one per bg), and forget the per-sample ones.
+
+        Per bg, the row is the bg's fit (``per: "bg"``, identical in every chunk
+        of that bg); per sample, the mean of its samples' fits in this chunk
+        (``per: "sample"``, ``fits`` samples). ``lab data generate`` merges them
+        into ``dataset.json`` (:mod:`losslab.core.data.generate.resume`).
+        """
+        rows = []
+        for bg in sorted(set(bgs)):
+            if self.per_sample:
+                fits = self._sample_fits.pop(bg, [])
+                if fits and fits[0]["method"] != "none":
+                    rows.append(_mean_row(bg, fits))
+            elif bg in self._fits and self._fits[bg]["method"] != "none":
+                rows.append({"bg": bg, "per": "bg", "fits": 1, **self._fits[bg],
+                             "abs_rel_max": self._fits[bg]["abs_rel"]})
+        if self.per_sample:
+            self._sample_fits.clear()
+        return rows
 
     # -- ground truth -----------------------------------------------------------------------------------
 
-    def bg_depth(self, bg_index: int, bg: np.ndarray) -> np.ndarray:
-        key = (bg_index, *bg.shape[:2])
-        hit = self._bg_depth.get(key)
-        if hit is None:
-            hit = self._bg_depth[key] = self.predict(bg, bg)
-            if len(self._bg_depth) > self.cache_size:
-                self._bg_depth.popitem(last=False)
-        else:
-            self._bg_depth.move_to_end(key)
-        return hit
+    def bg_depths(self, bg_indices: Sequence[int], bgs: np.ndarray, sources: Sources) -> list[np.ndarray]:
+        """Metric depth of each bg (cached), predicting the uncached ones in batches."""
+        h, w = bgs.shape[1:3]
+        todo: dict[int, int] = {}
+        for i, b in enumerate(bg_indices):
+            if (b, h, w) not in self._bg_depth and b not in todo:
+                todo[b] = i
+        if todo:
+            images = bgs[list(todo.values())]
+            for b, raw in zip(todo, self.run(images, images), strict=True):
+                metres, record = self.to_metres(raw, sources, b)
+                self._bg_depth[(b, h, w)] = metres
+                self._fits[b] = record
+                while len(self._bg_depth) > max(self.cache_size, len(todo)):
+                    self._bg_depth.popitem(last=False)
+        out = []
+        for b in bg_indices:
+            self._bg_depth.move_to_end((b, h, w))
+            out.append(self._bg_depth[(b, h, w)])
+        return out
 
     def __call__(self, composed: Composed, recipes: Sequence[Recipe], sources: Sources) -> np.ndarray:
         alpha = composed["alpha"]
         out = np.empty(alpha.shape, dtype=np.float32)
-        for i, recipe in enumerate(recipes):
-            if self.per_sample:
-                out[i] = self.predict(composed["fg_bg"][i], composed["bg"][i])
-                continue
-            bg_depth = self.bg_depth(recipe.bg, composed["bg"][i])
+        if not len(recipes):
+            return out
+        if self.per_sample:
+            raws = self.run(composed["fg_bg"], composed["bg"])
+            for i, recipe in enumerate(recipes):
+                out[i], record = self.to_metres(raws[i], sources, recipe.bg, hidden=alpha[i] >= self.threshold)
+                self._sample_fits.setdefault(recipe.bg, []).append(record)
+            return out
+        depths = self.bg_depths([r.bg for r in recipes], composed["bg"], sources)
+        for i in range(len(recipes)):
+            bg_depth = depths[i]
             out[i] = bg_depth
             fg = alpha[i] >= self.threshold
             rows = np.flatnonzero(fg.any(axis=1))
@@ -367,6 +514,17 @@ class ModelDepth:
         return out
 
 
+def _mean_row(bg: int, fits: list[dict[str, Any]]) -> dict[str, Any]:
+    """One record for a bg's per-sample fits: means of scale, shift, rmse and abs_rel; total points; worst abs_rel."""
+    n = len(fits)
+    row: dict[str, Any] = {"bg": bg, "per": "sample", "fits": n, "method": fits[0]["method"]}
+    for key in ("scale", "shift", "rmse", "abs_rel"):
+        row[key] = float(sum(f[key] for f in fits) / n)
+    row["points"] = int(sum(f["points"] for f in fits))
+    row["abs_rel_max"] = float(max(f["abs_rel"] for f in fits))
+    return row
+
+
 @hookimpl
 def lab_register_ground_truth(registry) -> None:
     registry.add("alpha", AlphaMask, summary="mask from the fg's alpha channel (default)", target="mask")
@@ -375,5 +533,6 @@ def lab_register_ground_truth(registry) -> None:
     registry.add("ground-plane", GroundPlaneDepth,
                  summary="camera-geometry depth: ground plane, fg at its base", target="depth")
     registry.add("layers", LayerDepth, summary="documented per-row depth layers", target="depth")
-    registry.add("model", ModelDepth, summary="monocular depth network from a local file, once per bg",
+    registry.add("model", ModelDepth,
+                 summary="monocular depth network from local files (transformers, torch.hub, TorchScript), aligned",
                  target="depth")

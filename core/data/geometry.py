@@ -55,3 +55,24 @@ class SceneGeometry:
             depth = np.where(rows > 0, self.camera_height * self.focal_px(height) / np.maximum(rows, 1e-9), limit)
         depth = np.minimum(depth, limit).astype(np.float32)
         return np.repeat(depth[:, None], width, axis=1)
+
+    def ground_rows(self, height: int) -> np.ndarray:
+        """Boolean (H,): the rows that show ground nearer than the wall or far plane (where a fit can use it)."""
+        rows = np.arange(height, dtype=np.float64) + 0.5 - self.horizon_row(height)
+        limit = self.wall_depth if self.wall_depth is not None else self.far
+        with np.errstate(divide="ignore"):
+            depth = np.where(rows > 0, self.camera_height * self.focal_px(height) / np.maximum(rows, 1e-9), np.inf)
+        return depth < limit
+
+
+class GeometryUnknown(ValueError):
+    """A bg's geometry was never stated (a photo): nothing may invent it.
+
+    ``defaults`` holds the values to use for the fields that are not stated
+    (focal, far) once the caller has the horizon and camera height from
+    somewhere else (a depth plugin's parameters).
+    """
+
+    def __init__(self, message: str, defaults: SceneGeometry | None = None) -> None:
+        super().__init__(message)
+        self.defaults = defaults or SceneGeometry()

@@ -23,7 +23,8 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
-from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data import scene_files
+from losslab.core.data.geometry import GeometryUnknown, SceneGeometry
 from losslab.core.data.limits import InputLimitError, check_pixels, read_image_bytes
 
 #: bgs kept decoded per process (~70 MB at 150 px); fgs, small, are all kept.
@@ -409,6 +410,11 @@ class FolderSources:
     (``bg_fit``: centred crop by default, or stretch). A bad file raises
     :class:`SourceError` when it is first used; call :meth:`check` first to
     learn which indices are usable.
+
+    A photo's geometry is never invented: ``geometry(i)`` comes from the bg's
+    sidecar (``<bg>.geometry.json``, :mod:`.scene_files`), else from
+    ``geometry`` when the caller states one for every bg, else it raises
+    :class:`~losslab.core.data.geometry.GeometryUnknown`.
     """
 
     def __init__(self, bg_dir: Path, fg_dir: Path, size: int = 150, geometry: SceneGeometry | None = None,
@@ -419,9 +425,11 @@ class FolderSources:
         self.bg_paths = list_images(Path(bg_dir), "bg")
         self.fg_paths = list_images(Path(fg_dir), "fg")
         self.size, self.bg_fit = size, bg_fit
-        self.base_geometry = geometry or SceneGeometry()
+        self.base_geometry, self.geometry_stated = geometry or SceneGeometry(), geometry is not None
         self._bg = lru_cache(maxsize=BG_CACHE)(self._read_bg)
         self._fg = lru_cache(maxsize=None)(lambda i: read_rgba(self.fg_paths[i]))
+        self._photo_shape: dict[int, tuple[int, int]] = {}
+        self._notes = lru_cache(maxsize=None)(self._read_notes)
 
     @property
     def n_bg(self) -> int:
@@ -432,7 +440,21 @@ class FolderSources:
         return len(self.fg_paths)
 
     def _read_bg(self, index: int) -> np.ndarray:
-        return fit_background(read_rgb(self.bg_paths[index]), self.size, self.bg_fit)
+        raw = read_rgb(self.bg_paths[index])
+        self._photo_shape[index] = raw.shape[:2]
+        return fit_background(raw, self.size, self.bg_fit)
+
+    def _read_notes(self, index: int) -> scene_files.SceneNotes | None:
+        try:
+            return scene_files.read_sidecar(self.bg_paths[index])
+        except scene_files.SidecarError as exc:
+            raise SourceError(str(exc)) from None
+
+    def _photo(self, index: int) -> tuple[int, int]:
+        """The photo's (height, width) as stored; reading the bg records it."""
+        if index not in self._photo_shape:
+            self.bg(index)
+        return self._photo_shape[index]
 
     def _check_index(self, index: int, n: int, what: str) -> None:
         if not 0 <= index < n:
@@ -447,7 +469,26 @@ class FolderSources:
         return self._fg(index)
 
     def geometry(self, index: int) -> SceneGeometry:
-        return self.base_geometry
+        self._check_index(index, self.n_bg, "bg")
+        notes = self._notes(index)
+        if notes is not None and notes.has_geometry:
+            h, w = self._photo(index)
+            return scene_files.fitted_geometry(notes, h, w, self.size, self.bg_fit, self.base_geometry)
+        if self.geometry_stated:
+            return self.base_geometry
+        sidecar = scene_files.sidecar_path(self.bg_paths[index])
+        raise GeometryUnknown(
+            f"{self.bg_paths[index]}: the photo's geometry is unknown (no horizon and camera_height in "
+            f"{sidecar.name} or in the depth parameters)", self.base_geometry)
+
+    def anchors(self, index: int) -> np.ndarray:
+        """(K, 3): the sidecar's depth anchors as (u, v, metres), u, v fractions of the fitted bg (K may be 0)."""
+        self._check_index(index, self.n_bg, "bg")
+        notes = self._notes(index)
+        if notes is None or not notes.anchors:
+            return np.zeros((0, 3))
+        h, w = self._photo(index)
+        return scene_files.fitted_anchors(notes, h, w, self.size, self.bg_fit)
 
     def check(self, largest_fg: int | None = None) -> SourceCheck:
         """Read every file once; return the usable bg and fg indices and what was skipped or converted.
@@ -461,6 +502,7 @@ class FolderSources:
         for i, path in enumerate(self.bg_paths):
             try:
                 raw = read_rgb(path)
+                self._notes(i)  # a sidecar that cannot be read costs its bg only, reported here
             except SourceError as exc:
                 problems.append(SourceProblem(str(path), f"{exc}; skipped"))
                 continue
