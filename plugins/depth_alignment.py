@@ -49,6 +49,7 @@ class Fit:
     points: int
     rmse: float
     abs_rel: float
+    rmse_unit: str = "1/m"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -109,7 +110,7 @@ def align(pred: np.ndarray, depth: np.ndarray, mask: np.ndarray | None, space: s
             fitted = np.where(fitted > 0, 1.0 / np.maximum(fitted, 1e-300), np.inf)
     z = depth[m]
     abs_rel = float(np.mean(np.minimum(np.abs(fitted - z) / z, 1e6)))
-    return Fit(method, s, t, int(m.sum()), rmse, abs_rel)
+    return Fit(method, s, t, int(m.sum()), rmse, abs_rel, "1/m" if space == "inverse" else "m")
 
 
 def ground_target(geometry: SceneGeometry, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -517,7 +517,8 @@ class ModelDepth:
 def _mean_row(bg: int, fits: list[dict[str, Any]]) -> dict[str, Any]:
     """One record for a bg's per-sample fits: means of scale, shift, rmse and abs_rel; total points; worst abs_rel."""
     n = len(fits)
-    row: dict[str, Any] = {"bg": bg, "per": "sample", "fits": n, "method": fits[0]["method"]}
+    row: dict[str, Any] = {"bg": bg, "per": "sample", "fits": n, "method": fits[0]["method"],
+                           "rmse_unit": fits[0]["rmse_unit"]}
     for key in ("scale", "shift", "rmse", "abs_rel"):
         row[key] = float(sum(f[key] for f in fits) / n)
     row["points"] = int(sum(f["points"] for f in fits))

@@ -5,11 +5,17 @@ full pass over 400k samples costs one read of the data; ``limit`` examines
 an evenly spaced subset instead. Channel means and standard deviations are
 over every pixel examined, in 0..255, RGB order (divide by 255 for a
 network's normalisation). Depth percentiles come from a 1 mm histogram.
+
+A dataset whose depth came from a relative depth model aligned to each scene
+(``--depth model``) keeps every bg's fit in ``dataset.json``; the stats
+summarise their residuals (how far the model's depth, once scaled and
+shifted, stays from the stated ground or anchors).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import json
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +53,7 @@ class DatasetStats:
     depth_p99: float
     bytes_total: int
     bytes_per_sample: float
+    depth_alignment: dict[str, Any] | None = field(default=None)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +77,20 @@ class DatasetStats:
             f"mean {self.depth_mean:.3f}",
             f"disk             {self.bytes_total / 1e6:.1f} MB, "
             f"{self.bytes_per_sample / 1e3:.1f} KB per sample",
+            *self._alignment_lines(),
         ])
+
+    def _alignment_lines(self) -> list[str]:
+        a = self.depth_alignment
+        if not a:
+            return []
+        methods = ", ".join(f"{k} {v}" for k, v in sorted(a["methods"].items()))
+        return [
+            f"depth fit        {a['bgs']} bg ({methods}; per {a['per']}): rel. error mean {a['abs_rel_mean']:.2%}"
+            f"   max {a['abs_rel_max']:.2%} (bg {a['worst_bg']})   rmse mean {a['rmse_mean']:.4g}"
+            f" ({a['rmse_unit']})",
+        ]
+
 
 
 class _Moments:
@@ -90,6 +110,40 @@ class _Moments:
         mean = counts @ values / n
         var = np.maximum(counts @ values**2 / n - mean**2, 0.0)
         return mean.tolist(), np.sqrt(var).tolist()
+
+
+def alignment_summary(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Summary of the per-bg fits stored in ``dataset.json`` (None when there are none).
+
+    ``abs_rel`` is the mean of |aligned - known| / known over a bg's fitted
+    pixels (its ground or anchors); ``rmse`` is the fit's own residual, in
+    1/m for an inverse-depth model (disparity), in m for a metric one.
+    """
+    if not rows:
+        return None
+    methods: dict[str, int] = {}
+    for r in rows:
+        methods[r["method"]] = methods.get(r["method"], 0) + 1
+    worst = max(rows, key=lambda r: r["abs_rel_max"])
+    return {
+        "bgs": len(rows), "methods": methods, "per": rows[0].get("per", "bg"),
+        "abs_rel_mean": float(np.mean([r["abs_rel"] for r in rows])),
+        "abs_rel_max": float(worst["abs_rel_max"]), "worst_bg": int(worst["bg"]),
+        "rmse_mean": float(np.mean([r["rmse"] for r in rows])),
+        "rmse_unit": rows[0].get("rmse_unit", "fit space"),
+        "per_bg": rows,
+    }
+
+
+def _stored_alignment(root: Path) -> dict[str, Any] | None:
+    meta = Path(root) / "dataset.json"
+    if not meta.is_file():
+        return None
+    try:
+        rows = json.loads(meta.read_text()).get("depth_alignment")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return alignment_summary(rows) if isinstance(rows, list) else None
 
 
 def compute_stats(samples: Any, root: Path, *, limit: int | None = None, batch_size: int = 128,
@@ -139,5 +193,5 @@ def compute_stats(samples: Any, root: Path, *, limit: int | None = None, batch_s
         mask_coverage_max=float(cov.max()), empty_masks=int((cov == 0).sum()),
         depth_min=depth_min, depth_max=depth_max, depth_mean=depth_sum / max(depth_n, 1),
         depth_p01=percentile(0.01), depth_p50=percentile(0.5), depth_p99=percentile(0.99),
-        bytes_total=total, bytes_per_sample=total / n,
+        bytes_total=total, bytes_per_sample=total / n, depth_alignment=_stored_alignment(Path(root)),
     )

@@ -74,6 +74,11 @@ class ScaledSources:
     def geometry(self, index: int) -> SceneGeometry:
         return self.inner.geometry(index)
 
+    def anchors(self, index: int) -> np.ndarray:
+        """Depth anchors as fractions of the bg (resolution-free), as the inner sources give them."""
+        of = getattr(self.inner, "anchors", None)
+        return of(index) if of is not None else np.zeros((0, 3))
+
 
 def scale_recipe(recipe: Recipe, factor: float) -> Recipe:
     """The same placement at ``factor`` times the resolution (base row kept on the ground)."""
@@ -138,8 +143,9 @@ def build_samples(data: DataSpec, catalog: Catalog) -> SampleSet:
         sources = SyntheticSources(source.n_bg, source.n_fg, seed=source.seed, size=source.size,
                                    geometry=SceneGeometry(far=data.max_depth))
     else:
-        sources = FolderSources(source.bg_dir, source.fg_dir, size=source.size,  # type: ignore[arg-type]
-                                geometry=SceneGeometry(far=data.max_depth))
+        # no geometry passed: a photo's comes from its sidecar or the depth's params, never a default
+        sources = FolderSources(source.bg_dir, source.fg_dir, size=source.size)  # type: ignore[arg-type]
+        sources.base_geometry = SceneGeometry(far=data.max_depth)  # defaults for fields nobody stated, not "stated"
     generator = catalog.create("generator", data.generator.name, **data.generator.params)
     size = source.size
     bg_ids, fg_ids = list(range(sources.n_bg)), list(range(sources.n_fg))
@@ -156,6 +162,11 @@ def build_samples(data: DataSpec, catalog: Catalog) -> SampleSet:
     recipes = generator.recipes(bg_ids, fg_ids, (size, size))
     mask_gt = catalog.create("ground_truth", data.ground_truth.mask.name, **data.ground_truth.mask.params)
     depth_gt = catalog.create("ground_truth", data.ground_truth.depth.name, **data.ground_truth.depth.params)
+    for producer in (mask_gt, depth_gt):  # refuse, before training, what a producer cannot do with these sources
+        if hasattr(producer, "check"):
+            producer.check()
+        if hasattr(producer, "check_sources"):
+            producer.check_sources(sources, bg_ids)
     return VirtualSamples(sources, recipes, mask_gt, depth_gt, out_size=data.image_size)
 
 

@@ -83,8 +83,13 @@ class ChunkJob:
 
     def run(self, chunk: int, recipes: Sequence[Recipe], whole_bg: bool = False) -> tuple[int, int, str | None]:
         """(chunk, samples written, error message or None); an error costs this chunk only."""
+        drain = getattr(self.producer.depth_gt, "drain_records", None)
         try:
+            if drain is not None:
+                drain(())  # forget what a failed chunk left behind
             lines = self.writer.write_chunk(chunk, recipes, self.producer, whole_bg)
+            if drain is not None:  # before the chunk counts as done, so a done chunk always has its records
+                self.progress.save_records(chunk, drain(sorted({r.bg for r in recipes})))
             self.progress.mark_done(chunk, lines)
         except Exception as exc:
             return chunk, 0, f"chunk {chunk} ({recipes[0].stem}...): {type(exc).__name__}: {exc}"
@@ -212,7 +217,11 @@ def generate(
     report.seconds = time.perf_counter() - start
     if not report.failures:
         if not (out / DATASET_FILE).exists() or todo:
-            store.finalize(prepared.n_chunks, _metadata(prepared), recipe_table(prepared.recipes))
+            meta = _metadata(prepared)
+            fits = store.records(prepared.n_chunks)
+            if fits:
+                meta["depth_alignment"] = fits
+            store.finalize(prepared.n_chunks, meta, recipe_table(prepared.recipes))
         report.complete = True
     return report
 

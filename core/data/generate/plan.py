@@ -202,6 +202,22 @@ class Prepared:
         return self.bounds[index][2]
 
 
+def check_ground_truth_sources(producers: Any, sources: Sources, bg_ids: list[int]) -> None:
+    """Let each producer refuse, before any work, sources it cannot serve (``check_sources``, if it has one).
+
+    The depth of a photo needs a stated geometry (or a model): this is where
+    that is asked for, once, instead of every worker failing on every chunk.
+    """
+    for producer in producers:
+        check = getattr(producer, "check_sources", None)
+        if check is None:
+            continue
+        try:
+            check(sources, bg_ids)
+        except (ValueError, SourceError) as exc:
+            raise GenerationError(str(exc)) from None
+
+
 def prepare(plan: GenerationPlan, catalog: Catalog) -> Prepared:
     """Validate options, read every source once, make the recipes. Nothing is written."""
     plan.validate()
@@ -223,6 +239,7 @@ def prepare(plan: GenerationPlan, catalog: Catalog) -> Prepared:
         raise GenerationError(
             f"no usable {missing} image, nothing can be produced; skipped files:\n{listing}"
         )
+    check_ground_truth_sources(plan.ground_truth(catalog), plan.inputs.build(), check.bg_ids)
     recipes = generator.recipes(check.bg_ids, check.fg_ids, (size, size))
     if not recipes:
         raise GenerationError(f"generator {plan.generator!r} made no recipes with {plan.generator_params}")

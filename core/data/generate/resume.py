@@ -142,6 +142,23 @@ class Progress:
         """Record a chunk as complete with its manifest lines (compact JSON objects, newline-ended)."""
         formats.atomic_write(self.chunk_file(chunk), "".join(lines).encode())
 
+    def records_file(self, chunk: int) -> Path:
+        return self.dir / f"records_{chunk:06d}.json"
+
+    def save_records(self, chunk: int, rows: list[dict[str, Any]]) -> None:
+        """Keep a chunk's ground-truth records (e.g. the model depth's per-bg fits) until the run ends."""
+        if rows:
+            formats.atomic_write(self.records_file(chunk), json.dumps(rows).encode())
+
+    def records(self, n_chunks: int) -> list[dict[str, Any]]:
+        """Every chunk's records merged into one row per bg (sorted by bg); see :func:`merge_records`."""
+        rows: list[dict[str, Any]] = []
+        for chunk in range(n_chunks):
+            path = self.records_file(chunk)
+            if path.exists():
+                rows.extend(json.loads(path.read_text()))
+        return merge_records(rows)
+
     # -- end ----------------------------------------------------------------------------------------------
 
     def finalize(self, n_chunks: int, meta: dict[str, Any], recipes: np.ndarray | None = None) -> Path:
@@ -174,3 +191,30 @@ class Progress:
         shutil.rmtree(self.dir, ignore_errors=True)
         shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
         return manifest
+
+
+def merge_records(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per bg from the chunks' rows.
+
+    A per-bg fit (``per: "bg"``) is the same in every chunk that holds the bg,
+    so one copy is kept; per-sample rows (``per: "sample"``, each the mean of
+    ``fits`` samples of one chunk) are combined: ``fits``-weighted means of
+    scale, shift, rmse and abs_rel, summed points and fits, the largest
+    abs_rel_max.
+    """
+    by_bg: dict[int, list[dict[str, Any]]] = {}
+    for row in rows:
+        by_bg.setdefault(int(row["bg"]), []).append(row)
+    out = []
+    for bg in sorted(by_bg):
+        group = by_bg[bg]
+        if group[0].get("per") != "sample" or len(group) == 1:
+            out.append(group[0])
+            continue
+        n = sum(r["fits"] for r in group)
+        merged = {**group[0], "fits": n, "points": sum(r["points"] for r in group),
+                  "abs_rel_max": max(r["abs_rel_max"] for r in group)}
+        for key in ("scale", "shift", "rmse", "abs_rel"):
+            merged[key] = sum(r[key] * r["fits"] for r in group) / n
+        out.append(merged)
+    return out
