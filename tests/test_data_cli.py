@@ -88,7 +88,9 @@ def test_shards_from_the_command_line(tmp_path: Path) -> None:
 def test_bad_files_are_skipped_and_listed(tmp_path: Path) -> None:
     bg_dir, fg_dir = _folders(tmp_path)
     out = tmp_path / "ds"
-    result = invoke("generate", "--bg-dir", bg_dir, "--fg-dir", fg_dir, "--out", out, "--no-progress")
+    # photos need their geometry stated (these were drawn with the synthetic scenes' default one)
+    result = invoke("generate", "--bg-dir", bg_dir, "--fg-dir", fg_dir, "--out", out, "--no-progress",
+                    "--depth-param", "horizon=0.3333", "--depth-param", "camera_height=1.6")
     assert result.exit_code == 0, result.output
     assert "skipped 3 file(s)" in result.output
     assert f"{bg_dir / 'b.jpg'}: cannot be decoded" in result.output
