@@ -41,16 +41,24 @@ from losslab.plugins.losses.regression import (
     l1_loss,
     mse_loss,
 )
+from losslab.plugins.losses.relative_depth import (
+    SSIGradientLoss,
+    SSILoss,
+    align_scale_shift,
+    ssi_gradient_loss,
+    ssi_loss,
+)
 from losslab.plugins.losses.silog import SILogLoss, silog_loss
 from losslab.plugins.losses.ssim import MSSSIMLoss, SSIMLoss, ms_ssim, ms_ssim_loss, ssim_loss
 
 __all__ = [
     "BCELoss", "BerHuLoss", "BoundaryBCELoss", "DiceLoss", "FocalLoss", "FocalTverskyLoss", "GradientLoss",
-    "HuberLoss", "IoULoss", "L1Loss", "LovaszHingeLoss", "MSELoss", "MSSSIMLoss", "SILogLoss", "SSIMLoss",
-    "SmoothnessLoss", "TverskyLoss", "bce_loss", "berhu_loss", "boundary_band", "boundary_bce_loss",
+    "HuberLoss", "IoULoss", "L1Loss", "LovaszHingeLoss", "MSELoss", "MSSSIMLoss", "SILogLoss", "SSIGradientLoss",
+    "SSILoss", "SSIMLoss", "SmoothnessLoss", "TverskyLoss", "align_scale_shift", "bce_loss", "berhu_loss",
+    "boundary_band", "boundary_bce_loss",
     "dice_loss", "focal_loss", "focal_tversky_loss", "gradient_loss", "huber_loss", "iou_loss", "l1_loss",
     "lab_register_losses", "lovasz_hinge_loss", "ms_ssim", "ms_ssim_loss", "mse_loss", "silog_loss",
-    "smoothness_loss", "ssim_loss", "tversky_loss",
+    "smoothness_loss", "ssi_gradient_loss", "ssi_loss", "ssim_loss", "tversky_loss",
 ]
 
 #: name -> (class, one-line summary); task and input_kind come from the class.
@@ -74,6 +82,8 @@ BUILTIN_LOSSES: dict[str, tuple[type, str]] = {
     "gradient": (GradientLoss, "L1 difference of the depth maps' x and y gradients"),
     "smoothness": (SmoothnessLoss, "edge-aware smoothness of the prediction, edges from the target depth"),
     "silog": (SILogLoss, "scale-invariant log depth loss (Eigen et al.)"),
+    "ssi": (SSILoss, "scale-and-shift-invariant depth loss: per-image least-squares alignment, then MSE (MiDaS)"),
+    "ssi-gradient": (SSIGradientLoss, "multi-scale gradient matching of the scale-and-shift-aligned depth (MiDaS)"),
 }
 
 
