@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import cv2
@@ -54,8 +55,7 @@ def _spread(model: torch.nn.Module) -> None:
 def save_tiny_depth_anything(folder: Path, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 2,
                              image: int = 56) -> Path:
     """A Depth Anything (V2 layout) with a tiny DINOv2 backbone (~84k parameters), saved like a hub download."""
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
-    from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
 
     backbone = Dinov2Config(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                             intermediate_size=2 * hidden, patch_size=14, image_size=image,
@@ -69,22 +69,25 @@ def save_tiny_depth_anything(folder: Path, seed: int = 0, hidden: int = 32, laye
     with torch.no_grad():
         model.head.conv3.bias.fill_(1.0)  # keep the final ReLU mostly open
     model.save_pretrained(folder)
-    DPTImageProcessorPil(size={"height": image, "width": image}, keep_aspect_ratio=True, ensure_multiple_of=14,
-                         image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
+    with warnings.catch_warnings():  # without torchvision, transformers 5 says it falls back to its PIL processor
+        warnings.simplefilter("ignore")
+        DPTImageProcessor(size={"height": image, "width": image}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                          image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     return folder
 
 
 def save_tiny_glpn(folder: Path) -> Path:
     """A tiny GLPN (a metric depth model), with its image processor."""
-    from transformers import GLPNConfig, GLPNForDepthEstimation
-    from transformers.models.glpn.image_processing_pil_glpn import GLPNImageProcessorPil
+    from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor
 
     config = GLPNConfig(num_encoder_blocks=4, depths=[1, 1, 1, 1], sr_ratios=[8, 4, 2, 1], hidden_sizes=[8, 8, 8, 8],
                         num_attention_heads=[1, 1, 1, 1], mlp_ratios=[2, 2, 2, 2], decoder_hidden_size=8,
                         max_depth=10)
     torch.manual_seed(0)
     GLPNForDepthEstimation(config).eval().save_pretrained(folder)
-    GLPNImageProcessorPil(size_divisor=32).save_pretrained(folder)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        GLPNImageProcessor(size_divisor=32).save_pretrained(folder)
     return folder
 
 
