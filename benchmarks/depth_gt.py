@@ -5,6 +5,11 @@ Run by hand::
     python benchmarks/depth_gt.py                     # 8 bgs, CPU (and CUDA when there is one)
     python benchmarks/depth_gt.py --n-bg 32 --threads 4 --devices cpu cuda
 
+One torch thread by default, as in each worker of ``lab data generate``
+(which runs one worker per core). On a loaded machine more threads than free
+cores make OpenMP wait at every barrier: measured here with the load at 16 on
+2 cores, the tiny model took 1408 ms per bg with 2 threads against 39 ms with 1.
+
 Nothing is downloaded: the models are randomly initialised Depth Anything
 networks built from transformers' config classes and saved to a temp folder,
 
@@ -22,17 +27,18 @@ second, and the ratio model / ground-plane (how many times slower a dataset's
 depth gets). ``per-sample`` times the original work's mode (the network on
 every fg_bg) for the tiny model, on ``--per-sample-n`` samples.
 
-Denormal floats are flushed to zero (``torch.set_flush_denormal``): a random
-network initialised with transformers' small weights (std 0.02) makes
-activations so small that the CPU's slow path for denormals costs ~20x
-(measured: 1.57 s against 0.078 s for 8 images through the tiny model); a
-trained network's activations are not like that, so this keeps the figures
-those of the real arithmetic.
+The random weights are drawn with unit gain (std 1/sqrt(fan-in)), not
+transformers' default std 0.02: with those, activations shrink into
+denormal floats, whose slow CPU path costs ~20x (measured: 1.57 s against
+0.078 s for 8 images through the tiny model), and the output is constant,
+so no scale could be fitted. A trained network's activations are like the
+unit-gain ones, so the figures are those of the real arithmetic.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -62,6 +68,9 @@ def save_depth_anything(folder: Path, *, hidden: int, layers: int, heads: int, n
     torch.manual_seed(0)
     model = DepthAnythingForDepthEstimation(config).eval()
     with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim > 1:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))
         model.head.conv3.bias.fill_(1.0)
     model.save_pretrained(folder)
     with warnings.catch_warnings():
@@ -96,14 +105,14 @@ def main() -> None:
     parser.add_argument("--n-bg", type=int, default=8)
     parser.add_argument("--size", type=int, default=150)
     parser.add_argument("--placements", type=int, default=20, help="grid cells per bg (rows x cols)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch CPU threads (default 1: what each `lab data generate` worker uses; 0: torch's)")
     parser.add_argument("--devices", nargs="+", default=None, help="default: cpu, and cuda when available")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--per-sample-n", type=int, default=32)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
     devices = args.devices or (["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
     sources = SyntheticSources(args.n_bg, 1, size=args.size)
     cols = max(1, args.placements // 4)

@@ -173,8 +173,13 @@ class GroundPlaneDepth:
         return out
 
     def device_plan(self, recipes: Sequence[Recipe], sources: Sources, height: int, width: int) -> dict[str, Any]:
-        """Each bg's depth map and each recipe's fg depth, uploaded once (core/data/device_data.py)."""
-        bg_maps = np.stack([self.geometry(sources, b).depth_map(height, width) for b in range(sources.n_bg)])
+        """Each bg's depth map and each recipe's fg depth, uploaded once (core/data/device_data.py).
+
+        Bgs no recipe uses (skipped files) get zeros: their geometry may be unknown.
+        """
+        used = {r.bg for r in recipes}
+        bg_maps = np.stack([self.geometry(sources, b).depth_map(height, width) if b in used
+                            else np.zeros((height, width), np.float32) for b in range(sources.n_bg)])
         fg_values = np.array([self.geometry(sources, r.bg).ground_depth_at(min(r.base_y, height) - 1, height)
                               for r in recipes], dtype=np.float32)
         return {"kind": "fg-over-bg", "threshold": self.threshold, "bg_maps": bg_maps, "fg_values": fg_values}
@@ -443,7 +448,10 @@ class ModelDepth:
             depth, mask = ground_target(stated_geometry(sources, bg, self.ground.overrides), h, w)
         if hidden is not None:
             mask = mask & ~hidden
-        fit = align(raw, depth, mask, space, method)
+        try:
+            fit = align(raw, depth, mask, space, method)
+        except ValueError as exc:
+            raise ValueError(f"model depth: bg {bg} ({method} fit): {exc}") from None
         return to_metres(raw, fit.scale, fit.shift, space, self.min_depth, self.max_depth), fit.to_dict()
 
     def drain_records(self, bgs: Sequence[int]) -> list[dict[str, Any]]:

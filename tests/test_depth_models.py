@@ -419,3 +419,20 @@ def test_a_plan_without_geometry_fails_before_writing(tmp_path: Path) -> None:
     with pytest.raises(GenerationError, match="photos with no stated geometry"):
         generate(plan, tmp_path / "ds", workers=1, progress=False)
     assert not (tmp_path / "ds").exists()
+
+
+def test_an_experiment_on_photos_needs_their_geometry_too(tmp_path: Path) -> None:
+    from losslab.core.config import DataSpec
+    from losslab.core.data.datasets import build_samples
+    from losslab.core.plugin.manager import load_catalog
+
+    bg_dir, fg_dir = _photos(tmp_path, [(64, 64), (80, 64)])
+    source = {"kind": "folders", "bg_dir": str(bg_dir), "fg_dir": str(fg_dir), "size": SIZE}
+    with pytest.raises(ValueError, match=r"(?s)2 of 2 bg\(s\) are photos.*--depth model"):
+        build_samples(DataSpec(source=source, image_size=32), load_catalog())
+    stated = {"depth": {"name": "ground-plane", "params": {"horizon": 0.5, "camera_height": 1.5}}}
+    samples = build_samples(DataSpec(source=source, image_size=32, ground_truth=stated), load_catalog())
+    expected = SceneGeometry(horizon=0.5, camera_height=1.5, far=50.0).depth_map(32, 32)
+    sample = samples.get([0])
+    bg = sample["mask"][0] == 0
+    np.testing.assert_allclose(sample["depth"][0][bg], expected[bg], rtol=1e-6)
