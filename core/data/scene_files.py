@@ -139,7 +139,8 @@ def fitted_geometry(notes: SceneNotes, height: int, width: int, size: int, fit: 
     """
     stated = dict(notes.fields)
     y0, _x0, sy, _sx = fit_transform(height, width, size, fit)
-    geo = replace(defaults, **{k: v for k, v in stated.items() if k not in ("horizon", "focal")})
+    rest: dict[str, Any] = {k: v for k, v in stated.items() if k not in ("horizon", "focal")}
+    geo = replace(defaults, **rest)
     if "horizon" in stated:
         geo = replace(geo, horizon=(float(stated["horizon"] or 0.0) * height - y0) * sy / size)
     focal = stated.get("focal")
