@@ -104,7 +104,7 @@ def _unknown_bgs(sources: Sources, bg_ids: Sequence[int], known: Any) -> list[Ge
 
 def _geometry_message(what: str, unknown: list[GeometryUnknown], total: int) -> str:
     first = str(unknown[0]).split(":")[0]
-    example = Path(first).with_suffix(".geometry.json").name if first else "photo.geometry.json"
+    example = str(Path(first).with_suffix(".geometry.json")) if first else "photo.geometry.json"
     return (f"{what}: {len(unknown)} of {total} bg(s) are photos with no stated geometry (first: {unknown[0]}); "
             + GEOMETRY_CHOICES.format(example=example))
 
