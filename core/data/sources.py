@@ -502,6 +502,7 @@ class FolderSources:
         for i, path in enumerate(self.bg_paths):
             try:
                 raw = read_rgb(path)
+                self._photo_shape[i] = raw.shape[:2]
                 self._notes(i)  # a sidecar that cannot be read costs its bg only, reported here
             except SourceError as exc:
                 problems.append(SourceProblem(str(path), f"{exc}; skipped"))
