@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -193,6 +194,11 @@ def test_sidecar_errors_and_anchor_frames(tmp_path: Path) -> None:
     sources = FolderSources(bg_dir, fg_dir, size=SIZE)
     check = sources.check()
     assert check.bg_ids == [0] and "'horizon' must be in (0, 1), got 1.5" in check.skipped[0].message
+    (bg_dir / "p1.geometry.json").unlink()
+    os.mkfifo(bg_dir / "p1.geometry.json")  # would block a plain open forever
+    check = FolderSources(bg_dir, fg_dir, size=SIZE).check()
+    assert check.bg_ids == [0] and "is a FIFO (named pipe), not a regular file" in check.skipped[0].message
+    (bg_dir / "p1.geometry.json").unlink()
     _sidecar(bg_dir, "p1", horizon=0.5, colour="red")
     with pytest.raises(SourceError, match=r"unknown key\(s\) \['colour'\]"):
         FolderSources(bg_dir, fg_dir, size=SIZE).geometry(1)

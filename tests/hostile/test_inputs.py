@@ -85,6 +85,9 @@ def _folders(root: Path, n_bg: int = 3) -> tuple[Path, Path]:
     fg_dir.mkdir(parents=True)
     for i in range(n_bg):
         cv2.imwrite(str(bg_dir / f"b{i}.jpg"), cv2.cvtColor(sources.bg(i), cv2.COLOR_RGB2BGR))
+        geo = sources.geometry(i)  # photos need their geometry stated: these were drawn with this one
+        (bg_dir / f"b{i}.geometry.json").write_text(json.dumps(
+            {"horizon": geo.horizon, "camera_height": geo.camera_height, "wall_depth": geo.wall_depth}))
     cv2.imwrite(str(fg_dir / "f0.png"), cv2.cvtColor(sources.fg(0), cv2.COLOR_RGBA2BGRA))
     return bg_dir, fg_dir
 
