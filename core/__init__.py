@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         Loss,
         Metric,
         Task,
+        Weighting,
     )
     from losslab.core.plugin.host_sync import loss_host_round_trips
     from losslab.core.plugin.manager import load_catalog
@@ -41,13 +42,15 @@ __all__ = [
     "Registry",
     "RegistryError",
     "Task",
+    "Weighting",
     "hookimpl",
     "hookspec",
     "load_catalog",
     "loss_host_round_trips",
 ]
 
-_COMPONENTS = ("Augmentation", "Batch", "Generator", "GroundTruth", "InputKind", "Loss", "Metric", "Task")
+_COMPONENTS = ("Augmentation", "Batch", "Generator", "GroundTruth", "InputKind", "Loss", "Metric", "Task",
+               "Weighting")
 _REGISTRY = ("Registry", "Component", "Catalog", "RegistryError")
 
 

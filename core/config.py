@@ -119,6 +119,9 @@ class TrainSpec(_Strict):
 class LossSpec(_Strict):
     mask: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(name="bce")])
     depth: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(name="l1")])
+    weighting: ComponentSpec = Field(
+        default_factory=lambda: ComponentSpec(name="static"),
+        description="how the tasks' losses combine: static (the weighted sum) or a learned/gradient method")
 
     @model_validator(mode="after")
     def _not_empty(self) -> LossSpec:
@@ -491,6 +494,7 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
         ("model.name", "architecture", cfg.model.name, cfg.model.params),
     ]
     checks += [(f"augment.{i}.name", "augmentation", a.name, None) for i, a in enumerate(cfg.augment)]
+    checks.append(("loss.weighting.name", "weighting", cfg.loss.weighting.name, cfg.loss.weighting.params))
     for task in ("mask", "depth"):
         checks += [(f"loss.{task}.{i}.name", "loss", t.name, t.params) for i, t in enumerate(getattr(cfg.loss, task))]
         checks += [(f"metrics.{task}.{i}", "metric", m, None) for i, m in enumerate(getattr(cfg.metrics, task))]

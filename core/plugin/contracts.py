@@ -1,8 +1,9 @@
 """Contracts between the engine and plugins: what each kind of component must provide.
 
 These are the public base classes and protocols of losslab. A plugin author
-subclasses :class:`Loss` or :class:`Metric`, or returns any object that
-satisfies :class:`Generator`, :class:`GroundTruth` or :class:`Augmentation`.
+subclasses :class:`Loss`, :class:`Metric` or :class:`Weighting`, or returns any
+object that satisfies :class:`Generator`, :class:`GroundTruth` or
+:class:`Augmentation`.
 """
 
 from __future__ import annotations
@@ -56,6 +57,96 @@ class Metric(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must implement forward(pred, target)")
+
+
+TASKS: tuple[Task, ...] = ("mask", "depth")
+
+
+class Weighting(nn.Module):
+    """Base class of a loss weighting: how the tasks' losses become one update.
+
+    Every training step the engine calls :meth:`combine` with the *weighted*
+    loss terms, ``{"mask/bce": w * value, "depth/l1": ..., ...}`` in config
+    order (a task's loss is the sum of its terms: :meth:`task_losses`), and the
+    parameters the architecture shares between the tasks. A loss-based method
+    returns the scalar to back-propagate (the engine scales it for AMP and calls
+    ``backward``); a gradient method (``needs_task_gradients = True``) runs one
+    backward per task itself (:meth:`task_gradients`), writes the combined
+    gradient into the shared parameters' ``.grad`` (:meth:`set_shared_gradient`)
+    and returns ``None``.
+
+    ``scale`` is the AMP loss scale as a 0-d tensor on the device (``None``
+    without a GradScaler). Back-propagate ``loss * scale`` and leave what you
+    write into ``.grad`` at that scale: the engine's GradScaler unscales it
+    (and skips the step on inf/NaN) before the optimizer steps. Divide by
+    ``scale`` only where a method needs the true magnitude.
+
+    Learnable parameters (``nn.Parameter`` attributes) are trained by the run's
+    optimizer in their own group without weight decay; buffers and
+    :meth:`get_extra_state` are checkpointed with the run, so a resumed run
+    continues with the same weights. :meth:`weights` is logged each epoch as
+    ``weighting/<task>``; :meth:`end_epoch` receives each task's mean training
+    loss of the finished epoch (over all processes). ``distributed`` is
+    ``None`` when the method is correct under DDP, else the reason it is not:
+    the engine then refuses to start with that reason.
+    """
+
+    needs_task_gradients: ClassVar[bool] = False
+    distributed: ClassVar[str | None] = None
+
+    def combine(self, terms: dict[str, torch.Tensor], shared: Sequence[nn.Parameter],
+                scale: torch.Tensor | None = None) -> torch.Tensor | None:  # pragma: no cover
+        raise NotImplementedError(f"{type(self).__name__} must implement combine(terms, shared, scale)")
+
+    def weights(self) -> dict[str, float]:
+        """The current weight of each task (logged per epoch); reading them may sync with the device."""
+        return {}
+
+    def end_epoch(self, task_losses: dict[str, float]) -> None:
+        """Called once per finished epoch with each task's mean training loss; default: nothing."""
+
+    @staticmethod
+    def task_losses(terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each task's loss, the sum of its weighted terms in config order: ``{"mask": ..., "depth": ...}``."""
+        out: dict[str, torch.Tensor] = {}
+        for key, value in terms.items():
+            task = key.split("/", 1)[0]
+            out[task] = value if task not in out else out[task] + value
+        return out
+
+    @staticmethod
+    def task_gradients(losses: dict[str, torch.Tensor], shared: Sequence[nn.Parameter],
+                       scale: torch.Tensor | None = None) -> torch.Tensor:
+        """One backward per task: the ``(tasks, n_shared)`` matrix of gradients on the shared parameters.
+
+        Each task's loss (times ``scale``) is back-propagated in turn, keeping the graph for the next;
+        the shared parameters' gradients are taken out after each, so the other (task-specific)
+        parameters end with the sum of the tasks' gradients, as a plain backward of the sum gives them.
+        A shared parameter a task does not reach gets zeros in that task's row.
+        """
+        rows = []
+        tasks = list(losses)
+        for i, task in enumerate(tasks):
+            loss = losses[task] if scale is None else losses[task] * scale
+            loss.backward(retain_graph=i < len(tasks) - 1)
+            parts = []
+            for p in shared:
+                if p.grad is None:
+                    parts.append(torch.zeros(p.numel(), device=p.device, dtype=torch.float32))
+                else:
+                    parts.append(p.grad.detach().reshape(-1).float())
+                    p.grad = None
+            rows.append(torch.cat(parts))
+        return torch.stack(rows)
+
+    @staticmethod
+    def set_shared_gradient(shared: Sequence[nn.Parameter], flat: torch.Tensor) -> None:
+        """Write a flat gradient (as :meth:`task_gradients` lays it out) into the shared parameters' ``.grad``."""
+        offset = 0
+        for p in shared:
+            n = p.numel()
+            p.grad = flat[offset:offset + n].view_as(p).to(p.dtype).clone()
+            offset += n
 
 
 @runtime_checkable

@@ -96,3 +96,19 @@ def lab_register_metrics(registry: Registry) -> None:
     that reports per-image values on held-out data for its ``task``; the
     engine aggregates them (mean over images) and logs them per epoch.
     """
+
+
+@hookspec
+def lab_register_weightings(registry: Registry) -> None:
+    """Register loss weightings: how the two tasks' losses become one update.
+
+    Called once when the catalog is built. A factory is called with
+    ``loss.weighting.params`` and returns a
+    :class:`losslab.core.plugin.contracts.Weighting`. Every training step the
+    engine hands it the weighted loss terms (``{"mask/bce": tensor, ...}``;
+    a task's loss is the sum of its terms) and the architecture's shared
+    parameters; it returns the total to back-propagate, or sets the gradients
+    itself and returns ``None`` (gradient methods). Its ``state_dict`` is
+    checkpointed with the run and its ``weights()`` are logged each epoch as
+    ``weighting/<task>``.
+    """

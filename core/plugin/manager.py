@@ -42,6 +42,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("losslab.architectures", "losslab.plugins.architectures"),
     ("losslab.losses", "losslab.plugins.losses"),
     ("losslab.metrics", "losslab.plugins.metrics"),
+    ("losslab.weightings", "losslab.plugins.weightings"),
 )
 
 HOOK_FOR_KIND: dict[str, str] = {
@@ -51,6 +52,7 @@ HOOK_FOR_KIND: dict[str, str] = {
     "architecture": "lab_register_architectures",
     "loss": "lab_register_losses",
     "metric": "lab_register_metrics",
+    "weighting": "lab_register_weightings",
 }
 
 

@@ -20,6 +20,7 @@ KINDS: tuple[str, ...] = (
     "architecture",
     "loss",
     "metric",
+    "weighting",
 )
 
 

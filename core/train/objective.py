@@ -1,4 +1,4 @@
-"""The objective: the weighted sum of a config's loss terms, each kept apart for logging.
+"""The objective: a config's loss terms, each kept apart for logging, weighted for the weighting to combine.
 
 The engine, not each loss, turns mask logits into what a term expects
 (``input_kind``), checks that each term returns a finite scalar, and names
@@ -75,9 +75,17 @@ class Objective(nn.Module):
         self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], step: int | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total weighted loss and ``{"mask/bce": value, ...}`` (unweighted, detached later by the caller)."""
+        values, weighted = self.term_values(outputs, batch, step)
+        return self.total(weighted, outputs["mask"]), values
+
+    def term_values(
+        self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], step: int | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Each term unweighted (for logging) and weighted (``weight * value`` in float32, weight-0 terms left
+        out), both keyed ``"task/key"`` in config order: what a :class:`~losslab.core.Weighting` combines."""
         probs = None
-        total = outputs["mask"].new_zeros((), dtype=torch.float32)
         values: dict[str, torch.Tensor] = {}
+        weighted: dict[str, torch.Tensor] = {}
         for term in self.terms:
             if term.task == "mask":
                 if term.input_kind == "probabilities":
@@ -102,8 +110,16 @@ class Objective(nn.Module):
             self._check(term, value, step)
             values[f"{term.task}/{term.key}"] = value
             if term.weight:
-                total = total + term.weight * value.float()
-        return total, values
+                weighted[f"{term.task}/{term.key}"] = term.weight * value.float()
+        return values, weighted
+
+    @staticmethod
+    def total(weighted: dict[str, torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        """The static sum: a float32 zero plus each weighted term in config order (the ``static`` weighting's sum)."""
+        total = like.new_zeros((), dtype=torch.float32)
+        for value in weighted.values():
+            total = total + value
+        return total
 
     def _check(self, term: Term, value: object, step: int | None) -> None:
         if not isinstance(value, torch.Tensor):

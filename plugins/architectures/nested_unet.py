@@ -66,6 +66,13 @@ class NestedUNet(nn.Module):
         self.depth_head = nn.Sequential(ConvBNReLU(w[0], w[0]), Head(w[0]))
         init_weights(self)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters both tasks train (encoder and nested nodes; only the two heads are per task).
+
+        Gradient-based weightings combine the tasks' gradients on these.
+        """
+        return [*self.encoder.parameters(), *self.ups.parameters(), *self.nodes.parameters()]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x, "nested-unet")
         x, hw = pad_to_multiple(x, self.stride)

@@ -68,6 +68,13 @@ class ResNetUNet(nn.Module):
         self.depth_decoder = UNetDecoder(widths, 1, merge)
         init_weights(self)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters both tasks train (the encoder, whose features both decoders read).
+
+        Gradient-based weightings combine the tasks' gradients on these.
+        """
+        return list(self.encoder.parameters())
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x, "resnet-unet")
         x, hw = pad_to_multiple(x, self.stride)

@@ -119,6 +119,13 @@ class UNet(nn.Module):
         self.depth_decoder = UNetDecoder(widths, convs_per_stage, merge)
         init_weights(self)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters both tasks train (the encoder, whose features both decoders read).
+
+        Gradient-based weightings combine the tasks' gradients on these.
+        """
+        return list(self.encoder.parameters())
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         check_input(x, "unet")
         if self.difference:
