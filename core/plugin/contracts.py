@@ -132,9 +132,9 @@ class Weighting(nn.Module):
             parts = []
             for p in shared:
                 if p.grad is None:
-                    parts.append(torch.zeros(p.numel(), device=p.device, dtype=torch.float32))
+                    parts.append(torch.zeros(p.numel(), device=p.device, dtype=p.dtype))
                 else:
-                    parts.append(p.grad.detach().reshape(-1).float())
+                    parts.append(p.grad.detach().reshape(-1))
                     p.grad = None
             rows.append(torch.cat(parts))
         return torch.stack(rows)

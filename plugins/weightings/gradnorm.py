@@ -49,7 +49,7 @@ class GradNorm(Weighting):
             w = self.task_weight[index].clamp_min(1e-6)
             self.task_weight[index] = w * (len(index) / w.sum())
         w = self.task_weight.detach()[index]
-        now = torch.stack([loss.detach().float() for loss in losses.values()])
+        now = torch.stack([loss.detach() for loss in losses.values()]).to(self.initial.dtype)
         if not self.has_initial:
             with torch.no_grad():
                 self.initial[index] = now
@@ -64,7 +64,7 @@ class GradNorm(Weighting):
         target = norms.mean() * rate.pow(self.alpha)
         grad_w = torch.sign(norms - target) * norms / w
         full = torch.zeros_like(self.task_weight)
-        full[index] = grad_w if scale is None else grad_w * scale
+        full[index] = (grad_w if scale is None else grad_w * scale).to(full.dtype)
         self.task_weight.grad = full
         combined = G.sum(dim=0)
         self.set_shared_gradient(shared, combined if scale is None else combined * scale)
