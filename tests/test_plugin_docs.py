@@ -23,7 +23,7 @@ from torch import nn
 import losslab.core as core
 from losslab.core.data.recipes import Recipe
 from losslab.core.plugin import hookspecs
-from losslab.core.plugin.contracts import Augmentation, Generator, GroundTruth, Loss, Metric
+from losslab.core.plugin.contracts import Augmentation, Generator, GroundTruth, Loss, Metric, Weighting
 from losslab.core.plugin.manager import HOOK_FOR_KIND
 from losslab.core.plugin.markers import PROJECT_NAME
 from losslab.core.plugin.registry import Component, Registry
@@ -223,6 +223,30 @@ def check_metric(component: Component) -> None:
     assert worst_or_equal.all(), "a perfect prediction must score at least as well as a random one"
 
 
+def check_weighting(component: Component) -> None:
+    import io
+
+    weighting = component.create()
+    assert isinstance(weighting, Weighting)
+    shared = nn.Parameter(torch.tensor([1.0, -2.0]))
+    mask_head = nn.Parameter(torch.tensor(0.5))
+    terms = {"mask/bce": (shared.sum() * mask_head) ** 2, "depth/l1": (shared * shared).sum()}
+    total = weighting.combine(terms, [shared], None)
+    if weighting.needs_task_gradients:
+        assert total is None
+    else:
+        assert isinstance(total, torch.Tensor) and total.dim() == 0 and torch.isfinite(total)
+        total.backward()
+    assert shared.grad is not None and torch.isfinite(shared.grad).all()
+    assert mask_head.grad is not None and torch.isfinite(mask_head.grad).all()
+    assert set(weighting.weights()) <= {"mask", "depth"}
+    weighting.end_epoch({"mask": 1.0, "depth": 2.0})
+    buffer = io.BytesIO()
+    torch.save(weighting.state_dict(), buffer)
+    buffer.seek(0)
+    component.create().load_state_dict(torch.load(buffer, weights_only=True))
+
+
 CHECKS = {
     "generator": check_generator,
     "ground_truth": check_ground_truth,
@@ -230,6 +254,7 @@ CHECKS = {
     "architecture": check_architecture,
     "loss": check_loss,
     "metric": check_metric,
+    "weighting": check_weighting,
 }
 
 

@@ -566,3 +566,24 @@ def test_gradnorm_matches_libmtl_through_its_softmax_parametrization(libmtl, see
     (2 * torch.softmax(pulled, dim=0) * ours.task_weight.grad).sum().backward()
     assert torch.allclose(pulled.grad, ref.loss_scale.grad, atol=1e-6)
     assert all(torch.allclose(q.grad, e, atol=1e-6) for q, e in zip(shared, expected_shared, strict=True))
+
+
+# -- lab tune searches a method's parameters like any other key ----------------------------------------
+
+
+def test_lab_tune_searches_a_methods_parameter_and_the_method_itself():
+    from losslab.core.config import ConfigError, resolve_variants
+    from losslab.core.experiment.tuning.space import parse_search
+
+    base = resolve_variants({"name": "x", "loss": {"weighting": {"name": "gradnorm", "params": {"alpha": 1.5}}}},
+                            catalog=CATALOG)[0]
+    (alpha,) = parse_search({"params": {"loss.weighting.params.alpha": {"low": 0, "high": 3}}}, base, CATALOG).params
+    assert (alpha.kind, alpha.low, alpha.high) == ("float", 0.0, 3.0)  # a float because the config holds 1.5
+    plain = resolve_variants({"name": "x"}, catalog=CATALOG)[0]
+    method, alpha = parse_search({"params": {
+        "loss.weighting.name": ["static", "gradnorm"],
+        "loss.weighting.params.alpha": {"low": 0.5, "high": 3.0, "when": {"loss.weighting.name": "gradnorm"}},
+    }}, plain, CATALOG).params
+    assert method.labels == ["static", "gradnorm"] and alpha.when == {"loss.weighting.name": ["gradnorm"]}
+    with pytest.raises(ConfigError, match=r"loss\.weighting\.params\.alpha: unknown parameter"):
+        parse_search({"params": {"loss.weighting.params.alpha": {"low": 0.5, "high": 3.0}}}, plain, CATALOG)

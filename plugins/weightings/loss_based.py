@@ -26,6 +26,9 @@ class Static(Weighting):
     zero in that order repeats the engine's former total operation for operation.
     """
 
+    def __init__(self) -> None:  # no params: a typo under loss.weighting.params is caught at validation
+        super().__init__()
+
     def combine(self, terms: dict[str, torch.Tensor], shared: Sequence[nn.Parameter],
                 scale: torch.Tensor | None = None) -> torch.Tensor:
         values = list(terms.values())
