@@ -587,3 +587,49 @@ def test_lab_tune_searches_a_methods_parameter_and_the_method_itself():
     assert method.labels == ["static", "gradnorm"] and alpha.when == {"loss.weighting.name": ["gradnorm"]}
     with pytest.raises(ConfigError, match=r"loss\.weighting\.params\.alpha: unknown parameter"):
         parse_search({"params": {"loss.weighting.params.alpha": {"low": 0.5, "high": 3.0}}}, plain, CATALOG)
+
+
+# -- in training: logged weights, checkpoint and resume -------------------------------------------------
+
+
+def _trainer(tmp_path, name, epochs=2, **params):
+    from losslab.core.config import resolve_variants
+    from losslab.core.train.trainer import Trainer
+    from tests.conftest import TINY
+
+    raw = {**TINY, "train": {**TINY["train"], "epochs": epochs},
+           "loss": {**TINY["loss"], "weighting": {"name": name, "params": params}}}
+    cfg = resolve_variants(raw, catalog=CATALOG)[0]
+    return Trainer(cfg, 0, CATALOG, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["uncertainty", "gradnorm", "dwa", "pcgrad"])
+def test_a_killed_run_resumes_its_weighting_and_matches_an_uninterrupted_one(tmp_path, name):
+    straight = _trainer(tmp_path / "a", name, epochs=3).fit()
+
+    def stop_after_second(epoch, metrics):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _trainer(tmp_path / "b", name, epochs=3).fit(on_epoch=stop_after_second)
+    resumed = _trainer(tmp_path / "b", name, epochs=3).fit(resume=True)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
+    for key in ("weighting/mask", "weighting/depth", "train/loss", "val/mask_iou"):
+        assert [h[key] for h in resumed.history] == pytest.approx([h[key] for h in straight.history], rel=1e-6), key
+    assert all(math.isfinite(h["weighting/mask"]) for h in straight.history)
+
+
+def test_learned_weights_move_and_are_logged_each_epoch(tmp_path):
+    result = _trainer(tmp_path, "uncertainty", epochs=2, init=0.0).fit()
+    first, second = (h["weighting/mask"] for h in result.history)
+    assert first != 0.5 and second != first  # trained away from exp(-0)/2 by the optimizer
+
+
+def test_dwa_logs_ones_for_two_epochs_then_the_ratio_weights(tmp_path):
+    result = _trainer(tmp_path, "dwa", epochs=3).fit()
+    assert [h["weighting/mask"] for h in result.history[:2]] == [1.0, 1.0]
+    loss = [{t: h[f"train/{t}/{k}"] for t, k in (("mask", "bce"), ("depth", "l1"))} for h in result.history]
+    r = {t: loss[1][t] / loss[0][t] / 2.0 for t in ("mask", "depth")}
+    expected = 2 * math.exp(r["mask"]) / (math.exp(r["mask"]) + math.exp(r["depth"]))
+    assert result.history[2]["weighting/mask"] == pytest.approx(expected, rel=1e-5)

@@ -4,7 +4,7 @@ Everything a config names is built here, in this order, and nowhere else:
 the process (threads, device, DDP ranks, precision, global seeds); the data
 (samples, the split by background, the loaders and their device-side twins);
 the model and its wrappers (SyncBatchNorm, DDP, ``torch.compile``); the
-objective; the batch size (``auto`` probes the plain model); the
+objective and the loss weighting (with the parameters the tasks share); the batch size (``auto`` probes the plain model); the
 augmentations; the metrics; the optimizer, scheduler and gradient scaler.
 The loop (``loop.py``) receives the result, :class:`Parts`, and builds nothing.
 """
@@ -21,11 +21,13 @@ from torch import nn
 from losslab.core.config import ExperimentConfig, TrainSpec
 from losslab.core.data.datasets import BatchLoader, build_samples, split_by_bg
 from losslab.core.device import Precision, precision_for, resolve_device, seed_everything
+from losslab.core.plugin.contracts import Weighting
 from losslab.core.plugin.registry import Catalog, Component, create_module
 from losslab.core.train import distributed
 from losslab.core.train.errors import TrainingError
 from losslab.core.train.objective import Objective
 from losslab.core.train.optim import build_optimizer
+from losslab.core.train.weighting import build_weighting, check_shared, parameter_groups, shared_parameters
 
 
 @dataclass
@@ -56,6 +58,8 @@ class Parts:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler | None
     scaler: torch.amp.GradScaler | None
+    weighting: Weighting  # loss.weighting: how the tasks' losses become one update
+    shared: list[nn.Parameter]  # the parameters the tasks share (the architecture says which)
 
 
 def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
@@ -75,6 +79,9 @@ def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
     model = build_model(cfg, catalog, device, dist, precision)
     forward = wrap_model(model, train, device, dist)
     objective = Objective(cfg.loss, catalog).to(device)
+    weighting = build_weighting(cfg.loss.weighting, catalog, dist.world_size).to(device)
+    shared, shared_from = shared_parameters(model)
+    check_shared(weighting, cfg.loss.weighting.name, shared, shared_from)
     batch_size = _batch_size(cfg, model, objective, precision, device, dist)
     common: dict[str, Any] = dict(image_size=cfg.data.image_size, max_depth=cfg.data.max_depth, device=device,
                   rank=dist.rank, world_size=dist.world_size)
@@ -85,12 +92,12 @@ def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
     aug_seed = seed + 100_003 * dist.rank  # each rank draws its own augmentations
     augment = [catalog.create("augmentation", a.name, seed=aug_seed, **a.params) for a in cfg.augment]
     metrics, metric_components = build_metrics(cfg, catalog, device)
-    optimizer = optimizer_for(train, model)
+    optimizer = optimizer_for(train, model, weighting)
     scheduler = scheduler_for(train, optimizer, max(1, len(train_loader)) * train.epochs)
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
     return Parts(cfg, seed, device, dist, precision, samples, train_idx, val_idx, model, component, forward,
                  objective, batch_size, train_loader, val_loader, train_batches, val_batches, augment, metrics,
-                 metric_components, optimizer, scheduler, scaler)
+                 metric_components, optimizer, scheduler, scaler, weighting, shared)
 
 
 def build_split(cfg: ExperimentConfig, catalog: Catalog) -> tuple[Any, np.ndarray, np.ndarray]:
@@ -177,8 +184,10 @@ def build_metrics(cfg: ExperimentConfig, catalog: Catalog,
     return metrics, components
 
 
-def optimizer_for(train: TrainSpec, model: nn.Module) -> torch.optim.Optimizer:
-    return build_optimizer(train.optimizer, model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+def optimizer_for(train: TrainSpec, model: nn.Module, weighting: Weighting | None = None) -> torch.optim.Optimizer:
+    """The network's parameters, and a learned weighting's own in a group without weight decay."""
+    params: Any = parameter_groups(model, weighting) if weighting is not None else model.parameters()
+    return build_optimizer(train.optimizer, params, lr=train.lr, weight_decay=train.weight_decay)
 
 
 def scheduler_for(train: TrainSpec, optimizer: torch.optim.Optimizer,

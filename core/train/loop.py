@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from losslab.core.train import checkpoint, distributed
+from losslab.core.train import weighting as weighting_glue
 from losslab.core.train.builder import Parts
 from losslab.core.train.callbacks import Callback, EpochEnd, read_per_image
 from losslab.core.train.errors import CheckpointError, TrainingError
@@ -96,26 +97,26 @@ class TrainLoop:
         if not self._outputs_checked:
             check_outputs(out, x, p.model_component)
             self._outputs_checked = True
-        total, values = p.objective(out, batch, step=step)
-        values = {"loss": total, **values}
+        values, weighted = p.objective.term_values(out, batch, step=step)
+        with torch.no_grad():  # the logged loss: the static sum, whatever the weighting trains on
+            values = {"loss": p.objective.total(weighted, out["mask"]), **values}
         if check or step == 0:
             p.objective.assert_finite(values, step=step)
-        self._backward(total)
+        self._backward(weighted)
         self.state.step += 1
         return x.shape[0], {k: v.detach() for k, v in values.items()}
 
-    def _backward(self, total: torch.Tensor) -> None:
+    def _backward(self, weighted: dict[str, torch.Tensor]) -> None:
         p, clip = self.parts, self.parts.cfg.train.grad_clip
         p.optimizer.zero_grad(set_to_none=True)
+        weighting_glue.backward(p.weighting, weighted, p.shared, p.scaler)  # static: the former total.backward()
         if p.scaler:
-            p.scaler.scale(total).backward()
             if clip:
                 p.scaler.unscale_(p.optimizer)
                 nn.utils.clip_grad_norm_(p.model.parameters(), clip)
             p.scaler.step(p.optimizer)
             p.scaler.update()
         else:
-            total.backward()
             if clip:
                 nn.utils.clip_grad_norm_(p.model.parameters(), clip)
             p.optimizer.step()
@@ -149,6 +150,8 @@ class TrainLoop:
         result = {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
         result["perf/samples_per_s"] = count / max(elapsed, 1e-9)
         result["lr"] = float(p.optimizer.param_groups[0]["lr"])
+        terms = [(t.task, t.key, t.weight) for t in p.objective.terms]
+        result.update(weighting_glue.end_epoch(p.weighting, terms, result))  # weighting/<task>, then its epoch end
         return result
 
     def run_epoch(self) -> EpochEnd:
@@ -207,6 +210,7 @@ class TrainLoop:
             "optimizer": p.optimizer.state_dict(),
             "scheduler": p.scheduler.state_dict() if p.scheduler else None,
             "scaler": p.scaler.state_dict() if p.scaler else None,
+            "weighting": p.weighting.state_dict(),
             **asdict(self.state),
             "config": p.cfg.to_dict(),
             "seed": p.seed,
@@ -224,6 +228,14 @@ class TrainLoop:
             p.scheduler.load_state_dict(state["scheduler"])
         if p.scaler and state["scaler"]:
             p.scaler.load_state_dict(state["scaler"])
+        if not isinstance(state.get("weighting"), dict):
+            raise CheckpointError(f"{path}: holds no loss-weighting state (written before loss.weighting existed?); "
+                                  "delete it to train this run again")
+        try:
+            p.weighting.load_state_dict(state["weighting"])
+        except (RuntimeError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path}: its loss-weighting state does not fit loss.weighting "
+                                  f"{p.cfg.loss.weighting.name!r}: {exc}") from None
         self.state = LoopState(**{k: state[k] for k in asdict(LoopState())})
         if len(state["augment"]) != len(p.augment) or state["loader"]["seed"] != p.train_loader.seed:
             raise CheckpointError(f"{path}: its augmentations or loader seed do not match this run's; "

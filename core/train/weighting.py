@@ -9,15 +9,18 @@ task's epoch-mean loss computed from the logged terms.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
+import torch
 from torch import nn
 
 from losslab.core.config import ComponentSpec
 from losslab.core.plugin.contracts import Weighting
 from losslab.core.plugin.registry import Catalog
+from losslab.core.train.errors import TrainingError
 
 
-class WeightingError(RuntimeError):
+class WeightingError(TrainingError):
     """``loss.weighting`` cannot be built or used as configured; the message says what to change."""
 
 
@@ -74,3 +77,35 @@ def epoch_task_losses(terms: Sequence[tuple[str, str, float]], means: dict[str, 
         if weight and value is not None:
             out[task] = out.get(task, 0.0) + weight * value
     return out
+
+
+def parameter_groups(model: nn.Module, weighting: Weighting) -> list[dict[str, Any]]:
+    """The optimizer's groups: the network's parameters, then the weighting's own (no weight decay), if any."""
+    groups: list[dict[str, Any]] = [{"params": list(model.parameters())}]
+    own = [p for p in weighting.parameters() if p.requires_grad]
+    if own:
+        groups.append({"params": own, "weight_decay": 0.0})
+    return groups
+
+
+def backward(weighting: Weighting, weighted: dict[str, torch.Tensor], shared: Sequence[nn.Parameter],
+             scaler: torch.amp.GradScaler | None) -> None:
+    """One step's gradients: the weighting combines the terms; a returned total is (scaled and) back-propagated.
+
+    A gradient method gets the AMP loss scale as a device tensor (no host sync) and leaves ``.grad`` at
+    that scale, so the caller's ``scaler.unscale_``/``scaler.step`` treat both kinds alike.
+    """
+    scale = None
+    if scaler is not None and weighting.needs_task_gradients:
+        scale = scaler.scale(torch.ones((), device=next(iter(weighted.values())).device))
+    total = weighting.combine(weighted, shared, scale)
+    if total is not None:
+        (scaler.scale(total) if scaler is not None else total).backward()
+
+
+def end_epoch(weighting: Weighting, terms: Sequence[tuple[str, str, float]],
+              train_means: dict[str, float]) -> dict[str, float]:
+    """The epoch's ``weighting/<task>`` metrics (read before the method moves on), then ``end_epoch``."""
+    logged = {f"weighting/{task}": float(value) for task, value in weighting.weights().items()}
+    weighting.end_epoch(epoch_task_losses(terms, train_means))
+    return logged
