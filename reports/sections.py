@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 
-from losslab.reports import plots, words
+from losslab.reports import multitask, plots, words
 from losslab.reports.analysis import Analysis, MetricResult, TuneResult
 from losslab.reports.collect import VERSION_TAGS, Study
 from losslab.reports.render import Code, Document, EmbeddedHtml, Heading, Image, Paragraph, Table
@@ -135,6 +135,7 @@ def build_document(study: Study, analysis: Analysis) -> Document:
             doc.add(Paragraph(words.metric_paragraph(r)))
         doc.add(Heading("Pairwise tests"))
         doc.add(pairwise_table(analysis.metrics))
+    doc.add(*multitask.section(study))  # only for studies whose variants differ in loss.weighting
 
     groups = plots.curve_groups(study)
     if any(groups.values()):
