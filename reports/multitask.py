@@ -207,7 +207,7 @@ def pareto_plot(m: MultiTask) -> Image | None:
                  "small dots single seeds.")
 
 
-def section(study: Study) -> list[Block]:
+def section(study: Study) -> list[Block | None]:
     """The section's blocks, or none when the study does not compare weightings."""
     m = analyze(study)
     if m is None:

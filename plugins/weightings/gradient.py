@@ -84,6 +84,9 @@ def aligned_mtl(G: torch.Tensor, pref: torch.Tensor | None = None) -> torch.Tens
 class _GradientWeighting(Weighting):
     needs_task_gradients = True
     distributed = PER_TASK_BACKWARD
+    alpha_sum: torch.Tensor
+    alpha_steps: torch.Tensor
+    alpha_last: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()

@@ -31,6 +31,7 @@ class GradNorm(Weighting):
 
     needs_task_gradients = True
     distributed = PER_TASK_BACKWARD
+    initial: torch.Tensor
 
     def __init__(self, alpha: float = 1.5) -> None:
         super().__init__()

@@ -92,6 +92,8 @@ class DWA(Weighting):
         temperature: the softmax temperature T (larger: weights closer to 1).
     """
 
+    current: torch.Tensor
+
     def __init__(self, temperature: float = 2.0) -> None:
         super().__init__()
         if not temperature > 0:
