@@ -4,8 +4,9 @@ Everything a config names is built here, in this order, and nowhere else:
 the process (threads, device, DDP ranks, precision, global seeds); the data
 (samples, the split by background, the loaders and their device-side twins);
 the model and its wrappers (SyncBatchNorm, DDP, ``torch.compile``); the
-objective and the loss weighting (with the parameters the tasks share); the batch size (``auto`` probes the plain model); the
-augmentations; the metrics; the optimizer, scheduler and gradient scaler.
+objective and the loss weighting (with the parameters the tasks share); the
+batch size (``auto`` probes the plain model); the augmentations; the
+metrics; the optimizer, scheduler and gradient scaler.
 The loop (``loop.py``) receives the result, :class:`Parts`, and builds nothing.
 """
 
