@@ -54,7 +54,7 @@ def main() -> None:
         configs = load_experiment(args.experiment, sets, catalog)
         cfg = next(c for c in configs if c.variant == args.variant)
         trainers[method] = Trainer(cfg, 0, catalog, Path(f"/tmp/losslab-bench-weighting/{method}"))
-    first = trainers["static"]
+    first = trainers["static"].parts
     device = first.device
     resident = next(iter(first.train_batches))
 
@@ -66,7 +66,7 @@ def main() -> None:
         return time.perf_counter() - t0
 
     for trainer in trainers.values():
-        trainer.model.train()
+        trainer.parts.model.train()
         for _ in range(2):  # warm-up: allocator, kernels
             step(trainer)
     times: dict[str, list[float]] = {m: [] for m in trainers}
@@ -82,7 +82,7 @@ def main() -> None:
     print(f"{'method':<12} {'median ms':>10} {'x static':>9}  backward passes per step")
     for method, values in times.items():
         median = statistics.median(values)
-        passes = "one per task" if trainers[method].weighting.needs_task_gradients else "one"
+        passes = "one per task" if trainers[method].parts.weighting.needs_task_gradients else "one"
         print(f"{method:<12} {median * 1000:>10.1f} {median / base:>9.2f}  {passes}")
 
 
