@@ -10,20 +10,28 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import Any
 
 import numpy as np
 
+from losslab.core.experiment.sequential import SEQUENTIAL_TAG, SequentialPlan
 from losslab.reports.collect import ChildRun, Study, Trial
 from losslab.reports.stats import (
     ALPHA,
+    MIN_SEEDS_FOR_CLAIM,
+    N_BOOT,
     PairedTest,
     Summary,
+    detectable_gap,
+    hierarchical_bootstrap,
     holm,
+    interquartile_mean,
     paired_image_test,
     paired_seed_test,
+    probability_of_improvement,
     rank_order,
     summarize,
 )
@@ -96,13 +104,21 @@ def higher_is_better(key: str) -> bool:
 
 # -- comparisons -------------------------------------------------------------------------------------
 
+#: The status of a comparison; the words, the tables, the terminal and the MLflow tags all read it.
+SIGNIFICANT, NOT_SIGNIFICANT, EXPLORATORY, NOT_TESTED = "significant", "not significant", "exploratory", "not tested"
+
 
 @dataclass
 class Comparison:
-    """``better`` (ranked higher) against ``worse`` on one metric.
+    """``better`` (ranked higher by mean) against ``worse`` on one metric.
 
-    ``seed`` and ``image`` hold the raw tests (diff = better - worse); ``*_p_adj`` are Holm-adjusted.
-    ``gain`` is how much ``better`` is ahead in the metric's good direction.
+    The decision is the paired t-test over the seeds both ran (``seed``; diff = better - worse),
+    Holm-adjusted over every pair of variants of the metric (``seed_p_adj``). ``image`` is the
+    Wilcoxon test over validation images: descriptive only, since the images scored by one trained
+    model are not independent replicates. ``gain`` is how far ``better`` is ahead in the metric's
+    good direction, ``gain_low``/``gain_high`` its hierarchical-bootstrap 95% interval (seeds, then
+    images), ``effect`` the probability of improvement (Vargha-Delaney A over seeds), ``detectable``
+    the gap these seeds detect at 80% power with the observed spread of the paired differences.
     """
 
     better: str
@@ -112,47 +128,42 @@ class Comparison:
     seed_p_adj: float
     image_p_adj: float
     higher_is_better: bool
-
-    def _gain(self, test: PairedTest) -> float:
-        return test.diff if self.higher_is_better else -test.diff
-
-    @property
-    def gain(self) -> float:
-        """Over seeds when they can be tested, else over images (matching :attr:`gain_half_width`)."""
-        if self.seed.possible or (not self.image.possible and math.isfinite(self.seed.diff)):
-            return self._gain(self.seed)
-        return self._gain(self.image)
+    gain: float = float("nan")
+    gain_low: float = float("nan")
+    gain_high: float = float("nan")
+    effect: float = float("nan")
+    detectable: float = float("nan")
+    spread: float = float("nan")
+    alpha: float = ALPHA
+    decided_at: int | None = None
+    status: str = NOT_TESTED
 
     @property
     def gain_half_width(self) -> float:
-        """95% interval half-width of the gain: over seeds when there are two or more, else images."""
-        if self.seed.possible:
-            return self.seed.half_width
-        return self.image.half_width
+        """Half the width of the bootstrap interval of the gain (for ``x +/- h`` display)."""
+        return (self.gain_high - self.gain_low) / 2.0
 
     @property
     def tested(self) -> bool:
-        return self.seed.possible or self.image.possible
+        return self.status in (SIGNIFICANT, NOT_SIGNIFICANT)
 
     @property
     def significant(self) -> bool:
-        """Every test that could run rejects (Holm-adjusted p < 0.05) in the same direction."""
-        verdicts = []
-        for test, p_adj in ((self.seed, self.seed_p_adj), (self.image, self.image_p_adj)):
-            if test.possible:
-                verdicts.append(p_adj < ALPHA and self._gain(test) > 0)
-        return bool(verdicts) and all(verdicts)
+        return self.status == SIGNIFICANT
 
     @property
     def verdict(self) -> str:
-        if not self.tested:
-            return "not tested"
-        return "significant" if self.significant else "not significant"
+        return self.status
 
 
 @dataclass
 class MetricResult:
-    """One metric across variants: summaries over seeds, ranking and pairwise tests."""
+    """One metric across variants: summaries over seeds, ranking and every pairwise comparison.
+
+    ``summaries[v]`` holds the mean and standard deviation over seeds with the hierarchical
+    bootstrap 95% interval as ``low``/``high``. ``references`` is for marked reference rows (a
+    task's no-skill floors): shown beside the variants, never ranked, never a winner.
+    """
 
     key: str
     label: str
@@ -164,6 +175,9 @@ class MetricResult:
     comparisons: list[Comparison]
     n_images: int
     image_means: dict[str, float] = field(default_factory=dict)
+    iqm: dict[str, float] = field(default_factory=dict)
+    references: dict[str, Summary] = field(default_factory=dict)
+    per_test_alpha: float = ALPHA
 
     def vs(self, a: str, b: str) -> Comparison | None:
         for c in self.comparisons:
@@ -175,69 +189,215 @@ class MetricResult:
     def best(self) -> str | None:
         return self.ranking[0] if self.ranking else None
 
+    @property
+    def n_seeds(self) -> int:
+        """The seeds of the best variant: the most any claim on this metric can stand on."""
+        return self.summaries[self.best].n if self.best else 0
 
-def _per_image(children: list[ChildRun], column: str, seeds: set[int] | None = None) -> dict[int, float]:
-    """Each image's score for one variant, averaged over its seeds (or ``seeds``) that scored every image."""
-    tables = [
-        c.per_image
-        for c in children
-        if c.per_image is not None and column in c.per_image.columns and (seeds is None or c.seed in seeds)
-    ]
-    if not tables:
-        return {}
-    common = set(tables[0].index.tolist())
-    for t in tables[1:]:
-        common &= set(t.index.tolist())
-    sums: dict[int, float] = dict.fromkeys(common, 0.0)
-    for t in tables:
-        for i, v in zip(t.index.tolist(), t.columns[column].tolist(), strict=True):
-            if i in sums:
-                sums[i] += v
-    return {i: s / len(tables) for i, s in sums.items()}
+    @property
+    def exploratory(self) -> bool:
+        """No claim is possible: the best has fewer than 3 seeds, or no pair shares 3 seeds."""
+        if self.n_seeds < MIN_SEEDS_FOR_CLAIM:
+            return True
+        return bool(self.comparisons) and all(c.status in (EXPLORATORY, NOT_TESTED) for c in self.comparisons)
+
+    def against_best(self) -> list[Comparison]:
+        best = self.best
+        return [c for c in self.comparisons if best in (c.better, c.worse)]
+
+    @property
+    def winner(self) -> str | None:
+        """The best variant when it is significantly ahead of every other, else None."""
+        against = self.against_best()
+        if len(self.ranking) < 2 or not against or self.exploratory:
+            return None
+        return self.best if all(c.significant and c.better == self.best for c in against) else None
+
+    @property
+    def tied_with_best(self) -> list[str]:
+        """The best and the variants it was tested against and is not significantly ahead of."""
+        best = self.best
+        if best is None:
+            return []
+        return [best] + [v for v in self.ranking[1:] if (c := self.vs(best, v)) is not None
+                         and c.status == NOT_SIGNIFICANT]
+
+    @property
+    def no_claim_against_best(self) -> list[str]:
+        """Variants the best cannot be compared with (fewer than 3 seeds in common, or none)."""
+        best = self.best
+        return [v for v in self.ranking[1:] if (c := self.vs(best, v)) is None
+                or c.status in (EXPLORATORY, NOT_TESTED)]
 
 
-def analyze_metric(study: Study, key: str) -> MetricResult:
-    """Summaries, ranking and Holm-corrected pairwise tests for metric ``key`` (e.g. ``val/mask_iou``)."""
+def _image_matrix(children: list[ChildRun], column: str, seeds: list[int]) -> tuple[np.ndarray, list[int]]:
+    """Seeds x images of one variant (rows in ``seeds`` order), over the images every seed scored."""
+    tables = {c.seed: c.per_image for c in children
+              if c.seed in seeds and c.per_image is not None and column in c.per_image.columns}
+    if len(tables) != len(seeds) or not seeds:
+        return np.zeros((0, 0)), []
+    common = set(tables[seeds[0]].index.tolist())
+    for s in seeds[1:]:
+        common &= set(tables[s].index.tolist())
+    images = sorted(common)
+    rows = []
+    for s in seeds:
+        t = tables[s]
+        where = {int(i): k for k, i in enumerate(t.index.tolist())}
+        rows.append(t.columns[column][[where[i] for i in images]])
+    return np.asarray(rows, dtype=np.float64), images
+
+
+def _centred_interval(point: float, matrix: np.ndarray, per_seed: np.ndarray, n_boot: int) -> tuple[float, float]:
+    """Hierarchical bootstrap interval around ``point`` (the mean of the logged per-seed values).
+
+    The per-image tables average to the logged values up to how a metric aggregates; the interval
+    is taken from the per-image matrix and shifted by the difference of the two means, so it always
+    surrounds the value the tables show. Without per-image scores, the bootstrap is over seeds alone.
+    """
+    if matrix.size and matrix.shape[0] == per_seed.size and np.isfinite(matrix).any():
+        low, high = hierarchical_bootstrap(matrix, n_boot)
+        shift = point - float(np.nanmean(matrix))
+        return low + shift, high + shift
+    return hierarchical_bootstrap(per_seed.reshape(-1, 1), n_boot)
+
+
+def _looks(study: Study) -> list[tuple[list[int] | None, float]]:
+    """Each look as (the seeds it sees, or None for all; its Holm level): one look at 5% unless sequential."""
+    raw = study.tags.get(SEQUENTIAL_TAG)
+    if raw:
+        try:
+            plan = SequentialPlan.from_json(raw)
+        except (ValueError, KeyError, TypeError):
+            plan = None
+        if plan is not None:
+            return [(list(plan.seeds_at(k)), a) for k, a in enumerate(plan.alphas)]
+    return [(None, ALPHA)]
+
+
+def sequential_plan(study: Study) -> SequentialPlan | None:
+    raw = study.tags.get(SEQUENTIAL_TAG)
+    if not raw:
+        return None
+    try:
+        return SequentialPlan.from_json(raw)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _seed_family(pairs: list[tuple[str, str]], per_seed: dict[str, dict[int, float]], seeds: list[int] | None
+                 ) -> tuple[list[PairedTest], list[float]]:
+    """Paired t-tests of every pair on ``seeds`` (all when None), Holm-adjusted over the testable ones."""
+    tests = []
+    for a, b in pairs:
+        pa = {s: v for s, v in per_seed[a].items() if seeds is None or s in seeds}
+        pb = {s: v for s, v in per_seed[b].items() if seeds is None or s in seeds}
+        tests.append(paired_seed_test(pa, pb))
+    claimable = [t.p if t.n >= MIN_SEEDS_FOR_CLAIM else float("nan") for t in tests]
+    return tests, holm(claimable)
+
+
+def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult:
+    """Summaries, ranking and Holm-corrected comparisons of every pair of variants for metric ``key``."""
     hib = higher_is_better(key)
+    sign = 1.0 if hib else -1.0
     by_variant: dict[str, list[ChildRun]] = {v: [] for v in study.variants}
     for child in study.ok_children:
         by_variant.setdefault(child.variant, []).append(child)
     per_seed: dict[str, dict[int, float]] = {}
     for variant, children in by_variant.items():
         values = {c.seed: c.value(key) for c in children}
-        per_seed[variant] = {s: v for s, v in values.items() if v is not None}
+        per_seed[variant] = {s: v for s, v in sorted(values.items()) if v is not None}
     variants = [v for v in by_variant if per_seed.get(v)]
-    summaries = {v: summarize(list(per_seed[v].values())) for v in variants}
+    column = key[len("val/"):] if key.startswith("val/") else key
+
+    summaries: dict[str, Summary] = {}
+    iqm: dict[str, float] = {}
+    image_means: dict[str, float] = {}
+    n_images = 0
+    for v in variants:
+        seeds = list(per_seed[v])
+        values = np.array([per_seed[v][s] for s in seeds])
+        t = summarize(values.tolist())
+        matrix, images = _image_matrix(by_variant[v], column, seeds)
+        low, high = _centred_interval(t.mean, matrix, values, n_boot)
+        summaries[v] = Summary(t.n, t.mean, t.std, low, high)
+        iqm[v] = interquartile_mean(values.tolist())
+        if matrix.size:
+            image_means[v] = float(np.nanmean(matrix))
+            n_images = max(n_images, len(images))
     ranking = rank_order({v: summaries[v].mean for v in variants}, hib)
 
-    column = key[len("val/"):] if key.startswith("val/") else key
-    images = {v: _per_image(by_variant[v], column) for v in variants}
     pairs = list(combinations(ranking, 2))  # (better, worse) by mean
-    seed_tests = [paired_seed_test(per_seed[a], per_seed[b]) for a, b in pairs]
+    looks = _looks(study)
+    final_tests, final_adj = _seed_family(pairs, per_seed, None)
+    decided: dict[int, int] = {}  # pair index -> seeds at the look that decided it
+    for seeds, level in looks:
+        tests, adjusted = (final_tests, final_adj) if seeds is None else _seed_family(pairs, per_seed, seeds)
+        for i, (t, p_adj) in enumerate(zip(tests, adjusted, strict=True)):
+            if i not in decided and t.possible and p_adj < level and sign * t.diff > 0:
+                decided[i] = t.n
+
     image_tests = []
-    n_images = 0
+    extras = []
     for a, b in pairs:
-        # Average each image over the seeds both variants ran, so a missing (failed) seed of one
+        # Images averaged over the seeds both variants ran, so a missing (failed) seed of one
         # variant cannot pass for a difference between the variants.
-        seeds = {c.seed for c in by_variant[a]} & {c.seed for c in by_variant[b]}
-        img_a = _per_image(by_variant[a], column, seeds or None)
-        img_b = _per_image(by_variant[b], column, seeds or None)
-        common = sorted(set(img_a) & set(img_b))
-        n_images = max(n_images, len(common))
-        a_scores = np.array([img_a[i] for i in common])
-        b_scores = np.array([img_b[i] for i in common])
-        image_tests.append(paired_image_test(a_scores, b_scores))
-    seed_adj = holm([t.p for t in seed_tests])
+        common_seeds = sorted(set(per_seed[a]) & set(per_seed[b]))
+        ma, ia = _image_matrix(by_variant[a], column, common_seeds)
+        mb, ib = _image_matrix(by_variant[b], column, common_seeds)
+        shared = sorted(set(ia) & set(ib))
+        if shared:
+            pa = {i: k for k, i in enumerate(ia)}
+            pb = {i: k for k, i in enumerate(ib)}
+            da = ma[:, [pa[i] for i in shared]]
+            db = mb[:, [pb[i] for i in shared]]
+            with warnings.catch_warnings():  # an image NaN on every seed stays NaN and is left out
+                warnings.simplefilter("ignore", RuntimeWarning)
+                image_tests.append(paired_image_test(np.nanmean(da, axis=0), np.nanmean(db, axis=0)))
+            diff = sign * (da - db)
+        else:
+            image_tests.append(paired_image_test(np.zeros(0), np.zeros(0)))
+            diff = np.zeros((0, 0))
+        xa = np.array([per_seed[a][s] for s in common_seeds])
+        xb = np.array([per_seed[b][s] for s in common_seeds])
+        extras.append((common_seeds, xa, xb, diff))
     image_adj = holm([t.p for t in image_tests])
-    comparisons = [
-        Comparison(a, b, st, it, sp, ip, hib)
-        for (a, b), st, it, sp, ip in zip(pairs, seed_tests, image_tests, seed_adj, image_adj, strict=True)
-    ]
-    if len(variants) == 1:
-        n_images = len(images[variants[0]])
-    image_means = {v: float(np.mean(list(images[v].values()))) for v in variants if images[v]}
+    n_claimable = sum(t.n >= MIN_SEEDS_FOR_CLAIM for t in final_tests)
+    per_test_alpha = ALPHA / max(1, n_claimable)
+
+    comparisons = []
+    for i, ((a, b), st, it, sp, ip) in enumerate(zip(pairs, final_tests, image_tests, final_adj, image_adj,
+                                                     strict=True)):
+        common_seeds, xa, xb, diff = extras[i]
+        if st.n:
+            gain = sign * st.diff
+            seed_diff = sign * (xa - xb)
+            low, high = _centred_interval(gain, diff, seed_diff, n_boot) if st.n > 1 or diff.size else (
+                float("nan"), float("nan"))
+        else:
+            gain = sign * (summaries[a].mean - summaries[b].mean)
+            low = high = float("nan")
+        if not st.n or not math.isfinite(gain):
+            status = NOT_TESTED
+        elif st.n < MIN_SEEDS_FOR_CLAIM:
+            status = EXPLORATORY
+        elif i in decided:
+            status = SIGNIFICANT
+        else:
+            status = NOT_SIGNIFICANT
+        spread = float(np.std(xa - xb, ddof=1)) if st.n > 1 else float("nan")
+        if math.isfinite(spread) and spread <= 1e-12 * max(1.0, float(np.max(np.abs(np.r_[xa, xb])))):
+            spread = 0.0  # identical differences on every seed: rounding, not spread
+        comparisons.append(Comparison(
+            a, b, st, it, sp, ip, hib, gain=gain, gain_low=low, gain_high=high,
+            effect=probability_of_improvement((sign * xa).tolist(), (sign * xb).tolist()),
+            detectable=detectable_gap(spread, st.n, per_test_alpha) if st.n >= 2 else float("nan"),
+            spread=spread, alpha=looks[-1][1] if len(looks) > 1 else ALPHA, decided_at=decided.get(i),
+            status=status,
+        ))
     return MetricResult(key, metric_label(key), metric_task(key), hib, per_seed, summaries, ranking,
-                        comparisons, n_images, image_means)
+                        comparisons, n_images, image_means, iqm, per_test_alpha=per_test_alpha)
 
 
 # -- the whole study ---------------------------------------------------------------------------------
@@ -250,6 +410,8 @@ class PerfRow:
     variant: str
     total_s: Summary
     samples_per_s: Summary
+    total_values: list[float] = field(default_factory=list)
+    speed_values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -265,12 +427,43 @@ class TuneResult:
 
 
 @dataclass
-class Analysis:
+class StudyAnalysis:
+    """Every number a report, the terminal and the parent run's tags state, computed once.
+
+    ``verdict_metric`` is the metric the verdict (and the winner) is decided on: the monitored
+    metric when the study logged it, else the first headline metric.
+    """
+
     metrics: list[MetricResult]
     headline: dict[str, MetricResult]
     perf: list[PerfRow]
     monitor: str | None
     tune: TuneResult | None
+    sequential: SequentialPlan | None = None
+    variant_diffs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    @property
+    def verdict_metric(self) -> MetricResult | None:
+        for r in self.headline.values():
+            if r.key == self.monitor:
+                return r
+        return next(iter(self.headline.values()), None)
+
+    @property
+    def winner(self) -> str | None:
+        r = self.verdict_metric
+        return r.winner if r else None
+
+    def undecided(self) -> list[str]:
+        """Variants that need more seeds: the best and those whose comparison with it is not significant."""
+        r = self.verdict_metric
+        if r is None or len(r.ranking) < 2:
+            return []
+        open_ = [v for v in r.ranking[1:] if (c := r.vs(r.best, v)) is not None and not c.significant]
+        return [r.best, *open_] if open_ else []
+
+
+Analysis = StudyAnalysis  # the earlier name
 
 
 def metric_keys(study: Study) -> list[str]:
@@ -325,7 +518,7 @@ def perf_rows(study: Study) -> list[PerfRow]:
                 speed.append(float(np.mean([v for _, v in history])))
             elif "perf/samples_per_s" in c.final:
                 speed.append(c.final["perf/samples_per_s"])
-        rows.append(PerfRow(variant, summarize(total), summarize(speed)))
+        rows.append(PerfRow(variant, summarize(total), summarize(speed), total, speed))
     return rows
 
 
@@ -391,13 +584,40 @@ def tune_result(study: Study) -> TuneResult | None:
     return TuneResult(keys, directions, note, scored + unscored, pareto, varying)
 
 
-def analyze(study: Study) -> Analysis:
-    results = [analyze_metric(study, key) for key in metric_keys(study)]
+def analyze(study: Study, n_boot: int = N_BOOT) -> StudyAnalysis:
+    results = [analyze_metric(study, key, n_boot) for key in metric_keys(study)]
     monitor = monitor_key(study)
-    return Analysis(
+    return StudyAnalysis(
         metrics=results,
         headline=headline_metrics(results, monitor),
         perf=perf_rows(study),
         monitor=monitor,
         tune=tune_result(study),
+        sequential=sequential_plan(study),
+        variant_diffs=variant_differences(study.config_text, study.variants),
     )
+
+
+def variant_differences(config_text: str | None, variants: list[str]) -> dict[str, dict[str, str]]:
+    """Each variant as the dotted keys where the resolved configs differ: ``{"dice": {"loss.mask.0.name": "dice"}}``.
+
+    The parent's ``config.yaml`` holds one resolved document per variant; what they share is the
+    base, shown once, and a variant is what it changes. Keys a variant lacks read as ``(unset)``.
+    """
+    if not config_text:
+        return {}
+    import yaml
+
+    from losslab.core.config import flatten
+
+    try:
+        docs = [d for d in yaml.safe_load_all(config_text) if isinstance(d, dict)]
+    except yaml.YAMLError:
+        return {}
+    flat = {str(d.get("variant", i)): {k: v for k, v in flatten(d).items() if k != "variant"}
+            for i, d in enumerate(docs)}
+    if len(flat) < 2:
+        return {name: {} for name in flat}
+    keys = sorted({k for f in flat.values() for k in f})
+    differing = [k for k in keys if len({json.dumps(f.get(k, "(unset)"), default=str) for f in flat.values()}) > 1]
+    return {name: {k: str(f.get(k, "(unset)")) for k in differing} for name, f in flat.items()}

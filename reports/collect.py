@@ -54,6 +54,8 @@ class PerImage:
 
     index: np.ndarray
     columns: dict[str, np.ndarray]
+    #: What each image is (``bg``, ``fg``, ``flip``, ``row``, ``col`` where the data has recipes).
+    ids: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -246,14 +248,18 @@ def read_per_image(path: Path) -> PerImage:
         )
     index = np.array([int(float(r["index"])) for r in rows], dtype=np.int64)
     columns: dict[str, np.ndarray] = {}
+    ids: dict[str, np.ndarray] = {}
     for name in header:
         if name in PER_IMAGE_ID_COLUMNS:
+            if name != "index":
+                with contextlib.suppress(TypeError, ValueError):
+                    ids[name] = np.array([float(r[name]) for r in rows], dtype=np.float64)
             continue
         try:
             columns[name] = np.array([float(r[name]) for r in rows], dtype=np.float64)
         except (TypeError, ValueError):
             continue  # a non-numeric column is description, not a score
-    return PerImage(index=index, columns=columns)
+    return PerImage(index=index, columns=columns, ids=ids)
 
 
 def _histories(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:

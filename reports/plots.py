@@ -16,7 +16,7 @@ from losslab.reports.analysis import MetricResult, metric_label
 from losslab.reports.collect import ChildRun, Study
 
 DPI = 90
-MAX_SAMPLES = 3
+MAX_SAMPLES = 4
 _SPLIT_STYLE = {"train": "-", "val": "--"}
 
 
@@ -92,6 +92,7 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
     fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     colors = _colors(len(study.variants))
+    drawn: set[str] = set()
     for ax, panel in zip(axes.flat, panels, strict=False):
         for color, variant in zip(colors, study.variants, strict=True):
             children = [c for c in study.ok_children if c.variant == variant]
@@ -101,6 +102,7 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
                 if not histories:
                     continue
                 steps, mean, std = _mean_band(histories)
+                drawn.add(split)
                 ax.plot(steps, mean, style, color=color, linewidth=1.6)
                 if len(histories) > 1:
                     ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
@@ -112,51 +114,85 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
     handles = [Line2D([], [], color=c, label=v) for c, v in zip(colors, study.variants, strict=True)]
-    handles += [Line2D([], [], color="0.3", linestyle=s, label=split) for split, s in _SPLIT_STYLE.items()]
+    handles += [Line2D([], [], color="0.3", linestyle=s, label=split) for split, s in _SPLIT_STYLE.items()
+                if split in drawn]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(6, len(handles)), fontsize=9)
     fig.suptitle(title)
     name = "curves_" + title.lower().replace(" ", "_")
-    return Plot(name, _png(fig), f"{title}: mean over seeds per epoch, band = +/- 1 standard deviation "
-                                 "(solid: training, dashed: validation).")
+    styles = {"train": "solid: training", "val": "dashed: validation"}
+    lines = ", ".join(styles[s] for s in _SPLIT_STYLE if s in drawn)
+    return Plot(name, _png(fig), f"{title}: mean over seeds per epoch, band = +/- 1 standard deviation over "
+                                 f"seeds ({lines}).")
 
 
 # -- scores with intervals ---------------------------------------------------------------------------
 
 
-def score_bars(results: list[MetricResult], variants: list[str]) -> Plot | None:
-    """Each metric's mean per variant with its 95% interval, and the per-seed values as dots."""
+def axis_range(values: list[float]) -> tuple[float, float, bool]:
+    """(low, high, starts_at_zero) for values of one panel.
+
+    Zero is the honest start when the data come near it (their low end is under half their top);
+    otherwise a panel starting at zero would flatten every difference into one line, so it starts
+    just below the data and the caption says where.
+    """
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return 0.0, 1.0, True
+    lo, hi = min(finite), max(finite)
+    span = hi - lo if hi > lo else max(abs(hi), 1e-6) * 0.1
+    if lo >= 0 and lo <= 0.5 * hi:
+        return 0.0, hi + 0.12 * span, True
+    return lo - 0.15 * span, hi + 0.15 * span, False
+
+
+def score_plot(results: list[MetricResult], variants: list[str], name: str = "scores",
+               cols: int = 4) -> Plot | None:
+    """Each metric's mean per variant with its 95% bootstrap interval; dots are the individual seeds."""
     results = [r for r in results if r.summaries]
     if not results:
         return None
     from matplotlib.figure import Figure
 
-    rows, cols = _grid(len(results), 4)
-    fig = Figure(figsize=(3.4 * cols, 2.9 * rows), layout="constrained")
+    rows, cols = _grid(len(results), cols)
+    fig = Figure(figsize=(3.3 * cols, 2.5 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     colors = dict(zip(variants, _colors(len(variants)), strict=True))
+    not_zero = []
     for ax, r in zip(axes.flat, results, strict=False):
         names = [v for v in variants if v in r.summaries]
         for x, v in enumerate(names):
             s = r.summaries[v]
-            err = [[s.mean - s.low], [s.high - s.mean]] if s.n > 1 else None
-            ax.bar(x, s.mean, color=colors[v], alpha=0.75, yerr=err, capsize=4)
+            if math.isfinite(s.low) and math.isfinite(s.high):
+                ax.errorbar([x], [s.mean], yerr=[[s.mean - s.low], [s.high - s.mean]], fmt="none",
+                            ecolor=colors[v], elinewidth=2.2, capsize=5)
+            ax.plot([x], [s.mean], "D", color=colors[v], markersize=7, markeredgecolor="black")
             seeds = list(r.per_seed[v].values())
-            ax.plot([x] * len(seeds), seeds, "o", color="black", markersize=3)
-        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+            ax.plot([x + 0.18] * len(seeds), seeds, "o", color="black", markersize=2.5, alpha=0.7)
+        ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+        ax.set_xlim(-0.6, len(names) - 0.4)
         arrow = "higher is better" if r.higher_is_better else "lower is better"
         ax.set_title(f"{r.label} ({arrow})", fontsize=9)
-        lows = [min([r.summaries[v].low, *r.per_seed[v].values()]) for v in names]
-        highs = [max([r.summaries[v].high, *r.per_seed[v].values()]) for v in names]
-        finite = [x for x in lows + highs if math.isfinite(x)]
-        if finite:
-            lo, hi = min(finite), max(finite)
-            pad = 0.15 * (hi - lo) if hi > lo else 0.05 * max(abs(hi), 1e-6)
-            ax.set_ylim(lo - pad, hi + pad)
+        values = [x for v in names for x in (r.summaries[v].low, r.summaries[v].high, *r.per_seed[v].values())]
+        lo, hi, at_zero = axis_range(values)
+        ax.set_ylim(lo, hi)
+        if not at_zero:
+            not_zero.append(f"{r.label} from {lo:.3g}")
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
-    return Plot("scores", _png(fig), "Scores at the best epoch: mean over seeds, bar = 95% interval, "
-                                     "dots = individual seeds.")
+    caption = ("Scores at each run's best epoch: diamond = mean over seeds, bar = 95% interval (bootstrap over "
+               "seeds, then images), dots = individual seeds.")
+    if not_zero:
+        caption += (" The vertical axis does not start at zero ("
+                    + "; ".join(not_zero) + "): compare positions, not heights.")
+    else:
+        caption += " Every vertical axis starts at zero."
+    return Plot(name, _png(fig), caption)
+
+
+def score_bars(results: list[MetricResult], variants: list[str]) -> Plot | None:
+    """The earlier name of :func:`score_plot`."""
+    return score_plot(results, variants)
 
 
 # -- the same validation images across variants ------------------------------------------------------
@@ -171,8 +207,47 @@ def _samples_of(children: list[ChildRun], seed: int | None) -> tuple[ChildRun | 
         return chosen, {k: np.asarray(data[k]) for k in data.files}
 
 
-def sample_grids(study: Study, max_samples: int = MAX_SAMPLES) -> list[Plot]:
-    """Per validation image: input and ground truth, then each variant's mask, depth and errors."""
+def _image_ids(children: list[ChildRun]) -> dict[int, dict[str, float]]:
+    """bg, fg, row (and the like) of each validation image, from any per-image table that has them."""
+    for c in children:
+        if c.per_image is not None and c.per_image.ids:
+            ids = c.per_image.ids
+            return {int(i): {k: float(v[j]) for k, v in ids.items()} for j, i in enumerate(c.per_image.index)}
+    return {}
+
+
+def choose_samples(candidates: list[int], scores: dict[int, float], ids: dict[int, dict[str, float]],
+                   higher_is_better: bool, k: int) -> list[tuple[int, str]]:
+    """Up to ``k`` images: the best variant's worst and best case, then the most different scenes.
+
+    "Different" counts how many of background, foreground and grid row differ from every image
+    already chosen, so the grid does not show one scene shifted by a column.
+    """
+    chosen: list[tuple[int, str]] = []
+    scored = [i for i in candidates if i in scores and math.isfinite(scores[i])]
+    if scored:
+        order = sorted(scored, key=lambda i: scores[i] if higher_is_better else -scores[i])
+        chosen.append((order[0], "the best variant's worst case among the kept images"))
+        if order[-1] != order[0]:
+            chosen.append((order[-1], "the best variant's best case among the kept images"))
+    keys = ("bg", "fg", "row")
+
+    def novelty(i: int) -> tuple[int, int]:
+        mine = ids.get(i, {})
+        seen = [ids.get(j, {}) for j, _ in chosen]
+        new = sum(all(mine.get(key) != other.get(key) for other in seen) for key in keys if key in mine)
+        return new, -candidates.index(i)
+
+    while len(chosen) < min(k, len(candidates)):
+        rest = [i for i in candidates if i not in {j for j, _ in chosen}]
+        pick = max(rest, key=novelty)
+        chosen.append((pick, "a different scene"))
+    return chosen[:k]
+
+
+def sample_grids(study: Study, max_samples: int = MAX_SAMPLES, best: str | None = None,
+                 score_column: str | None = None, higher_is_better: bool = True) -> list[Plot]:
+    """Per chosen validation image: input and ground truth, then each variant's mask, depth and errors."""
     by_variant = {v: [c for c in study.ok_children if c.variant == v] for v in study.variants}
     with_samples = {v: cs for v, cs in by_variant.items() if any(c.samples_path for c in cs)}
     if not with_samples:
@@ -186,13 +261,22 @@ def sample_grids(study: Study, max_samples: int = MAX_SAMPLES) -> list[Plot]:
         return []
     indices = set.intersection(*[set(d["index"].tolist()) for _, d in loaded.values()])
     first = next(iter(loaded.values()))[1]
-    order = [int(i) for i in first["index"].tolist() if int(i) in indices][:max_samples]
+    candidates = [int(i) for i in first["index"].tolist() if int(i) in indices]
+    scores: dict[int, float] = {}
+    if best in loaded and score_column:
+        child = loaded[best][0]
+        if child is not None and child.per_image is not None and score_column in child.per_image.columns:
+            scores = {int(i): float(v) for i, v in zip(child.per_image.index, child.per_image.columns[score_column],
+                                                       strict=True)}
+    ids = _image_ids([c for cs in by_variant.values() for c in cs])
     seed_note = f"seed {seed}" if seed is not None else "each variant's first seed"
-    return [_sample_figure(loaded, image_index, seed_note) for image_index in order]
+    picks = choose_samples(candidates, scores, ids, higher_is_better, max_samples)
+    return [_sample_figure(loaded, image_index, seed_note, role, ids.get(image_index, {}), len(candidates))
+            for image_index, role in picks]
 
 
 def _sample_figure(loaded: dict[str, tuple[ChildRun | None, dict[str, np.ndarray]]], image_index: int,
-                   seed_note: str) -> Plot:
+                   seed_note: str, role: str, ids: dict[str, float], n_kept: int) -> Plot:
     from matplotlib.figure import Figure
 
     variants = list(loaded)
@@ -233,7 +317,9 @@ def _sample_figure(loaded: dict[str, tuple[ChildRun | None, dict[str, np.ndarray
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"validation image {image_index}", fontsize=10)
+    where = ", ".join(f"{k} {int(v)}" for k, v in ids.items() if k in ("bg", "fg", "row", "col") and math.isfinite(v))
+    fig.suptitle(f"validation image {image_index}" + (f" ({where})" if where else ""), fontsize=10)
     return Plot(f"samples_{image_index}", _png(fig),
-                f"Validation image {image_index} ({seed_note}): input and ground truth, then each variant's "
+                f"Validation image {image_index}" + (f" ({where})" if where else "") + f", {role} "
+                f"({n_kept} images kept per run, {seed_note}): input and ground truth, then each variant's "
                 "predicted mask and depth with absolute error maps (same colour scale across variants).")

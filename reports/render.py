@@ -57,7 +57,16 @@ class EmbeddedHtml:
     caption: str = ""
 
 
-Block = Heading | Paragraph | Table | Image | Code | EmbeddedHtml
+@dataclass(frozen=True)
+class Details:
+    """A collapsed section in HTML (``<details>``); a level-3 heading and its blocks in Markdown."""
+
+    summary: str
+    blocks: Sequence[Block]
+    open: bool = False
+
+
+Block = Heading | Paragraph | Table | Image | Code | EmbeddedHtml | Details
 
 
 @dataclass
@@ -70,9 +79,9 @@ class Document:
 
 
 _CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto;
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 1em auto;
        max-width: 1200px; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { border-bottom: 2px solid #444; padding-bottom: .2em; }
+h1 { border-bottom: 2px solid #444; padding-bottom: .2em; margin: .3em 0 .5em; font-size: 1.6em; }
 h2 { border-bottom: 1px solid #bbb; padding-bottom: .15em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .8em 0 1.4em; font-size: 0.92em; }
 th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: left; vertical-align: top; }
@@ -82,6 +91,9 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom:
 figure { margin: 1em 0 2em; }
 figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: .9em; color: #555; }
+details { margin: .6em 0; border: 1px solid #ddd; padding: .3em .8em; }
+summary { cursor: pointer; font-weight: 600; }
+table.summary td, table.summary th { font-size: 1.02em; }
 pre { background: #f6f6f6; padding: .8em; overflow-x: auto; font-size: .85em; }
 p.verdict { background: #eef6ee; border-left: 4px solid #3a3; padding: .5em .8em; }
 p.note { color: #555; font-size: .92em; }
@@ -103,8 +115,19 @@ def render_html(doc: Document) -> str:
         f"<title>{esc(doc.title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{esc(doc.title)}</h1>",
     ]
-    for block in doc.blocks:
+    _html_blocks(doc.blocks, out)
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+def _html_blocks(blocks: Sequence[Block], out: list[str]) -> None:
+    esc = html.escape
+    for block in blocks:
         match block:
+            case Details(summary, inner, is_open):
+                out.append(f"<details{' open' if is_open else ''}><summary>{esc(summary)}</summary>")
+                _html_blocks(inner, out)
+                out.append("</details>")
             case Heading(text, level):
                 out.append(f'<h{level} id="{slug(text)}">{esc(text)}</h{level}>')
             case Paragraph(text, css):
@@ -137,8 +160,6 @@ def render_html(doc: Document) -> str:
                     + (f"<figcaption>{esc(caption)}</figcaption>" if caption else "")
                     + "</figure>"
                 )
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
 
 
 def _md_cell(text: str) -> str:
@@ -160,8 +181,16 @@ def render_markdown(doc: Document, assets_dir: Path) -> str:
         used.add(name)
         return name
 
-    for block in doc.blocks:
+    def emit(blocks: Sequence[Block]) -> None:
+        for block in blocks:
+            emit_one(block)
+
+    def emit_one(block: Block) -> None:
+        nonlocal out
         match block:
+            case Details(summary, inner, _open):
+                out.extend([f"### {summary}", ""])
+                emit(inner)
             case Heading(text, level):
                 out += ["#" * level + " " + text, ""]
             case Paragraph(text, css):
@@ -185,4 +214,6 @@ def render_markdown(doc: Document, assets_dir: Path) -> str:
                 filename = unique(name, ".html")
                 (assets_dir / filename).write_text(page, encoding="utf-8")
                 out += [f"[{caption or name}]({rel}/{filename})", ""]
+
+    emit(doc.blocks)
     return "\n".join(out)

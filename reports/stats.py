@@ -25,6 +25,13 @@ import numpy as np
 
 ALPHA = 0.05
 CONFIDENCE = 0.95
+#: Fewer trained models than this per variant and a study is exploratory: it makes no claim.
+MIN_SEEDS_FOR_CLAIM = 3
+#: Power at which the report states the smallest gap a study could detect.
+POWER = 0.8
+#: Resamples of the hierarchical bootstrap; the generator is seeded, so a report is reproducible.
+N_BOOT = 2000
+BOOT_SEED = 20211
 #: Differences within this fraction of the scores' magnitude are rounding, not a difference: two
 #: variants whose scores agree to 12 digits must not be "tested" on their floating-point noise.
 RELATIVE_TOLERANCE = 1e-12
@@ -135,6 +142,102 @@ def paired_image_test(a: np.ndarray, b: np.ndarray) -> PairedTest:
         return PairedTest(method, n, 0.0, half, 1.0, "identical scores on every image")
     result = stats.wilcoxon(d, zero_method="wilcox", alternative="two-sided")
     return PairedTest(method, n, summary.mean, half, float(result.pvalue))
+
+
+def hierarchical_bootstrap(matrix: np.ndarray, n_boot: int = N_BOOT, confidence: float = CONFIDENCE,
+                           seed: int = BOOT_SEED) -> tuple[float, float]:
+    """Percentile interval of the grand mean of ``matrix`` (seeds x images), resampling seeds, then images.
+
+    Two levels, because a study has two sources of noise: which models training happened to
+    produce (seeds) and which images happened to be held out. Seeds and images are crossed (every
+    seed scores the same images), so each resample draws seeds with replacement and images with
+    replacement and averages the chosen cells; NaN cells are left out of the mean. With one image
+    column (no per-image scores) it is the ordinary bootstrap over seeds; with one seed, over images.
+    """
+    m = np.asarray(matrix, dtype=np.float64)
+    if m.ndim != 2 or m.size == 0 or not np.isfinite(m).any():
+        return float("nan"), float("nan")
+    n_seeds, n_images = m.shape
+    if n_seeds * n_images == 1:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    finite = np.isfinite(m)
+    values = np.where(finite, m, 0.0)
+    means = np.empty(n_boot)
+    chunk = max(1, 4_000_000 // max(1, n_seeds * n_images))
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        rows = rng.integers(0, n_seeds, (b, n_seeds))
+        cols = rng.integers(0, n_images, (b, n_images))
+        picked = values[rows[:, :, None], cols[:, None, :]]
+        counted = finite[rows[:, :, None], cols[:, None, :]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means[start:start + b] = picked.sum(axis=(1, 2)) / counted.sum(axis=(1, 2))
+    means = means[np.isfinite(means)]
+    if not means.size:
+        return float("nan"), float("nan")
+    tail = (1.0 - confidence) / 2.0
+    low, high = np.quantile(means, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def probability_of_improvement(a: Sequence[float], b: Sequence[float]) -> float:
+    """Vargha-Delaney A: the chance that a random seed of A scores above a random seed of B (ties half).
+
+    The effect size rliable reports as "probability of improvement" (Agarwal et al. 2021): 0.5 is
+    no effect, 1.0 means every model of A beat every model of B. Pass scores so that higher is
+    better (negate a lower-is-better metric).
+    """
+    x = np.asarray([v for v in a if math.isfinite(v)], dtype=np.float64)
+    y = np.asarray([v for v in b if math.isfinite(v)], dtype=np.float64)
+    if not x.size or not y.size:
+        return float("nan")
+    greater = (x[:, None] > y[None, :]).sum()
+    equal = (x[:, None] == y[None, :]).sum()
+    return float((greater + 0.5 * equal) / (x.size * y.size))
+
+
+def interquartile_mean(values: Sequence[float]) -> float:
+    """Mean of the middle 50% (25% trimmed from each end), robust to one bad seed; NaN below 5 values."""
+    from scipy import stats
+
+    arr = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if arr.size < 5:
+        return float("nan")
+    return float(stats.trim_mean(arr, 0.25))
+
+
+def paired_t_power(gap: float, sd: float, n: int, alpha: float) -> float:
+    """Power of a two-sided paired t-test on ``n`` pairs to detect a true mean difference ``gap``."""
+    from scipy import stats
+
+    if n < 2 or not (sd > 0) or not math.isfinite(gap):
+        return float("nan")
+    df = n - 1
+    crit = float(stats.t.ppf(1.0 - alpha / 2.0, df))
+    nc = abs(gap) * math.sqrt(n) / sd
+    power = float(stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc))
+    if not math.isfinite(power):  # far in the tail the noncentral t underflows: the normal limit
+        power = float(stats.norm.sf(crit - nc) + stats.norm.cdf(-crit - nc))
+    return min(1.0, max(0.0, power))
+
+
+def detectable_gap(sd: float, n: int, alpha: float, power: float = POWER) -> float:
+    """The smallest true gap a two-sided paired t-test on ``n`` pairs detects with ``power``.
+
+    ``sd`` is the standard deviation of the per-seed differences: the seed-to-seed spread that
+    any claim has to rise above.
+    """
+    from scipy import optimize
+
+    if n < 2 or not (sd > 0) or not math.isfinite(sd):
+        return float("nan")
+    high = sd
+    while paired_t_power(high, sd, n, alpha) < power:
+        high *= 2.0
+        if high > 1e6 * sd:
+            return float("inf")
+    return float(optimize.brentq(lambda g: paired_t_power(g, sd, n, alpha) - power, 0.0, high, xtol=sd * 1e-9))
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:

@@ -1,113 +1,225 @@
-"""The sentences of a report: who won on each task, by how much, and how sure we are.
+"""The sentences of a report: the verdict, and per metric what beat what, by how much, how sure.
 
-A ranking by means alone is what a reviewer rejects, so every claim here comes from the
-Holm-corrected tests of :mod:`losslab.reports.analysis`, and a difference the tests cannot
-separate from noise is called that in plain words rather than left for the reader to infer.
+Every sentence is read off the :class:`~losslab.reports.analysis.StudyAnalysis`: the status of
+each comparison (significant, not significant, exploratory, not tested) is decided there once,
+and the words, the tables, the terminal and the parent run's tags all print that status. Each
+pair of variants is named in exactly one clause of its metric's paragraph, under the heading of
+its status, so no sentence can say less (or more) than the pairwise table.
 """
 
 from __future__ import annotations
 
-from losslab.reports.analysis import Analysis, Comparison, MetricResult, TuneResult
-from losslab.reports.stats import ALPHA, format_p, format_pm, format_value
+import math
+
+from losslab.reports.analysis import (
+    EXPLORATORY,
+    NOT_SIGNIFICANT,
+    NOT_TESTED,
+    SIGNIFICANT,
+    Comparison,
+    MetricResult,
+    StudyAnalysis,
+    TuneResult,
+)
+from losslab.reports.stats import ALPHA, MIN_SEEDS_FOR_CLAIM, POWER, detectable_gap, format_p, format_value
+
+EXPLORATORY_NOTE = "Exploratory: no claim"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed{'s' if n != 1 else ''}"
+
+
+def _names(names: list[str]) -> str:
+    if len(names) <= 1:
+        return "".join(names)
+    return ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def interval(low: float, high: float) -> str:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return ""
+    return f" [{format_value(low)}, {format_value(high)}]"
+
+
+def _gap(c: Comparison) -> str:
+    return f"{format_value(c.gain)}{interval(c.gain_low, c.gain_high)}"
 
 
 def _evidence(c: Comparison) -> str:
-    """``p = 0.004, 3 seeds; images: p = 2.1e-06, n = 64`` (Holm-adjusted p-values)."""
-    parts = []
-    if c.seed.possible:
-        parts.append(f"p = {format_p(c.seed_p_adj)}, {c.seed.n} seeds")
-    elif c.seed.n:
-        parts.append(f"{c.seed.n} seed{'s' if c.seed.n != 1 else ''}, no test over seeds")
-    if c.image.possible:
-        parts.append(f"images: p = {format_p(c.image_p_adj)}, n = {c.image.n}")
-    return "; ".join(parts)
-
-
-def _amount(c: Comparison) -> str:
-    return format_pm(c.gain, c.gain_half_width)
+    """``p = 0.004, 3 seeds, P(better) = 0.89``: the seed-level evidence, Holm-adjusted."""
+    parts = [f"p = {format_p(c.seed_p_adj)}" if c.seed.possible else "no t-test possible", _seeds(c.seed.n)]
+    if math.isfinite(c.effect):
+        parts.append(f"P(improvement) = {c.effect:.2f}")
+    if c.decided_at is not None and c.alpha != ALPHA:
+        parts.append(f"decided at the {c.decided_at}-seed look")
+    return ", ".join(parts)
 
 
 def comparison_sentence(c: Comparison, result: MetricResult) -> str:
-    """One pair in words, e.g. "BCE+Dice beat BCE on mask IoU by 0.031 +/- 0.008 (p = 0.004, 3 seeds)"."""
-    direction = "" if result.higher_is_better else "lower is better; "
-    if not c.tested:
-        reasons = [r for r in (c.seed.note, c.image.note) if r]
-        return (
-            f"{c.better} and {c.worse} could not be tested against each other on {result.label} "
-            f"({'; '.join(reasons) or 'no paired data'}); the difference of means, "
-            f"{format_value(c.gain)}, is not evidence either way."
-        )
-    if c.significant:
-        return f"{c.better} beat {c.worse} on {result.label} by {_amount(c)} ({direction}{_evidence(c)})."
-    return (
-        f"{c.better} and {c.worse} were not distinguishable on {result.label}: the difference, "
-        f"{_amount(c)}, is not significant ({_evidence(c)})." + _disagreement(c)
-    )
+    """One pair on its own, e.g. "bce+dice beat bce on mask IoU by 0.031 [0.024, 0.038] (p = 0.004, 3 seeds)"."""
+    if c.status == SIGNIFICANT:
+        return f"{c.better} beat {c.worse} on {result.label} by {_gap(c)} ({_evidence(c)})."
+    if c.status == NOT_SIGNIFICANT:
+        return (f"{c.better} and {c.worse} were not distinguishable on {result.label}: "
+                f"difference {_gap(c)} ({_evidence(c)}).")
+    if c.status == EXPLORATORY:
+        return (f"{EXPLORATORY_NOTE} on {c.better} against {c.worse} ({result.label}): "
+                f"{_seeds(c.seed.n)} in common, difference {format_value(c.gain)}.")
+    reasons = "; ".join(r for r in (c.seed.note, c.image.note) if r) or "no paired data"
+    return f"{c.better} and {c.worse} could not be compared on {result.label} ({reasons})."
 
 
-def _disagreement(c: Comparison) -> str:
-    """When one test rejects and the other does not, say which and what that means."""
-    seed_rejects = c.seed.possible and c.seed_p_adj < ALPHA
-    image_rejects = c.image.possible and c.image_p_adj < ALPHA
-    if image_rejects and c.seed.possible and not seed_rejects:
-        return (
-            f" The gap is consistent over the {c.image.n} validation images of these runs but not across "
-            "seeds: training noise is as large as the gap, so more seeds are needed to call it."
-        )
-    if seed_rejects and c.image.possible and not image_rejects:
-        return (
-            " The gap holds across seeds but not consistently across validation images: it comes from "
-            "a minority of the images."
-        )
-    return ""
+def lead_sentence(result: MetricResult) -> str:
+    """What one metric says overall: a winner, a tie at the top, nothing to separate, or no claim."""
+    if not result.ranking:
+        return f"No finished run logged {result.label}."
+    best = result.best
+    s = result.summaries[best]
+    scored = f"{format_value(s.mean)}{interval(s.low, s.high)}"
+    if len(result.ranking) == 1:
+        return (f"Only one variant ({best}) has {result.label}, so there is nothing to compare: "
+                f"it scored {scored} over {_seeds(s.n)}.")
+    if result.exploratory:
+        return (f"{EXPLORATORY_NOTE} on {result.label}: with {_seeds(result.n_seeds)} per variant (at least "
+                f"{MIN_SEEDS_FOR_CLAIM} are needed) seed-to-seed variation cannot be tested, and {best} "
+                f"ranking first by its mean ({format_value(s.mean)}) is not evidence of a difference.")
+    if result.winner:
+        return (f"{best} is significantly ahead of every other variant on {result.label} "
+                f"({scored} over {_seeds(s.n)}).")
+    if not any(c.significant for c in result.comparisons):
+        return (f"No difference between variants is significant on {result.label}; {best} ranked first by "
+                f"its mean ({format_value(s.mean)}).")
+    return f"{best} ranked first on {result.label} ({scored}) but {_not_ahead(result)}."
+
+
+def _not_ahead(r: MetricResult) -> str:
+    """'cannot be told apart from a and b, and has no claim against c (fewer than 3 seeds)'."""
+    tied = [v for v in r.tied_with_best if v != r.best]
+    parts = []
+    if tied:
+        parts.append(f"cannot be told apart from {_names(tied)}")
+    if r.no_claim_against_best:
+        parts.append(f"has no claim against {_names(r.no_claim_against_best)} (fewer than "
+                     f"{MIN_SEEDS_FOR_CLAIM} seeds in common)")
+    return " and ".join(parts) or "is not significantly ahead of every other variant"
+
+
+def _clauses(result: MetricResult) -> list[str]:
+    """One sentence per status, naming every pair of that status once."""
+    by = {status: [c for c in result.comparisons if c.status == status]
+          for status in (SIGNIFICANT, NOT_SIGNIFICANT, EXPLORATORY, NOT_TESTED)}
+    out = []
+    if by[SIGNIFICANT]:
+        out.append(f"Significant on {result.label}: " + "; ".join(
+            f"{c.better} beat {c.worse} by {_gap(c)} ({_evidence(c)})" for c in by[SIGNIFICANT]) + ".")
+    if by[NOT_SIGNIFICANT]:
+        out.append(f"Not distinguishable on {result.label}: " + "; ".join(
+            f"{c.better} and {c.worse} (difference {_gap(c)}, {_evidence(c)})" for c in by[NOT_SIGNIFICANT]) + ".")
+    if by[EXPLORATORY]:
+        out.append(f"{EXPLORATORY_NOTE} on {result.label} (fewer than {MIN_SEEDS_FOR_CLAIM} seeds in common): "
+                   + "; ".join(f"{c.better} and {c.worse} (difference {format_value(c.gain)}, "
+                               f"{_seeds(c.seed.n)})" for c in by[EXPLORATORY]) + ".")
+    if by[NOT_TESTED]:
+        out.append(f"Not compared on {result.label}: " + "; ".join(
+            f"{c.better} and {c.worse} ({'; '.join(r for r in (c.seed.note, c.image.note) if r) or 'no paired data'})"
+            for c in by[NOT_TESTED]) + ".")
+    return out
+
+
+def seeds_needed(spread: float, gap: float, alpha: float, power: float = POWER, limit: int = 100) -> int | None:
+    """The fewest seeds whose paired t-test detects ``gap`` with ``power``, or None beyond ``limit``."""
+    if not (spread > 0 and math.isfinite(gap) and gap > 0):
+        return None
+    if detectable_gap(spread, limit, alpha, power) > gap:
+        return None
+    low, high = 1, limit  # the detectable gap shrinks as seeds grow: bisect for the first n that suffices
+    while high - low > 1:
+        mid = (low + high) // 2
+        if detectable_gap(spread, mid, alpha, power) <= gap:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
+def power_sentence(result: MetricResult) -> str | None:
+    """How small a gap this study could have seen, from the spread of its paired per-seed differences."""
+    against = [c for c in result.against_best() if c.seed.n >= 2 and math.isfinite(c.spread) and c.spread > 0]
+    if result.exploratory or not against:
+        return None
+    spread = float(sorted(c.spread for c in against)[len(against) // 2])
+    n = min(c.seed.n for c in against)
+    gap = detectable_gap(spread, n, result.per_test_alpha)
+    text = (f"Power on {result.label}: with this seed-to-seed spread (s.d. of paired per-seed differences "
+            f"{format_value(spread)}), {n} seeds detect a gap of {format_value(gap)} at {POWER:.0%} power "
+            f"(two-sided paired t-test at {result.per_test_alpha:.2g}, 5% split over the pairs)")
+    open_ = [c for c in against if not c.significant and c.gain > 0]
+    if open_:
+        closest = min(open_, key=lambda c: c.gain)
+        needed = seeds_needed(spread, closest.gain, result.per_test_alpha)
+        text += (f"; the smallest undecided gap, {format_value(closest.gain)} ({closest.better} over "
+                 f"{closest.worse}), would need " + (f"about {needed} seeds" if needed else "more than 100 seeds"))
+    return text + "."
 
 
 def metric_paragraph(result: MetricResult) -> str:
-    """What won on one metric: a winner, a partial win, or that no variant was distinguishable."""
-    if not result.ranking:
-        return f"No finished run logged {result.label}."
-    best = result.ranking[0]
-    s = result.summaries[best]
-    n_seeds = f"{s.n} seed{'s' if s.n != 1 else ''}"
-    if len(result.ranking) == 1:
-        return (
-            f"Only one variant ({best}) has {result.label}, so there is nothing to compare: it scored "
-            f"{format_pm(s.mean, s.half_width)} ({n_seeds}{', 95% interval' if s.n > 1 else ''})."
-        )
-    against = [c for c in result.comparisons if c.better == best]
-    beaten = [c for c in against if c.significant]
-    tied = [c for c in against if c.tested and not c.significant]
-    untested = [c for c in against if not c.tested]
-    sentences = [comparison_sentence(c, result) for c in beaten + tied + untested]
-    if untested and not beaten and not tied:
-        lead = (
-            f"No test was possible on {result.label}: {best} ranked first by its mean "
-            f"({format_value(s.mean)}), but with {n_seeds} and no per-image scores that ranking is not "
-            "evidence of a difference."
-        )
-        return " ".join([lead, *sentences])
-    if beaten and not tied and not untested:
-        lead = f"{best} won on {result.label} ({format_value(s.mean)} mean over {n_seeds})."
-    elif beaten:
-        others = ", ".join(c.worse for c in tied + untested)
-        lead = (
-            f"{best} ranked first on {result.label} ({format_value(s.mean)} mean over {n_seeds}) "
-            f"but could not be told apart from {others}."
-        )
+    """Everything one metric says, each pair of variants named once."""
+    parts = [lead_sentence(result), *_clauses(result)]
+    power = power_sentence(result)
+    if power:
+        parts.append(power)
+    return " ".join(parts)
+
+
+def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
+    """The verdict in one or two sentences: on the monitored metric, then the other task's headline."""
+    r = analysis.verdict_metric
+    if analysis.tune is not None and (r is None or not r.ranking):
+        return [tune_sentence(analysis.tune)]
+    if r is None or not r.ranking:
+        return ["No finished child run logged a held-out metric (val/mask_* or val/depth_*), so there is "
+                "nothing to rank."]
+    best = r.best
+    if len(r.ranking) == 1:
+        first = f"Only one variant ({best}) finished, so there is nothing to compare."
+    elif r.exploratory:
+        first = (f"{EXPLORATORY_NOTE}: {_seeds(r.n_seeds)} per variant (at least {MIN_SEEDS_FOR_CLAIM} are "
+                 f"needed); {best} ranked first on {r.label} by its mean, which is not evidence.")
+    elif r.winner:
+        first = (f"Winner: {best}, significantly ahead of every other variant on {r.label} "
+                 f"(paired t-tests over {_seeds(r.n_seeds)}, Holm-corrected).")
     else:
-        lead = (
-            f"No variant was distinguishable on {result.label}: {best} ranked first by its mean, but no "
-            f"difference is significant at the {ALPHA:.0%} level after Holm's correction; more seeds or "
-            "more validation images would be needed to separate them."
-        )
-    return " ".join([lead, *sentences])
+        first = (f"No single winner on {r.label}: {best} ranked first but {_not_ahead(r)} "
+                 f"(paired t-tests over seeds, Holm-corrected).")
+    out = [first]
+    others = [m for m in analysis.headline.values() if m is not r and len(m.ranking) > 1 and not r.exploratory]
+    if others:
+        bits = []
+        for m in others:
+            if m.exploratory:
+                bits.append(f"on {m.label} no claim ({_seeds(m.n_seeds)})")
+            elif m.winner:
+                bits.append(f"on {m.label} {m.winner} is significantly ahead of every other")
+            else:
+                bits.append(f"on {m.label} {m.best} ranked first but {_not_ahead(m)}")
+        out.append(bits[0][0].upper() + bits[0][1:] + "".join(f"; {b}" for b in bits[1:]) + ".")
+    return out
 
 
-def task_paragraphs(analysis: Analysis) -> list[str]:
-    """The verdict of each task on its headline metric, e.g. "Mask: BCE+Dice won on mask IoU ..."."""
-    out = []
-    for task, result in analysis.headline.items():
-        out.append(f"{task.capitalize()} task: {metric_paragraph(result)}")
+def winner_tag(analysis: StudyAnalysis) -> str:
+    """``<variant>`` when significantly ahead of every other, else ``tied``, ``exploratory`` or ``none``."""
+    r = analysis.verdict_metric
+    if r is None or len(r.ranking) < 2:
+        return "none"
+    if r.exploratory:
+        return "exploratory"
+    return r.winner or "tied"
+
+
+def task_paragraphs(analysis: StudyAnalysis) -> list[str]:
+    """Each headline metric's paragraph, e.g. "Mask task: bce+dice is significantly ahead ..."."""
+    out = [f"{task.capitalize()} task: {metric_paragraph(result)}" for task, result in analysis.headline.items()]
     if analysis.tune is not None:
         out.append(tune_sentence(analysis.tune))
     elif not out:
@@ -117,16 +229,17 @@ def task_paragraphs(analysis: Analysis) -> list[str]:
 
 
 def method_note(n_seeds: int, n_images: int) -> str:
-    """How to read the numbers: what the intervals and p-values are."""
+    """How the claims are made: unit of replication, intervals, tests, corrections."""
     return (
-        "How to read this: each score is the value at the best epoch of a run; mean, standard deviation "
-        "and the 95% Student-t interval are over seeds. Two variants are compared by a paired t-test over "
-        "the seeds both ran and by a Wilcoxon signed-rank test over the same validation images (each "
-        "image's score averaged over seeds). p-values are Holm-corrected over all pairs of variants, per "
-        "metric and per test. A difference is called significant only when every test that could run "
-        f"gives p < {ALPHA:g} in the same direction; '+/-' is the 95% interval half-width of the paired "
-        f"difference (over seeds; over images when there is one seed). This study: up to {n_seeds} "
-        f"seed(s) per variant and {n_images} paired validation image(s)."
+        "The trained model (one per seed) is the unit of replication. Each score "
+        "is the value at a run's best epoch; the mean is over seeds, and the 95% interval in brackets is a "
+        "two-level bootstrap (seeds resampled, then validation images). Two variants are compared by a "
+        "paired t-test over the seeds both ran, Holm-corrected over every pair of variants per metric; "
+        f"'significant' means a corrected p below {ALPHA:g}. P(improvement) is the chance that a random "
+        "seed of the better variant beats a random seed of the other (Vargha-Delaney A). Per-image "
+        "Wilcoxon tests are shown in the tables as descriptive only: the images scored by one model are "
+        f"not independent replicates. Fewer than {MIN_SEEDS_FOR_CLAIM} seeds: exploratory, no claim. "
+        f"This study: up to {_seeds(n_seeds)} per variant and {n_images} paired validation image(s)."
     )
 
 
