@@ -146,7 +146,7 @@ def axis_range(values: list[float]) -> tuple[float, float, bool]:
 
 
 def score_plot(results: list[MetricResult], variants: list[str], name: str = "scores",
-               cols: int = 4) -> Plot | None:
+               cols: int = 4, what: str = "Scores") -> Plot | None:
     """Each metric's mean per variant with its 95% bootstrap interval; dots are the individual seeds."""
     results = [r for r in results if r.summaries]
     if not results:
@@ -180,13 +180,13 @@ def score_plot(results: list[MetricResult], variants: list[str], name: str = "sc
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
-    caption = ("Scores at each run's best epoch: diamond = mean over seeds, bar = 95% interval (bootstrap over "
+    caption = (f"{what} at each run's best epoch: diamond = mean over seeds, bar = 95% interval (bootstrap over "
                "seeds, then images), dots = individual seeds.")
     if not_zero:
-        caption += (" The vertical axis does not start at zero ("
+        caption += (f" {what}: the vertical axis does not start at zero ("
                     + "; ".join(not_zero) + "): compare positions, not heights.")
     else:
-        caption += " Every vertical axis starts at zero."
+        caption += f" {what}: every vertical axis starts at zero."
     return Plot(name, _png(fig), caption)
 
 

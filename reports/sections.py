@@ -175,7 +175,8 @@ def build_document(study: Study, analysis: Analysis) -> Document:
 
     doc.add(Paragraph(" ".join(words.verdict_sentences(analysis)), css="verdict"))
     doc.add(summary_table(analysis, study.variants))
-    doc.add(_image(plots.score_plot(list(analysis.headline.values()), study.variants, "scores_headline")))
+    doc.add(_image(plots.score_plot(list(analysis.headline.values()), study.variants, "scores_headline",
+                                    what="Headline scores")))
 
     if analysis.metrics:
         doc.add(Heading("How the claims are made"))
@@ -193,7 +194,9 @@ def build_document(study: Study, analysis: Analysis) -> Document:
             title = f"{r.label}" + (f" (headline of the {task} task)" if task else "")
             doc.add(Details(title, [Paragraph(words.metric_paragraph(r)), metric_table(r)],
                             open=task is not None and r is analysis.verdict_metric))
-        doc.add(Details("Every metric, plotted", [_image(plots.score_plot(analysis.metrics, study.variants))]))
+        if len(analysis.metrics) > len(analysis.headline):
+            doc.add(Details("Every metric, plotted", [_image(plots.score_plot(
+                analysis.metrics, study.variants, what="Every metric"))]))
         table = pairwise_table(analysis.metrics)
         if table:
             doc.add(Details("Every pair of variants, every metric", [table]))

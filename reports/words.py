@@ -81,9 +81,9 @@ def lead_sentence(result: MetricResult) -> str:
         return (f"Only one variant ({best}) has {result.label}, so there is nothing to compare: "
                 f"it scored {scored} over {_seeds(s.n)}.")
     if result.exploratory:
-        return (f"{EXPLORATORY_NOTE} on {result.label}: with {_seeds(result.n_seeds)} per variant (at least "
-                f"{MIN_SEEDS_FOR_CLAIM} are needed) seed-to-seed variation cannot be tested, and {best} "
-                f"ranking first by its mean ({format_value(s.mean)}) is not evidence of a difference.")
+        return (f"{EXPLORATORY_NOTE} on {result.label}: with {_too_few(result)} seed-to-seed variation cannot "
+                f"be tested, and {best} ranking first by its mean ({format_value(s.mean)}) is not evidence of "
+                "a difference.")
     if result.winner:
         return (f"{best} is significantly ahead of every other variant on {result.label} "
                 f"({scored} over {_seeds(s.n)}).")
@@ -103,6 +103,13 @@ def _not_ahead(r: MetricResult) -> str:
         parts.append(f"has no claim against {_names(r.no_claim_against_best)} (fewer than "
                      f"{MIN_SEEDS_FOR_CLAIM} seeds in common)")
     return " and ".join(parts) or "is not significantly ahead of every other variant"
+
+
+def _too_few(r: MetricResult) -> str:
+    """Why a metric is exploratory, e.g. '2 seeds per variant (at least 3 are needed),'."""
+    if r.n_seeds < MIN_SEEDS_FOR_CLAIM:
+        return f"{_seeds(r.n_seeds)} for {r.best} (at least {MIN_SEEDS_FOR_CLAIM} are needed),"
+    return f"fewer than {MIN_SEEDS_FOR_CLAIM} seeds shared by any two variants,"
 
 
 def _clauses(result: MetricResult) -> list[str]:
@@ -184,8 +191,8 @@ def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
     if len(r.ranking) == 1:
         first = f"Only one variant ({best}) finished, so there is nothing to compare."
     elif r.exploratory:
-        first = (f"{EXPLORATORY_NOTE}: {_seeds(r.n_seeds)} per variant (at least {MIN_SEEDS_FOR_CLAIM} are "
-                 f"needed); {best} ranked first on {r.label} by its mean, which is not evidence.")
+        first = (f"{EXPLORATORY_NOTE}: {_too_few(r)} so {best} ranking first on {r.label} by its mean is "
+                 "not evidence.")
     elif r.winner:
         first = (f"Winner: {best}, significantly ahead of every other variant on {r.label} "
                  f"(paired t-tests over {_seeds(r.n_seeds)}, Holm-corrected).")
@@ -198,7 +205,7 @@ def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
         bits = []
         for m in others:
             if m.exploratory:
-                bits.append(f"on {m.label} no claim ({_seeds(m.n_seeds)})")
+                bits.append(f"on {m.label} no claim (too few seeds)")
             elif m.winner:
                 bits.append(f"on {m.label} {m.winner} is significantly ahead of every other")
             else:

@@ -210,7 +210,7 @@ def _claims(paragraph: str, label: str, names: list[str]) -> dict[tuple[str, str
 @pytest.mark.parametrize("chunk", range(3))
 def test_no_sentence_contradicts_a_table_cell(chunk: int) -> None:
     rng = np.random.default_rng(1000 + chunk)
-    for _ in range(40):
+    for _ in range(30):
         study = _study(rng, int(rng.integers(2, 7)), int(rng.integers(1, 11)), plan=bool(rng.uniform() < 0.3))
         analysis = analyze(study, n_boot=60)
         verdict = " ".join(verdict_sentences(analysis))
