@@ -96,12 +96,17 @@ def lead_sentence(result: MetricResult) -> str:
 def _not_ahead(r: MetricResult) -> str:
     """'cannot be told apart from a and b, and has no claim against c (fewer than 3 seeds)'."""
     tied = [v for v in r.tied_with_best if v != r.best]
+    ahead = [v for v in r.ranking[1:] if (c := r.vs(r.best, v)) is not None and c.significant]
     parts = []
+    if ahead:
+        parts.append(f"is significantly ahead of {_names(ahead)}")
     if tied:
         parts.append(f"cannot be told apart from {_names(tied)}")
     if r.no_claim_against_best:
         parts.append(f"has no claim against {_names(r.no_claim_against_best)} (fewer than "
                      f"{MIN_SEEDS_FOR_CLAIM} seeds in common)")
+    if len(parts) > 2:
+        return ", ".join(parts[:-1]) + " and " + parts[-1]
     return " and ".join(parts) or "is not significantly ahead of every other variant"
 
 
@@ -197,8 +202,7 @@ def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
         first = (f"Winner: {best}, significantly ahead of every other variant on {r.label} "
                  f"(paired t-tests over {_seeds(r.n_seeds)}, Holm-corrected).")
     else:
-        first = (f"No single winner on {r.label}: {best} ranked first but {_not_ahead(r)} "
-                 f"(paired t-tests over seeds, Holm-corrected).")
+        first = f"No single winner on {r.label}: {best} ranked first but {_not_ahead(r)}."
     out = [first]
     others = [m for m in analysis.headline.values() if m is not r and len(m.ranking) > 1 and not r.exploratory]
     if others:
