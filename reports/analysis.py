@@ -285,11 +285,19 @@ def sequential_plan(study: Study) -> SequentialPlan | None:
         return None
 
 
-def _seed_family(pairs: list[tuple[str, str]], per_seed: dict[str, dict[int, float]], seeds: list[int] | None
-                 ) -> tuple[list[PairedTest], list[float]]:
-    """Paired t-tests of every pair on ``seeds`` (all when None), Holm-adjusted over the testable ones."""
+def _seed_family(pairs: list[tuple[str, str]], per_seed: dict[str, dict[int, float]], seeds: list[int] | None,
+                 attempted: dict[str, set[int]] | None = None) -> tuple[list[PairedTest], list[float]]:
+    """Paired t-tests of every pair on ``seeds`` (all when None), Holm-adjusted over the testable ones.
+
+    At a look of a sequential plan a pair is tested only once both variants were trained on every
+    seed of that look (``attempted`` holds the seeds each variant ran, failed ones included): a
+    test on fewer seeds would be a test the plan did not budget for.
+    """
     tests = []
     for a, b in pairs:
+        if seeds is not None and attempted is not None and not set(seeds) <= (attempted[a] & attempted[b]):
+            tests.append(paired_seed_test({}, {}))
+            continue
         pa = {s: v for s, v in per_seed[a].items() if seeds is None or s in seeds}
         pb = {s: v for s, v in per_seed[b].items() if seeds is None or s in seeds}
         tests.append(paired_seed_test(pa, pb))
@@ -330,10 +338,12 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
 
     pairs = list(combinations(ranking, 2))  # (better, worse) by mean
     looks = _looks(study)
+    attempted = {v: {c.seed for c in study.children if c.variant == v} for v in variants}
     final_tests, final_adj = _seed_family(pairs, per_seed, None)
     decided: dict[int, int] = {}  # pair index -> seeds at the look that decided it
     for seeds, level in looks:
-        tests, adjusted = (final_tests, final_adj) if seeds is None else _seed_family(pairs, per_seed, seeds)
+        tests, adjusted = ((final_tests, final_adj) if seeds is None
+                           else _seed_family(pairs, per_seed, seeds, attempted))
         for i, (t, p_adj) in enumerate(zip(tests, adjusted, strict=True)):
             if i not in decided and t.possible and p_adj < level and sign * t.diff > 0:
                 decided[i] = t.n

@@ -51,8 +51,9 @@ def _evidence(c: Comparison) -> str:
     parts = [f"p = {format_p(c.seed_p_adj)}" if c.seed.possible else "no t-test possible", _seeds(c.seed.n)]
     if math.isfinite(c.effect):
         parts.append(f"P(improvement) = {c.effect:.2f}")
-    if c.decided_at is not None and c.alpha != ALPHA:
-        parts.append(f"decided at the {c.decided_at}-seed look")
+    if c.alpha != ALPHA:  # a sequential study: the looks decide, not the final p
+        parts.append(f"decided at the {c.decided_at}-seed look" if c.decided_at is not None
+                     else "undecided at every look")
     return ", ".join(parts)
 
 

@@ -46,11 +46,30 @@ def _client(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
-def test_run_prints_the_table_and_the_winner(finished_run):
+def test_run_prints_the_table_and_ends_with_the_verdict(finished_run):
     out = finished_run.result.output
     assert finished_run.result.exit_code == 0, out
-    assert "variant" in out and "mask_iou" in out and "winner:" in out
+    assert "variant" in out and "mask_iou" in out
     assert out.count("± ") >= 4  # mean ± std cells for both variants
+    # two seeds per variant: exploratory, so no winner line, and the verdict says so last
+    assert not any(line.startswith("winner:") for line in out.splitlines())
+    assert "no winner: exploratory, no claim" in out
+    last = finished_run.result.stdout.rstrip().splitlines()[-1]  # the progress lines go to stderr
+    assert last.startswith("verdict: Exploratory: no claim: 2 seeds for ")
+
+
+def test_parent_run_carries_the_verdict_and_mean_headline_metrics(finished_run):
+    client = _client(finished_run.uri)
+    exp = client.get_experiment_by_name("tiny")
+    (parent,) = client.search_runs([exp.experiment_id], filter_string="tags.`losslab.role` = 'parent'")
+    verdict = finished_run.result.stdout.rstrip().splitlines()[-1].removeprefix("verdict: ")
+    assert parent.data.tags["losslab.verdict"] == verdict
+    assert parent.data.tags["losslab.winner"] == "exploratory"
+    children = client.search_runs([exp.experiment_id], filter_string="tags.`losslab.role` = 'child'")
+    for variant in ("bce", "dice"):
+        values = [c.data.metrics["best/val/mask_iou"] for c in children if c.data.tags["losslab.variant"] == variant]
+        assert parent.data.metrics[f"mean/{variant}/val/mask_iou"] == pytest.approx(np.mean(values))
+        assert f"mean/{variant}/val/depth_rmse" in parent.data.metrics
 
 
 def test_mlflow_holds_one_parent_and_a_child_per_variant_and_seed(finished_run):

@@ -50,8 +50,11 @@ def run(
     runs_dir: Annotated[Path, typer.Option(help="Where checkpoints are kept.")] = Path("lab-runs"),
     report: Annotated[bool, typer.Option(help="Build the comparison report at the end.")] = True,
     nproc: Annotated[int, typer.Option(help="Train each run on N processes (DDP through torchrun).")] = 1,
+    until_decisive: Annotated[bool, typer.Option(
+        "--until-decisive", help="Add seeds to undecided variants (sequential plan, docs/config.md).")] = False,
+    max_seeds: Annotated[int | None, typer.Option(help="Seed budget per variant for --until-decisive.")] = None,
 ) -> None:
-    """Train one network per (variant, seed), log to MLflow and print the comparison table."""
+    """Train one network per (variant, seed), log to MLflow and print the comparison table and verdict."""
     if nproc > 1:
         _launch_torchrun(nproc)
         return
@@ -61,12 +64,34 @@ def run(
     from losslab.core.plugin.manager import PluginError
     from losslab.core.plugin.registry import RegistryError
 
+    if until_decisive != (max_seeds is not None):
+        fail("--until-decisive and --max-seeds N go together, e.g. --until-decisive --max-seeds 8")
+    conclusion: list = []
+
+    def finish(result, root: Path, uri: str) -> None:
+        from losslab.reports.build import conclude
+
+        def warn(message: str) -> None:
+            typer.echo(message, err=True)
+
+        conclusion.append(conclude(result.parent_run_id, root / "report" if report else None, uri, warn))
+
     try:
         from losslab.core.experiment.runner import run_experiment
+        from losslab.core.experiment.sequential import PlanError, make_plan
 
+        sequential = decide = None
+        if until_decisive:
+            from losslab.core.config import load_experiment
+            from losslab.reports.build import undecided_variants
+
+            configs = load_experiment(experiment, set_ or [])
+            sequential = make_plan(configs[0].seeds, int(max_seeds))
+            decide = undecided_variants
         result = run_experiment(experiment, set_ or [], tracking_uri=tracking_uri, resume=resume,
-                                runs_dir=runs_dir, report=report)
-    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError) as exc:
+                                runs_dir=runs_dir, report=False, finish=finish, sequential=sequential,
+                                decide=decide)
+    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError) as exc:
         fail(str(exc))
         return
     except KeyboardInterrupt:
@@ -76,10 +101,12 @@ def run(
         return  # under torchrun only rank 0 reports
     typer.echo("")
     typer.echo(result.table)
-    if result.winner:
-        typer.echo(f"\nwinner: {result.winner} (by {result.monitor}); parent run {result.parent_run_id}")
-    for fmt, path in result.report.items():
-        typer.echo(f"report ({fmt}): {path}")
+    done = conclusion[0] if conclusion else None
+    if done is not None:
+        for fmt, path in done.report.items():
+            typer.echo(f"report ({fmt}): {path}")
+        typer.echo(f"\n{done.winner_line}; parent run {result.parent_run_id}")
+        typer.echo("verdict: " + " ".join(done.verdict))
     if result.failed:
         fail(f"{len(result.failed)} of {len(result.children)} run(s) failed: "
              + "; ".join(f"{c.variant}-s{c.seed}: {c.error}" for c in result.failed), code=1)

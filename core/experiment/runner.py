@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.core.config import ConfigError, ExperimentConfig, dump_yaml, flatten, load_experiment
+from losslab.core.experiment.sequential import SEQUENTIAL_TAG, SequentialPlan
 from losslab.core.paths import check_out_dir, safe_join
 from losslab.core.plugin.manager import load_catalog
 from losslab.core.plugin.registry import Catalog
@@ -138,7 +139,8 @@ def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
-    out.append(f"* best by {monitor} ({mode}); mean ± std over seeds")
+    out.append(f"* first by the mean of {monitor} ({mode}), not a claim: the verdict below says what is "
+               "significant; mean ± std over seeds")
     return "\n".join(out), winner
 
 
@@ -201,8 +203,18 @@ def run_experiment(
     report: bool = True,
     catalog: Catalog | None = None,
     echo: Echo = _stderr,
+    finish: Callable[[ExperimentResult, Path, str], None] | None = None,
+    sequential: SequentialPlan | None = None,
+    decide: Callable[[str, str], list[str]] | None = None,
 ) -> ExperimentResult:
-    """Train every (variant, seed) of an experiment file (or of already resolved ``configs``)."""
+    """Train every (variant, seed) of an experiment file (or of already resolved ``configs``).
+
+    ``finish(result, run_root, tracking_uri)`` runs on rank 0 before the parent run ends (the CLI
+    passes one that builds the report and tags the parent with the verdict). With ``sequential``
+    (``lab run --until-decisive``), ``decide(parent_run_id, tracking_uri)`` is asked after each
+    look which variants are still undecided, and those get the next look's seeds; see
+    :mod:`losslab.core.experiment.sequential`.
+    """
     from losslab.core.device import resolve_device
     from losslab.core.experiment.tracking import Tracker, version_tags
     from losslab.core.train import distributed
@@ -243,6 +255,8 @@ def run_experiment(
             "losslab.variants": json.dumps([c.variant for c in configs]),
             "losslab.seeds": json.dumps(configs[0].seeds), **version_tags(),
         }
+        if sequential is not None:
+            tags[SEQUENTIAL_TAG] = sequential.to_json()
         parent_id = tracker.start_run(name, name, tags)
         tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
                          "config.yaml")
@@ -256,6 +270,9 @@ def run_experiment(
                     _run_child(cfg, seed, tracker, parent_id, existing.get((cfg.variant, seed)), root,
                                catalog, resume, echo)
                 )
+        if sequential is not None and decide is not None:
+            _extend_until_decisive(configs, sequential, decide, result, tracker, existing, root, catalog,
+                                   resume, echo)
     except KeyboardInterrupt:
         tracker.end_run(parent_id, "KILLED")
         echo(f"losslab: interrupted; continue with `lab run ... --resume` (parent run {parent_id})")
@@ -265,7 +282,7 @@ def run_experiment(
         raise
     result.table, result.winner = summary_table(result.children, monitor, mode)
     summary = {
-        "monitor": monitor, "mode": mode, "winner": result.winner,
+        "monitor": monitor, "mode": mode, "first_by_mean": result.winner,
         "rows": [{"variant": c.variant, "seed": c.seed, "run_id": c.run_id, "status": c.status,
                   "metrics": {k.removeprefix("best/"): v for k, v in c.metrics.items()}} for c in result.children],
     }
@@ -274,10 +291,38 @@ def run_experiment(
         from losslab.reports.build import report_at_end
 
         result.report = report_at_end(parent_id, root / "report", tracker.uri, echo)
+    if finish is not None and rank.is_main:
+        finish(result, root, tracker.uri)
     # FAILED (so --resume finds the parent again) when every child failed, or one failed on its checkpoint
     stuck = len(result.failed) == len(result.children) or any(c.resumable for c in result.failed)
     tracker.end_run(parent_id, "FAILED" if result.failed and stuck else "FINISHED")
     return result
+
+
+def _extend_until_decisive(configs: list[ExperimentConfig], plan: SequentialPlan,
+                           decide: Callable[[str, str], list[str]], result: ExperimentResult, tracker: Any,
+                           existing: dict[tuple[str, int], Previous], root: Path, catalog: Catalog, resume: bool,
+                           echo: Echo) -> None:
+    """After each look, the next look's seeds for the variants ``decide`` calls undecided."""
+    by_name = {c.variant: c for c in configs}
+    done = {(c.variant, c.seed) for c in result.children}
+    for look in range(1, len(plan.looks)):
+        undecided = [v for v in decide(result.parent_run_id, tracker.uri) if v in by_name]
+        if not undecided:
+            echo(f"losslab: every comparison with the best is decided after {plan.looks[look - 1]} seeds; stopping")
+            return
+        seeds = plan.seeds_at(look)
+        echo(f"losslab: look {look + 1} of {len(plan.looks)}: {', '.join(undecided)} undecided; "
+             f"training up to {len(seeds)} seeds each")
+        for variant in undecided:
+            cfg = by_name[variant].model_copy(update={"seeds": list(seeds)})
+            for seed in seeds:
+                if (variant, seed) in done:
+                    continue
+                done.add((variant, seed))
+                result.children.append(_run_child(cfg, seed, tracker, result.parent_run_id,
+                                                  existing.get((variant, seed)), root, catalog, resume, echo))
+    echo(f"losslab: the seed budget ({plan.looks[-1]} per variant) is spent")
 
 
 def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
