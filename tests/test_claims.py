@@ -221,7 +221,8 @@ def _check_standing(words: str, verdict: str, r, cells: dict, names: list[str]) 
         for phrase, status in (("is significantly ahead of ", (SIGNIFICANT,)),
                                ("cannot be told apart from ", (NOT_SIGNIFICANT,)),
                                ("has no claim against ", (EXPLORATORY, NOT_TESTED))):
-            part = re.search(rf"{re.escape(phrase)}(.*?)(?:,? and cannot|, cannot|,? and has no claim| \(fewer|$)", standing)
+            stop = r"(?:,? and cannot|, cannot|,? and has no claim| \(fewer|$)"
+            part = re.search(rf"{re.escape(phrase)}(.*?){stop}", standing)
             if part:
                 for v in re.findall(alt, part.group(1)):
                     assert cells[(r.best, v)] in status, (text, cells)
