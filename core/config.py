@@ -122,6 +122,8 @@ class LossSpec(_Strict):
     weighting: ComponentSpec = Field(
         default_factory=lambda: ComponentSpec(name="static"),
         description="how the tasks' losses combine: static (the weighted sum) or a learned/gradient method")
+    allow_empty: list[Literal["mask", "depth"]] = Field(
+        default_factory=list, description="tasks deliberately trained without a loss (their head learns nothing)")
 
     @model_validator(mode="after")
     def _not_empty(self) -> LossSpec:
@@ -158,6 +160,16 @@ class ExperimentConfig(_Strict):
         if problem:
             raise ValueError(f"{problem}, since it names a folder; use e.g. {suggest(value)!r}")
         return value
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(
+                f"seed(s) {', '.join(map(str, repeated))} listed more than once; each seed trains one model, so "
+                "a repeat would count one run twice and overwrite its folder: list each seed once, e.g. [0, 1, 2]")
+        return seeds
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -347,6 +359,7 @@ def resolve_variants(
     parsed = [parse_set(s) for s in sets or []]
     for key, value in parsed:
         if key == "variants" or key.startswith("variants."):
+            _check_variant_key(raw, key, value)
             set_dotted(raw, key, value)
     variants = raw.pop("variants", None) or {}
     if not isinstance(variants, dict):
@@ -372,6 +385,7 @@ def resolve_variants(
         except ValidationError as exc:
             found.extend(format_validation_error(exc, merged))
             continue
+        found.extend(check_losses(cfg))
         if catalog is not None:
             found.extend(check_components(cfg, catalog))
         resolved.append(cfg)
@@ -379,6 +393,52 @@ def resolve_variants(
     if problems:
         raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(problems))
     return resolved
+
+
+def _check_variant_key(raw: dict[str, Any], key: str, value: Any) -> None:
+    """``--set variants.NAME.key=...`` edits a declared variant; a typo must not create a new one.
+
+    ``--set variants.NAME={...}`` (the whole variant as a mapping) is how one is declared on the
+    command line; ``--set variants={...}`` replaces them all.
+    """
+    parts = key.split(".")
+    if len(parts) < 2:
+        return
+    name = parts[1]
+    declared = raw.get("variants") if isinstance(raw.get("variants"), dict) else {}
+    if name in declared:
+        return
+    if len(parts) == 2 and isinstance(value, dict):
+        return  # an explicit declaration of a whole variant
+    near = difflib.get_close_matches(name, [str(n) for n in declared], n=2, cutoff=0.5)
+    hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
+    listed = ", ".join(str(n) for n in declared) or "none"
+    raise ConfigError(
+        f"--set {key}: there is no variant {name!r} (declared variants: {listed}).{hint} To add one, declare it "
+        f"under variants: in the experiment file, or as a whole on the command line: "
+        f"--set 'variants.{name}={{{'.'.join(parts[2:]) or 'train.lr'}: ...}}'"
+    )
+
+
+def check_losses(cfg: ExperimentConfig) -> list[str]:
+    """Every task the model predicts has a loss, unless ``loss.allow_empty`` opts out by name.
+
+    A task without a loss trains its head on nothing, and its metrics then rank a variant by
+    chance; an empty list is far more often a typo or a bad override than an intention.
+    """
+    problems = []
+    for task in ("mask", "depth"):
+        terms = getattr(cfg.loss, task)
+        if not terms and task not in cfg.loss.allow_empty:
+            problems.append(
+                f"loss.{task}: no loss term, but the model predicts {task}, so its {task} head would learn nothing; "
+                f"list a term (e.g. loss.{task}: [{{name: {'bce' if task == 'mask' else 'l1'}}}]) or, to train "
+                f"without one on purpose, add loss.allow_empty: [{task}]"
+            )
+        if terms and task in cfg.loss.allow_empty:
+            problems.append(f"loss.allow_empty lists {task}, but loss.{task} has {len(terms)} term(s); "
+                            f"remove {task} from loss.allow_empty")
+    return problems
 
 
 def _merge_problems(per_variant: dict[str, list[str]]) -> list[str]:

@@ -55,13 +55,14 @@ def test_misspelled_key_suggests_the_right_one(catalog):
 
 
 def test_unknown_loss_param_is_caught_before_training(catalog):
-    raw = {**TINY, "loss": {"mask": [{"name": "bce", "params": {"pos_wieght": 2}}], "depth": []}}
+    raw = {**TINY, "loss": {"mask": [{"name": "bce", "params": {"pos_wieght": 2}}], "depth": [],
+                            "allow_empty": ["depth"]}}
     message = _errors(raw, catalog)
     assert "loss.mask.0.params.pos_wieght: unknown parameter; did you mean 'pos_weight'" in message
 
 
 def test_loss_under_the_wrong_task(catalog):
-    raw = {**TINY, "loss": {"mask": [{"name": "l1"}], "depth": []}}
+    raw = {**TINY, "loss": {"mask": [{"name": "l1"}], "depth": [], "allow_empty": ["depth"]}}
     assert "loss.mask.0.name: loss 'l1' is a depth loss, listed under mask" in _errors(raw, catalog)
 
 
@@ -90,6 +91,40 @@ def test_every_variant_is_validated_and_named(catalog):
     raw = {**TINY, "variants": {"ok": {}, "broken": {"model.name": "unett"}}}
     message = _errors(raw, catalog)
     assert "variants.broken: model.name: unknown architecture 'unett'; did you mean 'unet'" in message
+
+
+def test_duplicate_seeds_are_refused(catalog):
+    message = _errors({**TINY, "seeds": [0, 1, 0]}, catalog)
+    assert "seeds: seed(s) 0 listed more than once" in message and "overwrite its folder" in message
+    assert "seed(s) 2 listed more than once" in _errors(TINY, catalog, ["seeds=[2, 2]"])
+
+
+def test_set_on_an_undeclared_variant_is_refused_with_how_to_add_one(catalog):
+    raw = {**TINY, "variants": {"bce": {}, "dice": {"loss.mask": [{"name": "dice"}]}}}
+    message = _errors(raw, catalog, ["variants.dcie.train.lr=1"])
+    assert "--set variants.dcie.train.lr: there is no variant 'dcie' (declared variants: bce, dice)" in message
+    assert "Did you mean 'dice'" in message and "declare it under variants:" in message
+    assert "--set 'variants.dcie={train.lr: ...}'" in message
+    assert "there is no variant 'x' (declared variants: none)" in _errors(TINY, catalog, ["variants.x.train.lr=1"])
+    # a declared variant is edited, and a whole mapping declares a new one on purpose
+    configs = resolve_variants(raw, ["variants.dice.train.lr=0.5", "variants.new={train.lr: 0.2}"], catalog)
+    by_name = {c.variant: c for c in configs}
+    assert by_name["dice"].train.lr == 0.5 and by_name["new"].train.lr == 0.2 and len(configs) == 3
+
+
+def test_an_empty_loss_list_needs_an_explicit_opt_out(catalog):
+    message = _errors({**TINY, "loss": {"mask": [], "depth": [{"name": "l1"}]}}, catalog)
+    assert "loss.mask: no loss term, but the model predicts mask" in message
+    assert "add loss.allow_empty: [mask]" in message
+    (cfg,) = resolve_variants({**TINY, "loss": {"mask": [], "depth": [{"name": "l1"}], "allow_empty": ["mask"]}},
+                              None, catalog)
+    assert cfg.loss.mask == [] and cfg.loss.allow_empty == ["mask"]
+    # a variant that empties a list by override is caught and named
+    raw = {**TINY, "variants": {"a": {}, "b": {"loss.mask": []}}}
+    assert "variants.b: loss.mask: no loss term" in _errors(raw, catalog)
+    # an opt-out for a task that has terms is a contradiction, not a no-op
+    bad = {**TINY, "loss": {**TINY["loss"], "allow_empty": ["depth"]}}
+    assert "loss.allow_empty lists depth, but loss.depth has 1 term(s)" in _errors(bad, catalog)
 
 
 def test_resolved_config_round_trips(tmp_path: Path, catalog):
