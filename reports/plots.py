@@ -103,13 +103,18 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
                     continue
                 steps, mean, std = _mean_band(histories)
                 drawn.add(split)
-                ax.plot(steps, mean, style, color=color, linewidth=1.6)
+                ax.plot(steps, mean, style, color=color, linewidth=1.6,
+                        marker="o" if len(steps) <= 3 else None, markersize=4)  # one epoch is a point
                 if len(histories) > 1:
                     ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
         is_metric = "/" not in panel and panel != "loss"
         ax.set_title(metric_label(f"val/{panel}") if is_metric else panel, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        left, right = ax.get_xlim()
+        if right - left < 2:  # one or two epochs: whole-number ticks, not -0.045 ... 0.045
+            middle = round((left + right) / 2)
+            ax.set_xlim(middle - 1, middle + 1)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)

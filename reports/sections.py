@@ -189,7 +189,8 @@ def build_document(study: Study, analysis: Analysis) -> Document:
 
     if analysis.metrics:
         doc.add(Heading("Per metric"))
-        for r in analysis.metrics:
+        heads = list(analysis.headline.values())
+        for r in heads + [m for m in analysis.metrics if m not in heads]:
             task = next((t for t, h in analysis.headline.items() if h is r), None)
             title = f"{r.label}" + (f" (headline of the {task} task)" if task else "")
             doc.add(Details(title, [Paragraph(words.metric_paragraph(r)), metric_table(r)],
