@@ -405,7 +405,8 @@ def _check_variant_key(raw: dict[str, Any], key: str, value: Any) -> None:
     if len(parts) < 2:
         return
     name = parts[1]
-    declared = raw.get("variants") if isinstance(raw.get("variants"), dict) else {}
+    found = raw.get("variants")
+    declared: dict[str, Any] = found if isinstance(found, dict) else {}
     if name in declared:
         return
     if len(parts) == 2 and isinstance(value, dict):

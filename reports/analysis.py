@@ -179,7 +179,7 @@ class MetricResult:
     references: dict[str, Summary] = field(default_factory=dict)
     per_test_alpha: float = ALPHA
 
-    def vs(self, a: str, b: str) -> Comparison | None:
+    def vs(self, a: str | None, b: str | None) -> Comparison | None:
         for c in self.comparisons:
             if {c.better, c.worse} == {a, b}:
                 return c
@@ -314,8 +314,8 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
         by_variant.setdefault(child.variant, []).append(child)
     per_seed: dict[str, dict[int, float]] = {}
     for variant, children in by_variant.items():
-        values = {c.seed: c.value(key) for c in children}
-        per_seed[variant] = {s: v for s, v in sorted(values.items()) if v is not None}
+        logged = {c.seed: c.value(key) for c in children}
+        per_seed[variant] = {s: v for s, v in sorted(logged.items()) if v is not None}
     variants = [v for v in by_variant if per_seed.get(v)]
     column = key[len("val/"):] if key.startswith("val/") else key
 
@@ -324,13 +324,13 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
     image_means: dict[str, float] = {}
     n_images = 0
     for v in variants:
-        seeds = list(per_seed[v])
-        values = np.array([per_seed[v][s] for s in seeds])
-        t = summarize(values.tolist())
-        matrix, images = _image_matrix(by_variant[v], column, seeds)
-        low, high = _centred_interval(t.mean, matrix, values, n_boot)
-        summaries[v] = Summary(t.n, t.mean, t.std, low, high)
-        iqm[v] = interquartile_mean(values.tolist())
+        seed_list = list(per_seed[v])
+        seed_values = np.array([per_seed[v][s] for s in seed_list])
+        over_seeds = summarize(seed_values.tolist())
+        matrix, images = _image_matrix(by_variant[v], column, seed_list)
+        low, high = _centred_interval(over_seeds.mean, matrix, seed_values, n_boot)
+        summaries[v] = Summary(over_seeds.n, over_seeds.mean, over_seeds.std, low, high)
+        iqm[v] = interquartile_mean(seed_values.tolist())
         if matrix.size:
             image_means[v] = float(np.nanmean(matrix))
             n_images = max(n_images, len(images))
@@ -341,12 +341,12 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
     attempted = {v: {c.seed for c in study.children if c.variant == v} for v in variants}
     final_tests, final_adj = _seed_family(pairs, per_seed, None)
     decided: dict[int, int] = {}  # pair index -> seeds at the look that decided it
-    for seeds, level in looks:
-        tests, adjusted = ((final_tests, final_adj) if seeds is None
-                           else _seed_family(pairs, per_seed, seeds, attempted))
-        for i, (t, p_adj) in enumerate(zip(tests, adjusted, strict=True)):
-            if i not in decided and t.possible and p_adj < level and sign * t.diff > 0:
-                decided[i] = t.n
+    for look_seeds, level in looks:
+        tests, adjusted = ((final_tests, final_adj) if look_seeds is None
+                           else _seed_family(pairs, per_seed, look_seeds, attempted))
+        for i, (test, p_adj) in enumerate(zip(tests, adjusted, strict=True)):
+            if i not in decided and test.possible and p_adj < level and sign * test.diff > 0:
+                decided[i] = test.n
 
     image_tests = []
     extras = []
@@ -469,8 +469,9 @@ class StudyAnalysis:
         r = self.verdict_metric
         if r is None or len(r.ranking) < 2:
             return []
-        open_ = [v for v in r.ranking[1:] if (c := r.vs(r.best, v)) is not None and not c.significant]
-        return [r.best, *open_] if open_ else []
+        best = r.ranking[0]
+        open_ = [v for v in r.ranking[1:] if (c := r.vs(best, v)) is not None and not c.significant]
+        return [best, *open_] if open_ else []
 
 
 Analysis = StudyAnalysis  # the earlier name

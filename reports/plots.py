@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -17,7 +18,7 @@ from losslab.reports.collect import ChildRun, Study
 
 DPI = 90
 MAX_SAMPLES = 4
-_SPLIT_STYLE = {"train": "-", "val": "--"}
+_SPLIT_STYLE: dict[str, Literal["-", "--"]] = {"train": "-", "val": "--"}
 
 
 @dataclass(frozen=True)

@@ -196,8 +196,9 @@ def build_document(study: Study, analysis: Analysis) -> Document:
             doc.add(Details(title, [Paragraph(words.metric_paragraph(r)), metric_table(r)],
                             open=task is not None and r is analysis.verdict_metric))
         if len(analysis.metrics) > len(analysis.headline):
-            doc.add(Details("Every metric, plotted", [_image(plots.score_plot(
-                analysis.metrics, study.variants, what="Every metric"))]))
+            every = _image(plots.score_plot(analysis.metrics, study.variants, what="Every metric"))
+            if every is not None:
+                doc.add(Details("Every metric, plotted", [every]))
         table = pairwise_table(analysis.metrics)
         if table:
             doc.add(Details("Every pair of variants, every metric", [table]))

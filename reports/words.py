@@ -75,7 +75,7 @@ def lead_sentence(result: MetricResult) -> str:
     """What one metric says overall: a winner, a tie at the top, nothing to separate, or no claim."""
     if not result.ranking:
         return f"No finished run logged {result.label}."
-    best = result.best
+    best = result.ranking[0]
     s = result.summaries[best]
     scored = f"{format_value(s.mean)}{interval(s.low, s.high)}"
     if len(result.ranking) == 1:

@@ -86,7 +86,7 @@ def run(
             from losslab.reports.build import undecided_variants
 
             configs = load_experiment(experiment, set_ or [])
-            sequential = make_plan(configs[0].seeds, int(max_seeds))
+            sequential = make_plan(configs[0].seeds, max_seeds or 0)
             decide = undecided_variants
         result = run_experiment(experiment, set_ or [], tracking_uri=tracking_uri, resume=resume,
                                 runs_dir=runs_dir, report=False, finish=finish, sequential=sequential,
