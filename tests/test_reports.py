@@ -334,8 +334,8 @@ def test_summary_numbers_match_the_stored_values(store: dict, tmp_path: Path) ->
 def test_report_words_say_who_won_and_that_depth_is_a_tie(clear_report: dict) -> None:
     text = _text(clear_report["html"])
     # focal lost a seed: 2 in common with the others, so no claim against it, and no single winner
-    assert ("No single winner on mask IoU: bce+dice ranked first but has no claim against focal (fewer than 3 "
-            "seeds in common)") in text
+    assert ("No single winner on mask IoU: bce+dice ranked first but is significantly ahead of bce and has no "
+            "claim against focal (fewer than 3 seeds in common).") in text
     m = re.search(r"bce\+dice beat bce by (0\.\d+) \[(0\.\d+), (0\.\d+)\] \(p = ([0-9.e-]+), 3 seeds, "
                   r"P\(improvement\) = 1\.00\)", text)
     assert m, text[:3000]
