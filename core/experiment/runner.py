@@ -272,7 +272,7 @@ def run_experiment(
                 )
         if sequential is not None and decide is not None:
             _extend_until_decisive(configs, sequential, decide, result, tracker, existing, root, catalog,
-                                   resume, echo)
+                                   resume, echo, rank.is_main)
     except KeyboardInterrupt:
         tracker.end_run(parent_id, "KILLED")
         echo(f"losslab: interrupted; continue with `lab run ... --resume` (parent run {parent_id})")
@@ -302,12 +302,18 @@ def run_experiment(
 def _extend_until_decisive(configs: list[ExperimentConfig], plan: SequentialPlan,
                            decide: Callable[[str, str], list[str]], result: ExperimentResult, tracker: Any,
                            existing: dict[tuple[str, int], Previous], root: Path, catalog: Catalog, resume: bool,
-                           echo: Echo) -> None:
-    """After each look, the next look's seeds for the variants ``decide`` calls undecided."""
+                           echo: Echo, is_main: bool) -> None:
+    """After each look, the next look's seeds for the variants ``decide`` calls undecided.
+
+    Rank 0 decides (it alone reads the tracker) and every rank of a DDP run follows its answer.
+    """
+    from losslab.core.train import distributed
+
     by_name = {c.variant: c for c in configs}
     done = {(c.variant, c.seed) for c in result.children}
     for look in range(1, len(plan.looks)):
-        undecided = [v for v in decide(result.parent_run_id, tracker.uri) if v in by_name]
+        answer = decide(result.parent_run_id, tracker.uri) if is_main else None
+        undecided = [v for v in distributed.broadcast_object(answer) if v in by_name]
         if not undecided:
             echo(f"losslab: every comparison with the best is decided after {plan.looks[look - 1]} seeds; stopping")
             return
