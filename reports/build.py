@@ -182,8 +182,7 @@ def conclude(parent_run_id: str, out_dir: Path | None, tracking_uri: str | None,
         else:
             paths = {}
             analysis = study_analysis(parent_run_id, tracking_uri)
-        tags, metrics = parent_summary(analysis)
-        _tag_parent(parent_run_id, tags, metrics, tracking_uri)
+        tag_parent(parent_run_id, analysis, tracking_uri)
     except Exception as exc:
         warn(f"losslab: warning: the study could not be concluded ({type(exc).__name__}: {exc}); "
              f"retry with `lab report {parent_run_id}`")
@@ -208,15 +207,16 @@ def undecided_variants(parent_run_id: str, tracking_uri: str | None) -> list[str
     return study_analysis(parent_run_id, tracking_uri, n_boot=200).undecided()
 
 
-def _tag_parent(parent_run_id: str, tags: dict[str, str], metrics: dict[str, float],
-                tracking_uri: str | None) -> None:
+def tag_parent(parent_run_id: str, analysis: Any, tracking_uri: str | None) -> None:
+    """Put the verdict, the winner tag and each variant's mean headline metrics on the parent run."""
+    import time
+
     from mlflow.entities import Metric, RunTag
 
     from losslab.reports.collect import make_client
 
+    tags, metrics = parent_summary(analysis)
     client = make_client(tracking_uri)
-    import time
-
     now = int(time.time() * 1000)
     client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()],
                      tags=[RunTag(k, v) for k, v in tags.items()])

@@ -291,3 +291,16 @@ def test_a_gap_between_two_trailing_variants_is_said_although_the_best_ties_both
     assert r.vs("mid", "low").significant
     words = metric_paragraph(r)
     assert "mid beat low" in words and "No difference" not in words
+
+
+def test_variant_names_become_valid_mlflow_metric_keys_and_the_winner_line_names_only_a_winner() -> None:
+    from mlflow.utils.validation import _validate_metric_name
+
+    from losslab.reports.build import Conclusion, metric_name_for_mlflow
+
+    key = metric_name_for_mlflow("mean/bce+dice/val/mask_iou")
+    assert key == "mean/bce_dice/val/mask_iou"
+    _validate_metric_name(key)  # raises on a key MLflow refuses
+    assert Conclusion(["..."], "dice", "val/mask_iou").winner_line == "winner: dice (by val/mask_iou)"
+    for tag in ("tied", "exploratory", "none"):
+        assert not Conclusion(["..."], tag, "val/mask_iou").winner_line.startswith("winner:")

@@ -485,6 +485,28 @@ def test_log_report_puts_files_under_report_of_the_parent(store: dict, clear_rep
     assert len(pngs) == 5
 
 
+def test_report_log_tags_the_parent_with_the_verdict_it_prints(store: dict, tmp_path: Path) -> None:
+    import typer
+    from mlflow.tracking import MlflowClient
+    from typer.testing import CliRunner
+
+    from losslab.core.cli.report_commands import report
+
+    app = typer.Typer()
+    app.command()(report)
+    ok = CliRunner().invoke(app, ["tie", "--out", str(tmp_path), "--format", "html", "--log",
+                                  "--tracking-uri", store["uri"]])
+    assert ok.exit_code == 0, ok.output
+    parent = MlflowClient(tracking_uri=store["uri"]).get_run(store["ids"]["tie"])
+    verdict = parent.data.tags["losslab.verdict"]
+    assert verdict.startswith("No single winner on mask IoU: a ranked first but cannot be told apart from b.")
+    assert verdict in _text((tmp_path / "report.html").read_text())
+    assert parent.data.tags["losslab.winner"] == "tied"
+    iou_a = np.mean([np.mean(BASE_IOU + SEED_OFFSET[s]) for s in (0, 1, 2)])
+    assert parent.data.metrics["mean/a/val/mask_iou"] == pytest.approx(iou_a)
+    assert {"mean/b/val/mask_iou", "mean/a/val/depth_rmse", "mean/b/val/depth_rmse"} <= set(parent.data.metrics)
+
+
 def test_cli_builds_and_explains_errors(store: dict, tmp_path: Path) -> None:
     import typer
     from typer.testing import CliRunner

@@ -23,13 +23,14 @@ def report(
         typer.Option("--tracking-uri", help="MLflow store (default: MLFLOW_TRACKING_URI, else ./mlflow.db)."),
     ] = None,
     log: Annotated[
-        bool, typer.Option("--log/--no-log", help="Also log the report under report/ of the parent run.")
+        bool, typer.Option("--log/--no-log", help="Also log the report under report/ of the parent run, and tag "
+                                                  "the parent with its verdict (as `lab run` does).")
     ] = False,
 ) -> None:
     """Build the comparison report of a study from what MLflow holds."""
     from losslab.core.experiment.tracking import TrackingError, check_tracking_uri
     from losslab.core.paths import UnsafePathError, check_out_dir
-    from losslab.reports.build import build_report, log_report, parse_formats
+    from losslab.reports.build import build_report_and_analysis, log_report, parse_formats, tag_parent
     from losslab.reports.collect import ReportError, make_client, resolve_parent
 
     uri = tracking_uri or _default_uri()
@@ -37,10 +38,11 @@ def report(
         check_out_dir(out)
         if uri:
             check_tracking_uri(uri)
-        paths = build_report(ref, out, formats=parse_formats(format), tracking_uri=uri)
+        paths, analysis = build_report_and_analysis(ref, out, formats=parse_formats(format), tracking_uri=uri)
         if log:
             parent = resolve_parent(make_client(uri), ref)
             log_report(parent.info.run_id, paths, tracking_uri=uri)
+            tag_parent(parent.info.run_id, analysis, tracking_uri=uri)
     except (ReportError, UnsafePathError, TrackingError) as exc:
         typer.echo(f"lab report: {exc}", err=True)
         raise typer.Exit(code=1) from None
