@@ -328,7 +328,9 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
         seed_values = np.array([per_seed[v][s] for s in seed_list])
         over_seeds = summarize(seed_values.tolist())
         matrix, images = _image_matrix(by_variant[v], column, seed_list)
-        low, high = _centred_interval(over_seeds.mean, matrix, seed_values, n_boot)
+        # one seed: no seed-to-seed level to resample, and an images-only interval would pass for more
+        low, high = (_centred_interval(over_seeds.mean, matrix, seed_values, n_boot) if over_seeds.n > 1
+                     else (float("nan"), float("nan")))
         summaries[v] = Summary(over_seeds.n, over_seeds.mean, over_seeds.std, low, high)
         iqm[v] = interquartile_mean(seed_values.tolist())
         if matrix.size:
@@ -383,7 +385,7 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
         if st.n:
             gain = sign * st.diff
             seed_diff = sign * (xa - xb)
-            low, high = _centred_interval(gain, diff, seed_diff, n_boot) if st.n > 1 or diff.size else (
+            low, high = _centred_interval(gain, diff, seed_diff, n_boot) if st.n > 1 else (
                 float("nan"), float("nan"))
         else:
             gain = sign * (summaries[a].mean - summaries[b].mean)
