@@ -223,19 +223,23 @@ def _image_ids(children: list[ChildRun]) -> dict[int, dict[str, float]]:
 
 
 def choose_samples(candidates: list[int], scores: dict[int, float], ids: dict[int, dict[str, float]],
-                   higher_is_better: bool, k: int) -> list[tuple[int, str]]:
+                   higher_is_better: bool, k: int, own: list[int] | None = None,
+                   where: str = "among the kept images") -> list[tuple[int, str]]:
     """Up to ``k`` images: the best variant's worst and best case, then the most different scenes.
 
+    The worst and best are looked for in ``own`` (the best variant's kept images; default ``candidates``):
+    each run keeps its own worst and best held-out image, which other variants may not have kept.
     "Different" counts how many of background, foreground and grid row differ from every image
     already chosen, so the grid does not show one scene shifted by a column.
     """
     chosen: list[tuple[int, str]] = []
-    scored = [i for i in candidates if i in scores and math.isfinite(scores[i])]
+    pool = candidates if own is None else own
+    scored = [i for i in pool if i in scores and math.isfinite(scores[i])]
     if scored:
         order = sorted(scored, key=lambda i: scores[i] if higher_is_better else -scores[i])
-        chosen.append((order[0], "the best variant's worst case among the kept images"))
+        chosen.append((order[0], f"the best variant's worst case {where}"))
         if order[-1] != order[0]:
-            chosen.append((order[-1], "the best variant's best case among the kept images"))
+            chosen.append((order[-1], f"the best variant's best case {where}"))
     keys = ("bg", "fg", "row")
 
     def novelty(i: int) -> tuple[int, int]:
@@ -244,8 +248,10 @@ def choose_samples(candidates: list[int], scores: dict[int, float], ids: dict[in
         new = sum(all(mine.get(key) != other.get(key) for other in seen) for key in keys if key in mine)
         return new, -candidates.index(i)
 
-    while len(chosen) < min(k, len(candidates)):
+    while len(chosen) < k:
         rest = [i for i in candidates if i not in {j for j, _ in chosen}]
+        if not rest:
+            break
         pick = max(rest, key=novelty)
         chosen.append((pick, "a different scene"))
     return chosen[:k]
@@ -265,9 +271,17 @@ def sample_grids(study: Study, max_samples: int = MAX_SAMPLES, best: str | None 
     loaded = {v: x for v, x in loaded.items() if x[1] and "index" in x[1]}
     if not loaded:
         return []
-    indices = set.intersection(*[set(d["index"].tolist()) for _, d in loaded.values()])
+    kept_by = {v: {int(i) for i in d["index"].tolist()} for v, (_, d) in loaded.items()}
+    indices = set.intersection(*kept_by.values())
     first = next(iter(loaded.values()))[1]
     candidates = [int(i) for i in first["index"].tolist() if int(i) in indices]
+    own: list[int] | None = None
+    where = "among the kept images"
+    if best in loaded:
+        best_data = loaded[best][1]
+        own = [int(i) for i in best_data["index"].tolist()]
+        if "role" in best_data and {"worst", "best"} & set(best_data["role"].tolist()):
+            where = "of all its held-out images (each run keeps its worst and best by train.monitor)"
     scores: dict[int, float] = {}
     if best in loaded and score_column:
         child = loaded[best][0]
@@ -276,9 +290,13 @@ def sample_grids(study: Study, max_samples: int = MAX_SAMPLES, best: str | None 
                                                        strict=True)}
     ids = _image_ids([c for cs in by_variant.values() for c in cs])
     seed_note = f"seed {seed}" if seed is not None else "each variant's first seed"
-    picks = choose_samples(candidates, scores, ids, higher_is_better, max_samples)
-    return [_sample_figure(loaded, image_index, seed_note, role, ids.get(image_index, {}), len(candidates))
-            for image_index, role in picks]
+    picks = choose_samples(candidates, scores, ids, higher_is_better, max_samples, own, where)
+    figures = []
+    for image_index, role in picks:
+        having = {v: x for v, x in loaded.items() if image_index in kept_by[v]}  # the best variant's own cases
+        figures.append(_sample_figure(having, image_index, seed_note, role, ids.get(image_index, {}),
+                                      len(candidates)))
+    return figures
 
 
 def _sample_figure(loaded: dict[str, tuple[ChildRun | None, dict[str, np.ndarray]]], image_index: int,

@@ -156,6 +156,11 @@ class DeviceBatchLoader:
             batch["index"] = idx
             yield batch
 
+    def load(self, indices: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The samples ``indices`` as one batch, composed on the device (as ``BatchLoader.load`` on the host)."""
+        chosen = upload(torch.as_tensor(np.asarray(indices, dtype=np.int64)), self.samples.device)
+        return self.samples.batch(chosen, self.loader.max_depth)
+
 
 def device_arrays(samples: DeviceSamples, indices: Sequence[int]) -> dict[str, np.ndarray]:
     """The device path's output as the CPU sample set's arrays (for comparing the two)."""

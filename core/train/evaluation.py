@@ -20,8 +20,6 @@ from losslab.core.train.builder import Parts
 from losslab.core.train.errors import TrainingError
 from losslab.core.train.step import model_inputs, run_model
 
-Kept = dict[str, list[torch.Tensor]]
-
 
 @torch.no_grad()
 def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, np.ndarray]]:
@@ -32,7 +30,6 @@ def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[s
     count = 0
     indices: list[torch.Tensor] = []
     per_image: dict[str, list[torch.Tensor]] = {name: [] for name in parts.metrics}
-    kept: Kept = {}
     for batch in parts.val_batches:
         x = model_inputs(batch, parts.precision)
         out = {k: v.float() for k, v in run_model(parts.forward, x, parts.precision, parts.device).items()}
@@ -48,43 +45,89 @@ def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[s
         for name, metric in parts.metrics.items():
             pair = (prob, batch["mask"]) if name.startswith("mask_") else (pred_depth, true_depth)
             per_image[name].append(metric(*pair).float())
-        _keep(kept, keep, batch, prob, pred_depth, true_depth)
-    # the one read-back: loss sums, per-image metrics and kept images
+    # the one read-back: loss sums and per-image metrics
     totals = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True)) if sums else {}
     metric_values = {name: torch.cat(p).cpu().numpy() for name, p in per_image.items() if p}
-    samples_kept = {k: [np.concatenate([t.cpu().numpy() for t in v])] for k, v in kept.items()}
     rows = per_image_rows(parts.samples, torch.cat(indices).tolist() if indices else [], metric_values)
     totals = distributed.all_reduce_sum({**totals, "#count": count}, parts.device)
     count = int(totals.pop("#count"))
     if parts.dist.enabled:
         rows = sorted((r for part in distributed.gather_objects(rows) for r in part), key=lambda r: r["index"])
-        samples_kept = merge_kept(distributed.gather_objects(samples_kept), keep)
     result = {f"val/{k}": v / max(count, 1) for k, v in totals.items()}
     for name in parts.metrics:
         column = np.array([r[name] for r in rows], dtype=np.float64)
         result[f"val/{name}"] = float(np.nanmean(column)) if (~np.isnan(column)).any() else float("nan")
-    samples = {k: np.concatenate(v) for k, v in samples_kept.items()}
-    return result, rows, samples
+    return result, rows, kept_images(parts, rows, keep)
 
 
-def _keep(kept: Kept, keep: int, batch: dict[str, torch.Tensor], prob: torch.Tensor, pred_depth: torch.Tensor,
-          true_depth: torch.Tensor) -> None:
-    """Add this batch's first images to ``kept`` until ``keep`` images are held (still on the device)."""
-    have = sum(len(i) for i in kept.get("index", []))
-    if have >= keep:
-        return
-    take = slice(0, min(keep - have, batch["index"].shape[0]))
-    parts = {
-        "index": batch["index"][take],
-        "bg": (batch["bg"][take].permute(0, 2, 3, 1) * 255).round().byte(),
-        "fg_bg": (batch["fg_bg"][take].permute(0, 2, 3, 1) * 255).round().byte(),
-        "mask": batch["mask"][take, 0].byte(),
-        "depth": true_depth[take, 0],
-        "pred_mask": prob[take, 0],
-        "pred_depth": pred_depth[take, 0],
+def choose_kept(rows: list[dict[str, Any]], keep: int, monitor: str, mode: str,
+                higher_is_better: dict[str, bool] | None = None) -> tuple[list[int], list[str]]:
+    """Which held-out images to keep for the prediction grids, and why each: ``worst``, ``best`` or ``spread``.
+
+    The worst and the best image by the monitored metric (or the first mask metric when the monitor is not
+    a per-image metric) come first: where a model fails and where it succeeds. The rest are picked greedily
+    so that each adds the most backgrounds, foregrounds and grid rows not yet shown, scanning the images in
+    a stride order so that ties spread over the whole validation set instead of its first batch.
+    ``higher_is_better`` gives that fallback metric's direction (default: higher is better).
+    """
+    if keep <= 0 or not rows:
+        return [], []
+    key = monitor.removeprefix("val/")
+    higher = mode == "max"
+    if key not in rows[0]:  # e.g. val/loss: rank by the first mask metric, in that metric's own direction
+        key = next((k for k in rows[0] if k.startswith("mask_")), "")
+        higher = (higher_is_better or {}).get(key, True)
+    chosen: list[int] = []
+    roles: list[str] = []
+    scored = [(float(r[key]), j) for j, r in enumerate(rows) if key and np.isfinite(float(r[key]))]
+    if scored:
+        low, high = min(scored)[1], max(scored)[1]
+        worst, best = (low, high) if higher else (high, low)
+        for j, role in ((worst, "worst"), (best, "best")):
+            if j not in chosen and len(chosen) < keep:
+                chosen.append(j)
+                roles.append(role)
+    stride = max(1, len(rows) // max(1, keep))
+    order = sorted(range(len(rows)), key=lambda j: (j % stride, j))
+    seen: dict[str, set[Any]] = {k: {rows[j].get(k) for j in chosen} for k in ("bg", "fg", "row")}
+    while len(chosen) < min(keep, len(rows)):
+        def novelty(j: int) -> int:
+            return sum(rows[j].get(k) not in seen[k] for k in seen if k in rows[j])
+
+        j = max((j for j in order if j not in chosen), key=novelty)  # max keeps the first of equals
+        chosen.append(j)
+        roles.append("spread")
+        for k in seen:
+            seen[k].add(rows[j].get(k))
+    return [int(rows[j]["index"]) for j in chosen], roles
+
+
+@torch.no_grad()
+def kept_images(parts: Parts, rows: list[dict[str, Any]], keep: int) -> dict[str, np.ndarray]:
+    """The chosen held-out images with the model's predictions, as uint8/float arrays for the grids.
+
+    They are composed again from their sample indices and run through the plain model (no DDP: no
+    collective, so every rank may do it alike), one small extra batch per evaluation.
+    """
+    higher = {name: bool(getattr(metric, "higher_is_better", True)) for name, metric in parts.metrics.items()}
+    indices, roles = choose_kept(rows, keep, parts.cfg.train.monitor, parts.cfg.train.monitor_mode, higher)
+    if not indices:
+        return {}
+    batch = parts.val_batches.load(indices)
+    out = run_model(parts.model, model_inputs(batch, parts.precision), parts.precision, parts.device)
+    max_depth = parts.cfg.data.max_depth
+    images = {
+        "bg": (batch["bg"].permute(0, 2, 3, 1) * 255).round().byte(),
+        "fg_bg": (batch["fg_bg"].permute(0, 2, 3, 1) * 255).round().byte(),
+        "mask": batch["mask"][:, 0].byte(),
+        "depth": batch["depth"][:, 0] * max_depth,
+        "pred_mask": torch.sigmoid(out["mask"].float())[:, 0],
+        "pred_depth": out["depth"].float().clamp(0.0, 1.0)[:, 0] * max_depth,
     }
-    for k, v in parts.items():
-        kept.setdefault(k, []).append(v)
+    kept = {k: v.cpu().numpy() for k, v in images.items()}
+    kept["index"] = np.asarray(indices, dtype=np.int64)
+    kept["role"] = np.asarray(roles)
+    return kept
 
 
 def per_image_rows(samples: Any, indices: list[int], metric_values: dict[str, np.ndarray]) -> list[dict[str, Any]]:
@@ -99,15 +142,6 @@ def per_image_rows(samples: Any, indices: list[int], metric_values: dict[str, np
         row.update({name: float(values[j]) for name, values in metric_values.items()})
         rows.append(row)
     return rows
-
-
-def merge_kept(parts: list[dict[str, list[np.ndarray]]], keep: int) -> dict[str, list[np.ndarray]]:
-    """Every rank's kept images, in index order, the first ``keep`` of them."""
-    merged = {k: np.concatenate([a for p in parts for a in p.get(k, [])]) for k in (parts[0] if parts else {})}
-    if not merged:
-        return {}
-    order = np.argsort(merged["index"], kind="stable")[:keep]
-    return {k: [v[order]] for k, v in merged.items()}
 
 
 def check_finite(parts: Parts, result: dict[str, float], rows: list[dict[str, Any]], epoch: int) -> None:
