@@ -8,7 +8,6 @@ import numpy as np
 
 from losslab.core.data.geometry import SceneGeometry
 from losslab.core.data.recipes import Recipe
-from losslab.core.plugin.markers import hookimpl
 
 DOCUMENTED_SIZES = (90, 80, 70, 60)
 DOCUMENTED_IMAGE = 150
@@ -102,9 +101,3 @@ class RandomPlacementGenerator:
                         out.append(Recipe(bg=b, fg=f, flip=flip, row=-1, col=-1, x=x,
                                           y=min(height, base) - size, size=size))
         return out
-
-
-@hookimpl
-def lab_register_generators(registry) -> None:
-    registry.add("grid", GridGenerator, summary="documented 4x5 grid, sizes 90/80/70/60 px, bases rising by row")
-    registry.add("random", RandomPlacementGenerator, summary="free placement, size tied to the base row")

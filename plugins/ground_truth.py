@@ -32,7 +32,6 @@ import numpy as np
 from losslab.core.data.geometry import GeometryUnknown, SceneGeometry
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import Sources
-from losslab.core.plugin.markers import hookimpl
 
 #: What the compositor hands a producer: ``bg``, ``fg_bg`` (N,H,W,3) uint8 and ``alpha`` (N,H,W) float32.
 Composed = dict[str, np.ndarray]
@@ -532,16 +531,3 @@ def _mean_row(bg: int, fits: list[dict[str, Any]]) -> dict[str, Any]:
     row["points"] = int(sum(f["points"] for f in fits))
     row["abs_rel_max"] = float(max(f["abs_rel"] for f in fits))
     return row
-
-
-@hookimpl
-def lab_register_ground_truth(registry) -> None:
-    registry.add("alpha", AlphaMask, summary="mask from the fg's alpha channel (default)", target="mask")
-    registry.add("diff", DiffMask, summary="documented differencing mask (noisy; for label-noise studies)",
-                 target="mask")
-    registry.add("ground-plane", GroundPlaneDepth,
-                 summary="camera-geometry depth: ground plane, fg at its base", target="depth")
-    registry.add("layers", LayerDepth, summary="documented per-row depth layers", target="depth")
-    registry.add("model", ModelDepth,
-                 summary="monocular depth network from local files (transformers, torch.hub, TorchScript), aligned",
-                 target="depth")

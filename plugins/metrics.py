@@ -49,8 +49,6 @@ import torch
 import torch.nn.functional as F
 
 from losslab.core.plugin.contracts import Metric, Task
-from losslab.core.plugin.markers import hookimpl
-from losslab.core.plugin.registry import Registry
 
 Stats = dict[str, torch.Tensor]
 
@@ -452,11 +450,3 @@ BUILTIN_METRICS: tuple[type[StatMetric], ...] = (
     MaskIoU, MaskDice, MaskPrecision, MaskRecall, MaskAccuracy, BoundaryF,
     RMSE, MAE, AbsRel, SqRel, Log10, RMSELog, Delta1, Delta2, Delta3, DepthSSIM,
 )
-
-
-@hookimpl
-def lab_register_metrics(registry: Registry) -> None:
-    """Register the built-in mask and depth metrics."""
-    for cls in BUILTIN_METRICS:
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        registry.add(cls.name, cls, summary=summary, task=cls.task, higher_is_better=cls.higher_is_better)
