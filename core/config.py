@@ -570,7 +570,7 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
             continue
         component = registry.get(name)
         if params is not None:
-            problems.extend(_check_params(path.rsplit(".", 1)[0] + ".params", component.factory, params))
+            problems.extend(_check_params(path.rsplit(".", 1)[0] + ".params", component.factory, params, kind))
         task_of = component.meta.get("task") or getattr(component.factory, "task", None)
         expected = path.split(".")[1] if path.startswith(("loss.", "metrics.")) else None
         if expected and task_of and task_of != expected:
@@ -581,23 +581,21 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
     return problems
 
 
-def _check_params(path: str, factory: Any, params: dict[str, Any]) -> list[str]:
-    import inspect
+def _check_params(path: str, factory: Any, params: dict[str, Any], kind: str = "") -> list[str]:
+    """Every given param must be one the factory accepts; an unknown one lists the accepted ones with defaults."""
+    from losslab.core.plugin.params import accepts_any, describe_params
 
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
+    if accepts_any(factory):
         return []
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    if accepts_any:
-        return []
-    known = [n for n, p in signature.parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    accepted = describe_params(factory, kind)
+    known = [p.name for p in accepted]
+    listing = "; ".join(p.brief() for p in accepted) or "none"
     problems = []
     for key in params:
         if key not in known:
             near = difflib.get_close_matches(key, known, n=2, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-            problems.append(f"{path}.{key}: unknown parameter{hint} (accepted: {', '.join(known) or 'none'})")
+            problems.append(f"{path}.{key}: unknown parameter{hint} (accepted: {listing})")
     return problems
 
 

@@ -22,6 +22,13 @@ class GridGenerator:
     row is ``horizon + k * size`` with ``k`` set so row 0 stands on the
     image's bottom edge, so a farther row is smaller and its base higher.
     Columns spread the fg's centre evenly across the width.
+
+    Args:
+        rows: grid rows, one fg size per row.
+        cols: grid columns.
+        sizes: fg size in px of each row, for a 150 px bg (scaled to the actual size); must shrink row by row.
+        horizon: horizon row as a fraction of the height from the top, in (0, 1).
+        flips: also place each fg mirrored.
     """
 
     def __init__(
@@ -71,6 +78,14 @@ class RandomPlacementGenerator:
     ``per_pair`` placements for each (bg, fg, flip); the size follows the same
     ground-plane rule as the grid (size proportional to base row minus horizon),
     so depth and scale stay consistent. Deterministic in ``seed``.
+
+    Args:
+        per_pair: placements per (bg, fg, flip).
+        horizon: horizon row as a fraction of the height from the top.
+        max_size: largest fg size in px, for a 150 px bg (scaled to the actual size).
+        min_size: smallest fg size in px, for a 150 px bg.
+        flips: also place each fg mirrored.
+        seed: seed of the placements.
     """
 
     def __init__(
