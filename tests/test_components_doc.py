@@ -91,7 +91,7 @@ def test_a_lazy_factory_is_imported_only_when_used_and_checked(tmp_path, monkeyp
 
 @pytest.mark.parametrize("factory", ["no_colon", "a.b:", "1bad:x", "a b:c"])
 def test_a_malformed_import_string_is_refused_at_registration(factory: str) -> None:
-    with pytest.raises(RegistryError, match="import string 'package.module:attr'"):
+    with pytest.raises(RegistryError, match=r"import string 'package\.module:attr'"):
         Registry("loss").add("x", factory, summary="x")
 
 
@@ -149,8 +149,8 @@ def test_args_section_with_several_names_and_continuations() -> None:
     Returns:
         nothing: here.
     """
-    assert parse_args_section(doc) == {"seed": "seed of the stream.", "brightness": "jitter strength, symmetric around 0.",
-                                       "contrast": "jitter strength, symmetric around 0."}
+    both = "jitter strength, symmetric around 0."
+    assert parse_args_section(doc) == {"seed": "seed of the stream.", "brightness": both, "contrast": both}
 
 
 def test_every_builtin_parameter_has_a_type_default_and_meaning() -> None:

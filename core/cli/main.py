@@ -291,19 +291,91 @@ def predict(
 def ui(
     tracking_uri: TrackingUri = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    experiment: Annotated[str | None, typer.Option(help="Experiment to open (default: the one of the latest "
+                                                   "`lab run`).")] = None,
+    browser: Annotated[bool, typer.Option(help="Open the URL in a web browser.")] = True,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 120.0,
 ) -> None:
-    """Open the MLflow UI on the same store, bound to 127.0.0.1."""
-    from losslab.core.experiment.tracking import default_tracking_uri
+    """Serve the MLflow UI on the same store (127.0.0.1) and open the experiment's runs table.
 
-    uri = default_tracking_uri(tracking_uri)
+    The page shows the latest run's child runs (one per variant and seed), sorted by the monitored metric,
+    with the headline metrics as columns. Exits non-zero when it cannot serve (e.g. the port is busy).
+    """
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    import webbrowser
+
     busy = _port_busy(port)
     if busy:
         fail(f"cannot serve the MLflow UI on 127.0.0.1:{port}: {busy}; stop what uses it (another `lab ui`?) "
              "or pass --port N", code=1)
-    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port)]
-    os.execvp(command[0], command)
+    from losslab.core.experiment.tracking import Tracker
+    from losslab.core.experiment.ui_view import ViewError, prepare_view
+
+    tracker = Tracker(tracking_uri)
+    try:
+        view = prepare_view(tracker.client, experiment)
+    except ViewError as exc:
+        fail(str(exc))
+        return
+    base = f"http://127.0.0.1:{port}"
+    # one worker and no GenAI job runner (a dozen background processes): browsing runs needs neither, and
+    # the server answers in seconds instead of a minute on a small machine
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=env, start_new_session=True)  # its own group: stopped as a whole
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by a scheduler or a test: still stop the server
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if server.poll() is not None:
+                fail(f"the MLflow server exited with code {server.returncode} before serving {base}", code=1)
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                fail(f"the MLflow server did not answer at {base} within {startup_timeout:.0f} s", code=1)
+            time.sleep(0.3)
+        url = base + (view.path if view else "/")
+        where = f"experiment {view.experiment!r}" + (f", run {view.parent_id}" if view and view.parent_id else "") \
+            if view else "no experiment yet"
+        typer.echo(f"MLflow UI for {tracker.uri} ({where}):\n{url}\n(Ctrl-C to stop)", err=False)
+        if browser:
+            webbrowser.open(url)
+        code = server.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        _stop_group(server)
+    if code:
+        fail(f"the MLflow server stopped with code {code}", code=1)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(server) -> None:
+    """Stop the server and every process it started (uvicorn workers), by its process group."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _port_busy(port: int) -> str | None:
