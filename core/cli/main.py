@@ -265,7 +265,12 @@ def predict(
     bg: Annotated[Path, typer.Option(help="A bg image, or a folder of them.")],
     fg_bg: Annotated[Path, typer.Option("--fg-bg", help="The fg_bg image, or a folder of them.")],
     out: Annotated[Path, typer.Option(help="Output folder for <name>_mask.png and <name>_depth.png.")],
-    run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id of a child run.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="The parent run id `lab run` prints, or a child's.")] \
+    = None,
+    variant: Annotated[str | None, typer.Option(help="With a parent --run: this variant (default: the winner).")] \
+    = None,
+    seed: Annotated[int | None, typer.Option(help="With a parent --run: this seed (default: the variant's best).")]
+    = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A best.pt / last.pt checkpoint file.")] = None,
     tracking_uri: TrackingUri = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
@@ -277,10 +282,12 @@ def predict(
 
     if (run_id is None) == (checkpoint is None):
         fail("give exactly one of --run RUN_ID or --checkpoint PATH")
+    if run_id is None and (variant is not None or seed is not None):
+        fail("--variant and --seed choose a child of a --run parent; a --checkpoint is one model already")
     try:
         check_out_dir(out)
-        written = predict_paths(bg, fg_bg, out, run_id=run_id, checkpoint=checkpoint,
-                                tracking_uri=tracking_uri, device=device)
+        written = predict_paths(bg, fg_bg, out, run_id=run_id, checkpoint=checkpoint, tracking_uri=tracking_uri,
+                                device=device, variant=variant, seed=seed, echo=lambda m: typer.echo(m, err=True))
     except (PredictError, TrackingError, UnsafePathError) as exc:
         fail(str(exc))
         return
