@@ -43,6 +43,14 @@ class LossTermSpec(ComponentSpec):
     weight: float = Field(default=1.0, ge=0.0)
 
 
+#: The keys each source kind reads (the seed also seeds the train/val split); any other key given is an error.
+SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("n_bg", "n_fg", "seed", "size"),
+    "folders": ("bg_dir", "fg_dir", "size", "seed"),
+    "dataset": ("path", "seed"),
+}
+
+
 class SourceSpec(_Strict):
     """Where bgs and fgs come from: the built-in synthetic scenes, two folders, or a materialized dataset."""
 
@@ -57,6 +65,19 @@ class SourceSpec(_Strict):
 
     @model_validator(mode="after")
     def _paths(self) -> SourceSpec:
+        # a key given with a value other than its default (a resolved config, dumped and read back, holds
+        # every default, e.g. bg_dir: null, and stays valid)
+        given = {k for k in self.model_fields_set - {"kind"}
+                 if getattr(self, k) != type(self).model_fields[k].default}
+        ignored = sorted(given - set(SOURCE_KEYS[self.kind]))
+        if ignored:
+            users = {key: [k for k, keys in SOURCE_KEYS.items() if key in keys] for key in ignored}
+            raise ValueError(
+                f"source kind {self.kind!r} does not use {', '.join(ignored)} (it reads "
+                f"{', '.join(SOURCE_KEYS[self.kind])}); remove "
+                + ("it" if len(ignored) == 1 else "them") + ", or choose the kind that reads "
+                + "; ".join(f"{key}: {' or '.join(repr(k) for k in kinds)}" for key, kinds in users.items())
+            )
         if self.kind == "folders" and (not self.bg_dir or not self.fg_dir):
             raise ValueError("source kind 'folders' needs both bg_dir and fg_dir")
         if self.kind == "dataset" and not self.path:

@@ -279,8 +279,10 @@ def test_training_reads_a_materialized_dataset(tmp_path, tracking_uri, layout):
     made = _lab("data", "generate", "--synthetic", "4", "2", "--out", str(data), "--layout", layout,
                 "--workers", "1", "--image-size", "64")
     assert made.exit_code == 0, made.output
-    exp = write_experiment(tmp_path / "m.yaml", data={"source": {"kind": "dataset", "path": str(data)}},
-                           train={"epochs": 1})
+    exp = write_experiment(tmp_path / "m.yaml", train={"epochs": 1})
+    raw = yaml.safe_load(exp.read_text())
+    raw["data"]["source"] = {"kind": "dataset", "path": str(data)}  # the synthetic keys do not apply to it
+    exp.write_text(yaml.safe_dump(raw))
     result = _lab("run", str(exp), "--tracking-uri", tracking_uri, "--runs-dir", str(tmp_path / "runs"),
                   "--no-report")
     assert result.exit_code == 0, result.output
