@@ -23,6 +23,7 @@ KIND_TITLES = {
     "architecture": "Architectures (`model`)",
     "loss": "Losses (`loss.mask` / `loss.depth`)",
     "metric": "Metrics (`metrics.mask` / `metrics.depth`)",
+    "weighting": "Weightings (`loss.weighting`)",
 }
 
 
