@@ -43,6 +43,14 @@ class LossTermSpec(ComponentSpec):
     weight: float = Field(default=1.0, ge=0.0)
 
 
+#: The keys each source kind reads (the seed also seeds the train/val split); any other key given is an error.
+SOURCE_KEYS: dict[str, tuple[str, ...]] = {
+    "synthetic": ("n_bg", "n_fg", "seed", "size"),
+    "folders": ("bg_dir", "fg_dir", "size", "seed"),
+    "dataset": ("path", "seed"),
+}
+
+
 class SourceSpec(_Strict):
     """Where bgs and fgs come from: the built-in synthetic scenes, two folders, or a materialized dataset."""
 
@@ -57,6 +65,19 @@ class SourceSpec(_Strict):
 
     @model_validator(mode="after")
     def _paths(self) -> SourceSpec:
+        # a key given with a value other than its default (a resolved config, dumped and read back, holds
+        # every default, e.g. bg_dir: null, and stays valid)
+        given = {k for k in self.model_fields_set - {"kind"}
+                 if getattr(self, k) != type(self).model_fields[k].default}
+        ignored = sorted(given - set(SOURCE_KEYS[self.kind]))
+        if ignored:
+            users = {key: [k for k, keys in SOURCE_KEYS.items() if key in keys] for key in ignored}
+            raise ValueError(
+                f"source kind {self.kind!r} does not use {', '.join(ignored)} (it reads "
+                f"{', '.join(SOURCE_KEYS[self.kind])}); remove "
+                + ("it" if len(ignored) == 1 else "them") + ", or choose the kind that reads "
+                + "; ".join(f"{key}: {' or '.join(repr(k) for k in kinds)}" for key, kinds in users.items())
+            )
         if self.kind == "folders" and (not self.bg_dir or not self.fg_dir):
             raise ValueError("source kind 'folders' needs both bg_dir and fg_dir")
         if self.kind == "dataset" and not self.path:
@@ -570,7 +591,7 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
             continue
         component = registry.get(name)
         if params is not None:
-            problems.extend(_check_params(path.rsplit(".", 1)[0] + ".params", component.factory, params))
+            problems.extend(_check_params(path.rsplit(".", 1)[0] + ".params", component.factory, params, kind))
         task_of = component.meta.get("task") or getattr(component.factory, "task", None)
         expected = path.split(".")[1] if path.startswith(("loss.", "metrics.")) else None
         if expected and task_of and task_of != expected:
@@ -581,23 +602,21 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
     return problems
 
 
-def _check_params(path: str, factory: Any, params: dict[str, Any]) -> list[str]:
-    import inspect
+def _check_params(path: str, factory: Any, params: dict[str, Any], kind: str = "") -> list[str]:
+    """Every given param must be one the factory accepts; an unknown one lists the accepted ones with defaults."""
+    from losslab.core.plugin.params import accepts_any, describe_params
 
-    try:
-        signature = inspect.signature(factory)
-    except (TypeError, ValueError):
+    if accepts_any(factory):
         return []
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values())
-    if accepts_any:
-        return []
-    known = [n for n, p in signature.parameters.items() if p.kind is not inspect.Parameter.VAR_POSITIONAL]
+    accepted = describe_params(factory, kind)
+    known = [p.name for p in accepted]
+    listing = "; ".join(p.brief() for p in accepted) or "none"
     problems = []
     for key in params:
         if key not in known:
             near = difflib.get_close_matches(key, known, n=2, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-            problems.append(f"{path}.{key}: unknown parameter{hint} (accepted: {', '.join(known) or 'none'})")
+            problems.append(f"{path}.{key}: unknown parameter{hint} (accepted: {listing})")
     return problems
 
 

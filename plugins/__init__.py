@@ -1,1 +1,2 @@
-"""Built-in plugins: each module registers one kind of component through the public hooks."""
+"""Built-in plugins: ``builtin.py`` registers every built-in component (lazily) through the public hooks;
+the other modules hold the components themselves."""

@@ -38,8 +38,6 @@ from kornia.geometry.conversions import convert_affinematrix_to_homography, norm
 from kornia.geometry.transform import get_affine_matrix2d, invert_affine_transform
 
 from losslab.core.device import upload
-from losslab.core.plugin.markers import hookimpl
-from losslab.core.plugin.registry import Registry
 
 IMAGE_KEYS = ("bg", "fg_bg")
 TARGET_KEYS = ("mask", "depth")
@@ -423,9 +421,3 @@ def _indices(selected: torch.Tensor, device: torch.device) -> torch.Tensor | Non
 def _check_prob(where: str, label: str, p: float) -> None:
     if not 0.0 <= p <= 1.0:
         raise AugmentationError(f"augmentation {where!r}: {label} is a probability in [0, 1], got {p}")
-
-
-@hookimpl
-def lab_register_augmentations(registry: Registry) -> None:
-    registry.add("geometric", Geometric, summary="flip and affine, identical on bg, fg_bg, mask and depth")
-    registry.add("photometric", Photometric, summary="colour jitter and optional noise, on images only")

@@ -8,7 +8,6 @@ import numpy as np
 
 from losslab.core.data.geometry import SceneGeometry
 from losslab.core.data.recipes import Recipe
-from losslab.core.plugin.markers import hookimpl
 
 DOCUMENTED_SIZES = (90, 80, 70, 60)
 DOCUMENTED_IMAGE = 150
@@ -23,6 +22,13 @@ class GridGenerator:
     row is ``horizon + k * size`` with ``k`` set so row 0 stands on the
     image's bottom edge, so a farther row is smaller and its base higher.
     Columns spread the fg's centre evenly across the width.
+
+    Args:
+        rows: grid rows, one fg size per row.
+        cols: grid columns.
+        sizes: fg size in px of each row, for a 150 px bg (scaled to the actual size); must shrink row by row.
+        horizon: horizon row as a fraction of the height from the top, in (0, 1).
+        flips: also place each fg mirrored.
     """
 
     def __init__(
@@ -72,6 +78,14 @@ class RandomPlacementGenerator:
     ``per_pair`` placements for each (bg, fg, flip); the size follows the same
     ground-plane rule as the grid (size proportional to base row minus horizon),
     so depth and scale stay consistent. Deterministic in ``seed``.
+
+    Args:
+        per_pair: placements per (bg, fg, flip).
+        horizon: horizon row as a fraction of the height from the top.
+        max_size: largest fg size in px, for a 150 px bg (scaled to the actual size).
+        min_size: smallest fg size in px, for a 150 px bg.
+        flips: also place each fg mirrored.
+        seed: seed of the placements.
     """
 
     def __init__(
@@ -102,9 +116,3 @@ class RandomPlacementGenerator:
                         out.append(Recipe(bg=b, fg=f, flip=flip, row=-1, col=-1, x=x,
                                           y=min(height, base) - size, size=size))
         return out
-
-
-@hookimpl
-def lab_register_generators(registry) -> None:
-    registry.add("grid", GridGenerator, summary="documented 4x5 grid, sizes 90/80/70/60 px, bases rising by row")
-    registry.add("random", RandomPlacementGenerator, summary="free placement, size tied to the base row")

@@ -32,14 +32,17 @@ import numpy as np
 from losslab.core.data.geometry import GeometryUnknown, SceneGeometry
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import Sources
-from losslab.core.plugin.markers import hookimpl
 
 #: What the compositor hands a producer: ``bg``, ``fg_bg`` (N,H,W,3) uint8 and ``alpha`` (N,H,W) float32.
 Composed = dict[str, np.ndarray]
 
 
 class AlphaMask:
-    """Mask from the fg's alpha: pixel is fg where the composited alpha is at least ``threshold``."""
+    """Mask from the fg's alpha: pixel is fg where the composited alpha is at least ``threshold``.
+
+    Args:
+        threshold: composited alpha at or above which a pixel is foreground, in (0, 1].
+    """
 
     target: ClassVar[str] = "mask"
 
@@ -66,6 +69,9 @@ class DiffMask:
     Kept to measure the label noise it adds: it misses fg pixels whose colour
     equals the bg's, and uint8 subtraction wraps around (``3 - 5 = 254``), so
     it marks some pixels for the wrong reason. Use ``alpha`` for real labels.
+
+    Args:
+        threshold: gray level (0-255) of the uint8 difference above which a pixel is foreground.
     """
 
     target: ClassVar[str] = "mask"
@@ -131,6 +137,13 @@ class GroundPlaneDepth:
     its own: it needs both stated here, or in its sidecar file
     (``<bg>.geometry.json``, see :mod:`losslab.core.data.scene_files`);
     otherwise :meth:`check_sources` refuses it and names the choices.
+
+    Args:
+        horizon: horizon row as a fraction of the height from the top (null: the source's geometry).
+        camera_height: camera height above the ground in metres (null: the source's geometry).
+        far: depth in metres of the sky / far plane (null: the source's geometry).
+        focal: focal length as a multiple of the image height (null: the source's geometry).
+        threshold: fg alpha at or above which a pixel takes the fg's depth.
     """
 
     target: ClassVar[str] = "depth"
@@ -198,6 +211,14 @@ class LayerDepth:
     row, use row 0's depth. The bg is at ``background`` metres (20 by default
     for the synthetic scenes); for photos, whose depth nobody knows, it must
     be stated (:meth:`check_sources`).
+
+    Args:
+        depths: depth in metres of each grid row (null: ``near * step**r`` for ``rows`` rows).
+        near: depth in metres of row 0 when ``depths`` is not given.
+        step: factor from one row's depth to the next when ``depths`` is not given.
+        background: depth in metres of the bg layer (null: 20 for synthetic scenes; photos must state it).
+        rows: number of rows when ``depths`` is not given.
+        threshold: fg alpha at or above which a pixel takes its row's depth.
     """
 
     target: ClassVar[str] = "depth"
@@ -302,6 +323,33 @@ class ModelDepth:
     stacked) the bg comes first. ``input_size`` resizes the input to a square
     and the output back (bilinear). A transformers model uses its own image
     processor instead.
+
+    Args:
+        path: the model: a transformers or torch.hub folder, or a TorchScript, ``.pt2`` or state-dict file.
+        architecture: registered architecture a state dict belongs to (null: not a state dict).
+        arch_params: that architecture's params.
+        output: ``"inverse"`` (relative inverse depth) or ``"depth"`` (metres); null: what the model says.
+        scale: fixed multiplier of the raw output (with ``align: none``); null: fitted per bg.
+        shift: fixed offset added to the scaled output (with ``align: none``); null: fitted per bg.
+        min_depth: lower clip of the depth in metres.
+        max_depth: upper clip of the depth in metres (65.535 fits 16-bit PNGs in mm).
+        channels: 3 (image only) or 6 (bg then image); null: 6 with ``architecture``, else 3.
+        mean: RGB mean to normalise a file or hub network's input by (give with ``std``).
+        std: RGB standard deviation to normalise the input by (give with ``mean``).
+        input_size: square side the input is resized to (null: the image's size).
+        per_sample: run the network on every fg_bg instead of once per bg (slow).
+        threshold: fg alpha at or above which a pixel takes the fg's ground depth.
+        device: where the network runs (``"cpu"``, ``"cuda"``).
+        cache: how many bgs' depth maps are kept in memory.
+        name: the torch.hub entry point of a hub folder.
+        hub_params: keyword arguments of that entry point.
+        weights: a local weights file for a hub model (null: ``<path>/checkpoints``).
+        align: ``"auto"``, ``"ground"``, ``"anchors"`` or ``"none"``: how the output becomes metres per bg.
+        horizon: horizon row as a fraction of the height, for ``align: ground`` (null: sidecar or scene).
+        camera_height: camera height in metres, for ``align: ground`` (null: sidecar or scene).
+        focal: focal length as a multiple of the image height, for ``align: ground`` (null: sidecar or scene).
+        far: depth in metres of the far plane, for ``align: ground`` (null: sidecar or scene).
+        batch: bgs per forward pass of the network.
     """
 
     target: ClassVar[str] = "depth"
@@ -532,16 +580,3 @@ def _mean_row(bg: int, fits: list[dict[str, Any]]) -> dict[str, Any]:
     row["points"] = int(sum(f["points"] for f in fits))
     row["abs_rel_max"] = float(max(f["abs_rel"] for f in fits))
     return row
-
-
-@hookimpl
-def lab_register_ground_truth(registry) -> None:
-    registry.add("alpha", AlphaMask, summary="mask from the fg's alpha channel (default)", target="mask")
-    registry.add("diff", DiffMask, summary="documented differencing mask (noisy; for label-noise studies)",
-                 target="mask")
-    registry.add("ground-plane", GroundPlaneDepth,
-                 summary="camera-geometry depth: ground plane, fg at its base", target="depth")
-    registry.add("layers", LayerDepth, summary="documented per-row depth layers", target="depth")
-    registry.add("model", ModelDepth,
-                 summary="monocular depth network from local files (transformers, torch.hub, TorchScript), aligned",
-                 target="depth")

@@ -49,8 +49,6 @@ import torch
 import torch.nn.functional as F
 
 from losslab.core.plugin.contracts import Metric, Task
-from losslab.core.plugin.markers import hookimpl
-from losslab.core.plugin.registry import Registry
 
 Stats = dict[str, torch.Tensor]
 
@@ -97,6 +95,12 @@ class StatMetric(Metric, ABC):
 
 
 class _MaskMetric(StatMetric):
+    """A mask metric on the binarised prediction.
+
+    Args:
+        threshold: probability above which a predicted pixel counts as foreground, in [0, 1].
+    """
+
     task: ClassVar[Task] = "mask"
     higher_is_better: ClassVar[bool] = True
 
@@ -195,6 +199,9 @@ class BoundaryF(_MaskMetric):
     the share of true boundary pixels within ``tolerance`` of a predicted one;
     F = 2 P R / (P + R). Boundaries are the masks' inner boundaries
     (:func:`mask_boundary`). No boundary in either mask -> 1; in only one -> 0.
+
+    Args:
+        tolerance: distance in px within which a boundary pixel counts as matched (integer >= 0).
     """
 
     name = "boundary-f"
@@ -237,7 +244,11 @@ class BoundaryF(_MaskMetric):
 
 
 class _DepthMetric(StatMetric):
-    """A depth metric that is a function of the per-pixel mean of some error term."""
+    """A depth metric that is a function of the per-pixel mean of some error term.
+
+    Args:
+        eps: floor in metres of both depths before any division or logarithm (> 0).
+    """
 
     task: ClassVar[Task] = "depth"
     higher_is_better: ClassVar[bool] = False
@@ -366,6 +377,9 @@ class DepthSSIM(_DepthMetric):
     depend on the scene's depth scale. Gaussian window (sigma 1.5) of
     ``window_size`` px, reflect-padded (kornia's ``"same"``). Global
     aggregation averages the per-pixel SSIM over all pixels of the set.
+
+    Args:
+        window_size: odd side in px of the Gaussian window (>= 3).
     """
 
     name = "ssim"
@@ -452,11 +466,3 @@ BUILTIN_METRICS: tuple[type[StatMetric], ...] = (
     MaskIoU, MaskDice, MaskPrecision, MaskRecall, MaskAccuracy, BoundaryF,
     RMSE, MAE, AbsRel, SqRel, Log10, RMSELog, Delta1, Delta2, Delta3, DepthSSIM,
 )
-
-
-@hookimpl
-def lab_register_metrics(registry: Registry) -> None:
-    """Register the built-in mask and depth metrics."""
-    for cls in BUILTIN_METRICS:
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        registry.add(cls.name, cls, summary=summary, task=cls.task, higher_is_better=cls.higher_is_better)

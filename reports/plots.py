@@ -103,6 +103,7 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
                 if not histories:
                     continue
                 steps, mean, std = _mean_band(histories)
+                steps = steps + 1  # MLflow steps are 0-based epochs; a reader counts epochs from 1
                 drawn.add(split)
                 ax.plot(steps, mean, style, color=color, linewidth=1.6,
                         marker="o" if len(steps) <= 3 else None, markersize=4)  # one epoch is a point

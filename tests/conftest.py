@@ -36,9 +36,15 @@ TINY = {
 
 
 def write_experiment(path: Path, **overrides) -> Path:
+    """TINY with ``overrides`` merged in; a ``data.source`` of another kind replaces TINY's synthetic one
+    whole (a source kind's keys are its own: folders or a dataset take no ``n_bg``)."""
     from losslab.core.config import deep_merge
 
-    path.write_text(yaml.safe_dump(deep_merge(TINY, overrides)))
+    raw = deep_merge(TINY, overrides)
+    source = (overrides.get("data") or {}).get("source") or {}
+    if source.get("kind", "synthetic") != "synthetic":
+        raw["data"]["source"] = dict(source)
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 

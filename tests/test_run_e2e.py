@@ -279,8 +279,10 @@ def test_training_reads_a_materialized_dataset(tmp_path, tracking_uri, layout):
     made = _lab("data", "generate", "--synthetic", "4", "2", "--out", str(data), "--layout", layout,
                 "--workers", "1", "--image-size", "64")
     assert made.exit_code == 0, made.output
-    exp = write_experiment(tmp_path / "m.yaml", data={"source": {"kind": "dataset", "path": str(data)}},
-                           train={"epochs": 1})
+    exp = write_experiment(tmp_path / "m.yaml", train={"epochs": 1})
+    raw = yaml.safe_load(exp.read_text())
+    raw["data"]["source"] = {"kind": "dataset", "path": str(data)}  # the synthetic keys do not apply to it
+    exp.write_text(yaml.safe_dump(raw))
     result = _lab("run", str(exp), "--tracking-uri", tracking_uri, "--runs-dir", str(tmp_path / "runs"),
                   "--no-report")
     assert result.exit_code == 0, result.output
@@ -338,7 +340,7 @@ def test_a_loss_nan_only_in_validation_fails_the_run_naming_term_and_plugin(tmp_
                             catalog=catalog, echo=lambda m: None)
     (child,) = result.children
     assert child.status == "failed" and result.winner is None and result.table == "no run finished"
-    assert "validation loss term depth/evalnan from plugin 'nanplug' (nan-dist 9) is nan at epoch 0" in child.error
+    assert "validation loss term depth/evalnan from plugin 'nanplug' (nan-dist 9) is nan at epoch 1" in child.error
     run = _client(tracking_uri).get_run(child.run_id)
     assert run.info.status == "FAILED" and run.data.tags["losslab.status"] == "failed"
     assert "best/val/loss" not in run.data.metrics
@@ -349,6 +351,6 @@ def test_a_metric_nan_in_validation_fails_the_run_naming_metric_and_plugin(tmp_p
     cfg = load_experiment(write_experiment(tmp_path / "m.yaml", train={"epochs": 1},
                                            metrics={"mask": ["iou"], "depth": ["nanmetric"]}), None, catalog)[0]
     with pytest.raises(TrainingError, match=r"validation metric depth_nanmetric \(metric 'nanmetric' from plugin "
-                                            r"'nanplug' \(nan-dist 9\)\) is not finite at epoch 0"):
+                                            r"'nanplug' \(nan-dist 9\)\) is not finite at epoch 1"):
         Trainer(cfg, 0, catalog, tmp_path / "run").fit()
     assert not (tmp_path / "run" / "best.pt").exists()  # nothing that could be mistaken for a result

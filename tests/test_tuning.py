@@ -445,3 +445,28 @@ def test_storage_urls_are_normalized_and_hide_passwords(tmp_path, monkeypatch):
         f"sqlite:///{tmp_path / 'sub' / 'optuna.db'}"
     shown = st.public_storage("postgresql://lab:secret@db.example:5432/optuna")
     assert "secret" not in shown and shown.startswith("postgresql://lab:")
+
+
+def test_never_pruned_at_its_last_epoch_and_a_pruned_trial_keeps_its_checkpoint(tmp_path, monkeypatch, catalog):
+    """A pruner that always says "prune": trials of 2 epochs stop after epoch 1 of 2 with their checkpoint
+    logged; trials of 1 epoch ran all their epochs, so they are complete and the best config says how many
+    seeds it holds."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    said: list[str] = []
+    two = _write(tmp_path / "two.yaml", SEARCH, name="two", train={"epochs": 2})
+    result = run_tune(two, trials=2, tracking_uri=uri, report=False, catalog=catalog, echo=said.append)
+    assert (result.pruned, result.complete) == (2, 0)
+    assert sum("pruned after epoch 1 of 2 (val/mask_iou = " in m for m in said) == 2
+    client, _, trial_runs = _runs(uri, "two")
+    for run in trial_runs:
+        assert run.data.tags["losslab.trial_state"] == "pruned"
+        assert "checkpoints/best.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+
+    one = _write(tmp_path / "one.yaml", SEARCH, name="one", train={"epochs": 1})
+    result = run_tune(one, trials=2, tracking_uri=uri, report=False, catalog=catalog, echo=lambda m: None)
+    assert (result.pruned, result.complete) == (0, 2)
+    head = result.best_path.read_text().split("\nname:")[0]
+    assert "Each trial trained one seed (0)" in head and "seeds [0], fewer than 3" in head
+    assert "--set 'seeds=[0, 1, 2]'" in head

@@ -29,6 +29,26 @@ new_app = typer.Typer(help="Scaffold new things.", no_args_is_help=True)
 new_app.command("plugin", help="Scaffold a third-party plugin package.")(new_plugin)
 app.add_typer(new_app, name="new")
 
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib import metadata
+
+        try:
+            version = metadata.version("losslab")
+        except metadata.PackageNotFoundError:
+            version = "0+unknown (not installed)"
+        typer.echo(f"losslab {version}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", help="Print losslab's version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """losslab: plugin-based experiments on loss functions for joint mask + depth prediction."""
+
 TrackingUri = Annotated[
     str | None,
     typer.Option("--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite ./mlflow.db)."),
@@ -41,9 +61,35 @@ def fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def experiment_path(ref: str) -> Path:
+    """An experiment argument as a file: a path, or the name of a shipped experiment (`lab experiments`)."""
+    from losslab.core.experiment.shipped import ExperimentNotFound, resolve_experiment
+
+    try:
+        return resolve_experiment(ref)
+    except ExperimentNotFound as exc:
+        fail(str(exc))
+        raise  # unreachable: fail exits
+
+
+@app.command()
+def experiments() -> None:
+    """List the shipped experiments: run one by name from any directory, e.g. `lab run bce_vs_dice`."""
+    from losslab.core.experiment.shipped import shipped_dir, shipped_experiments
+
+    found = shipped_experiments()
+    if not found:
+        fail("no shipped experiments found; is losslab installed with its package data?", code=1)
+    width = max(len(s.name) for s in found)
+    for item in found:
+        typer.echo(f"{item.name:<{width}}  {item.description}")
+    typer.echo(f"\n(from {shipped_dir()}; `lab run NAME` runs one, a path to your own YAML works too)")
+
+
 @app.command()
 def run(
-    experiment: Annotated[Path, typer.Argument(help="Experiment YAML, e.g. experiments/bce_vs_dice.yaml.")],
+    experiment: Annotated[str, typer.Argument(help="Experiment YAML, or a shipped experiment's name "
+                                              "(`lab experiments`), e.g. bce_vs_dice.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key: train.epochs=1.")] = None,
     tracking_uri: TrackingUri = None,
     resume: Annotated[bool, typer.Option(help="Continue the latest unfinished run of this experiment.")] = False,
@@ -85,10 +131,10 @@ def run(
             from losslab.core.config import load_experiment
             from losslab.reports.build import undecided_variants
 
-            configs = load_experiment(experiment, set_ or [])
+            configs = load_experiment(experiment_path(experiment), set_ or [])
             sequential = make_plan(configs[0].seeds, max_seeds or 0)
             decide = undecided_variants
-        result = run_experiment(experiment, set_ or [], tracking_uri=tracking_uri, resume=resume,
+        result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
                                 runs_dir=runs_dir, report=False, finish=finish, sequential=sequential,
                                 decide=decide)
     except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError) as exc:
@@ -132,12 +178,16 @@ def _launch_torchrun(nproc: int) -> None:
 def plugins(
     kind: Annotated[str | None, typer.Option(help="Only this kind: generator, ground_truth, augmentation, "
                                                   "architecture, loss, metric.")] = None,
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Architectures: parameters and FLOPs.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also each component's task, input kind and "
+                                          "parameters (name, type, default, meaning); architectures: size "
+                                          "and FLOPs.")] = False,
+    markdown: Annotated[bool, typer.Option("--markdown", help="Print the component reference as Markdown "
+                                           "(what docs/components.md holds for the built-ins).")] = False,
     size: Annotated[int, typer.Option(help="Input size for --verbose FLOPs.")] = 64,
 ) -> None:
     """List every registered component: kind, name, plugin, distribution and version, summary."""
     from losslab.core.plugin.manager import PluginError, load_catalog
-    from losslab.core.plugin.registry import KINDS
+    from losslab.core.plugin.registry import KINDS, RegistryError
 
     if kind is not None:
         kind = kind.replace("-", "_")
@@ -148,22 +198,56 @@ def plugins(
     except PluginError as exc:
         fail(str(exc))
         return
+    if markdown:
+        from losslab.core.plugin.catalog_docs import markdown as render
+
+        if kind is not None:
+            catalog = _only_kind(catalog, kind)
+        try:
+            typer.echo(render(catalog), nl=False)
+        except RegistryError as exc:
+            fail(str(exc))
+        return
+    components = catalog.components(kind)
     rows = []
-    for component in catalog.components(kind):
-        extra = ""
-        if verbose and component.kind == "architecture":
-            extra = _describe_architecture(component, size)
+    for component in components:
         source = f"{component.distribution} {component.version}".strip()
-        rows.append((component.kind, component.name, component.plugin, source, component.summary + extra))
+        rows.append((component.kind, component.name, component.plugin, source, component.summary))
     headers = ("kind", "name", "plugin", "distribution", "summary")
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers[:-1])]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     typer.echo(fmt.format(*headers))
-    for row in rows:
+    for component, row in zip(components, rows, strict=True):
         typer.echo(fmt.format(*row))
+        if verbose:
+            for line in _verbose_lines(component, size):
+                typer.echo(line)
     for failure in catalog.failures:
         typer.secho(f"skipped plugin {failure.plugin!r} ({failure.distribution}): {failure.error}",
                     fg=typer.colors.YELLOW, err=True)
+
+
+def _only_kind(catalog, kind: str):
+    from losslab.core.plugin.registry import Catalog
+
+    only = Catalog()
+    only.registries[kind] = catalog[kind]
+    return only
+
+
+def _verbose_lines(component, size: int) -> list[str]:
+    """Parameters (and an architecture's size) under a component's row; a component that cannot be
+    imported says why there instead of stopping the listing."""
+    from losslab.core.plugin.catalog_docs import terminal_lines
+    from losslab.core.plugin.registry import RegistryError
+
+    try:
+        lines = terminal_lines(component)
+    except RegistryError as exc:
+        return [f"    could not describe it: {exc}"]
+    if component.kind == "architecture":
+        lines.append("   " + _describe_architecture(component, size))
+    return lines
 
 
 def _describe_architecture(component, size: int) -> str:
@@ -171,9 +255,9 @@ def _describe_architecture(component, size: int) -> str:
         from losslab.core.train.profiling import profile_model
 
         stats = profile_model(component.create(), size)
-        return f" [{stats['params'] / 1e6:.2f} M params, {stats['flops'] / 1e9:.3f} GFLOPs at {size}x{size}]"
+        return f" {stats['params'] / 1e6:.2f} M params, {stats['flops'] / 1e9:.3f} GFLOPs at {size}x{size}"
     except Exception as exc:
-        return f" [could not profile: {type(exc).__name__}: {exc}]"
+        return f" could not profile: {type(exc).__name__}: {exc}"
 
 
 @app.command()
@@ -181,7 +265,12 @@ def predict(
     bg: Annotated[Path, typer.Option(help="A bg image, or a folder of them.")],
     fg_bg: Annotated[Path, typer.Option("--fg-bg", help="The fg_bg image, or a folder of them.")],
     out: Annotated[Path, typer.Option(help="Output folder for <name>_mask.png and <name>_depth.png.")],
-    run_id: Annotated[str | None, typer.Option("--run", help="MLflow run id of a child run.")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="The parent run id `lab run` prints, or a child's.")] \
+    = None,
+    variant: Annotated[str | None, typer.Option(help="With a parent --run: this variant (default: the winner).")] \
+    = None,
+    seed: Annotated[int | None, typer.Option(help="With a parent --run: this seed (default: the variant's best).")]
+    = None,
     checkpoint: Annotated[Path | None, typer.Option(help="A best.pt / last.pt checkpoint file.")] = None,
     tracking_uri: TrackingUri = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, mps.")] = "auto",
@@ -193,10 +282,12 @@ def predict(
 
     if (run_id is None) == (checkpoint is None):
         fail("give exactly one of --run RUN_ID or --checkpoint PATH")
+    if run_id is None and (variant is not None or seed is not None):
+        fail("--variant and --seed choose a child of a --run parent; a --checkpoint is one model already")
     try:
         check_out_dir(out)
-        written = predict_paths(bg, fg_bg, out, run_id=run_id, checkpoint=checkpoint,
-                                tracking_uri=tracking_uri, device=device)
+        written = predict_paths(bg, fg_bg, out, run_id=run_id, checkpoint=checkpoint, tracking_uri=tracking_uri,
+                                device=device, variant=variant, seed=seed, echo=lambda m: typer.echo(m, err=True))
     except (PredictError, TrackingError, UnsafePathError) as exc:
         fail(str(exc))
         return
@@ -207,19 +298,91 @@ def predict(
 def ui(
     tracking_uri: TrackingUri = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    experiment: Annotated[str | None, typer.Option(help="Experiment to open (default: the one of the latest "
+                                                   "`lab run`).")] = None,
+    browser: Annotated[bool, typer.Option(help="Open the URL in a web browser.")] = True,
+    startup_timeout: Annotated[float, typer.Option(help="Seconds to wait for the server to answer.")] = 120.0,
 ) -> None:
-    """Open the MLflow UI on the same store, bound to 127.0.0.1."""
-    from losslab.core.experiment.tracking import default_tracking_uri
+    """Serve the MLflow UI on the same store (127.0.0.1) and open the experiment's runs table.
 
-    uri = default_tracking_uri(tracking_uri)
+    The page shows the latest run's child runs (one per variant and seed), sorted by the monitored metric,
+    with the headline metrics as columns. Exits non-zero when it cannot serve (e.g. the port is busy).
+    """
+    import signal
+    import subprocess
+    import time
+    import urllib.request
+    import webbrowser
+
     busy = _port_busy(port)
     if busy:
         fail(f"cannot serve the MLflow UI on 127.0.0.1:{port}: {busy}; stop what uses it (another `lab ui`?) "
              "or pass --port N", code=1)
-    typer.echo(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
-               "--port", str(port)]
-    os.execvp(command[0], command)
+    from losslab.core.experiment.tracking import Tracker
+    from losslab.core.experiment.ui_view import ViewError, prepare_view
+
+    tracker = Tracker(tracking_uri)
+    try:
+        view = prepare_view(tracker.client, experiment)
+    except ViewError as exc:
+        fail(str(exc))
+        return
+    base = f"http://127.0.0.1:{port}"
+    # one worker and no GenAI job runner (a dozen background processes): browsing runs needs neither, and
+    # the server answers in seconds instead of a minute on a small machine
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(command, env=env, start_new_session=True)  # its own group: stopped as a whole
+    signal.signal(signal.SIGTERM, _interrupt)  # stopped by a scheduler or a test: still stop the server
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while True:
+            if server.poll() is not None:
+                fail(f"the MLflow server exited with code {server.returncode} before serving {base}", code=1)
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=2) as answer:
+                    if answer.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                fail(f"the MLflow server did not answer at {base} within {startup_timeout:.0f} s", code=1)
+            time.sleep(0.3)
+        url = base + (view.path if view else "/")
+        where = f"experiment {view.experiment!r}" + (f", run {view.parent_id}" if view and view.parent_id else "") \
+            if view else "no experiment yet"
+        typer.echo(f"MLflow UI for {tracker.uri} ({where}):\n{url}\n(Ctrl-C to stop)", err=False)
+        if browser:
+            webbrowser.open(url)
+        code = server.wait()
+    except KeyboardInterrupt:
+        code = 0
+    finally:
+        _stop_group(server)
+    if code:
+        fail(f"the MLflow server stopped with code {code}", code=1)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(server) -> None:
+    """Stop the server and every process it started (uvicorn workers), by its process group."""
+    import signal
+    import subprocess
+
+    for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(server.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            return
+        try:
+            server.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _port_busy(port: int) -> str | None:
@@ -249,7 +412,8 @@ def report(
 
 @app.command()
 def tune(
-    experiment: Annotated[Path, typer.Argument(help="Experiment YAML with a search: block.")],
+    experiment: Annotated[str, typer.Argument(help="Experiment YAML with a search: block, or a shipped "
+                                              "experiment's name (e.g. tune_loss_weights).")],
     trials: Annotated[int, typer.Option(help="Trials to run (in total across workers of the study).")] = 12,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite optuna.db).")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the experiment's name).")] = None,
@@ -262,7 +426,7 @@ def tune(
     """Search loss weights (and any dotted key) with Optuna, tracked in MLflow."""
     from losslab.core.cli.tune_commands import tune as run_tune
 
-    run_tune(experiment, trials=trials, storage=storage, study=study, timeout=timeout, sets=set_ or [],
+    run_tune(experiment_path(experiment), trials=trials, storage=storage, study=study, timeout=timeout, sets=set_ or [],
              tracking_uri=tracking_uri, runs_dir=runs_dir, report=report)
 
 

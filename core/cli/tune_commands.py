@@ -25,6 +25,15 @@ def _sigterm_as_interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _dashboard_hint(storage: str) -> str:
+    """How to browse the study: optuna-dashboard when installed, else the extra that installs it."""
+    import importlib.util
+
+    if importlib.util.find_spec("optuna_dashboard") is not None:
+        return f" (`optuna-dashboard {storage}` to browse it)"
+    return " (to browse it: pip install 'losslab[dashboard]', then `optuna-dashboard " + storage + "`)"
+
+
 def tune(
     experiment: Path,
     trials: int = 12,
@@ -70,7 +79,7 @@ def tune(
     if result.best_path is not None:
         typer.echo(f"best config: {result.best_path}  (run it with `lab run {result.best_path}`)")
     typer.echo(f"MLflow parent run {result.parent_run_id} in {result.tracking_uri} (`lab ui` to browse)")
-    typer.echo(f"Optuna study {result.study!r} in {result.storage} (`optuna-dashboard {result.storage}`)")
+    typer.echo(f"Optuna study {result.study!r} in {result.storage}{_dashboard_hint(result.storage)}")
     if result.plots:
         typer.echo(f"plots: {', '.join(str(p) for p in result.plots)} (artifacts of the parent run)")
     for fmt, path in result.report.items():

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from losslab.core.data.readers import dataset_bytes
+from losslab.core.progress import progress_bar
 
 _BINS = 65536  # 1 mm bins over 0..65.535 m
 
@@ -160,7 +160,7 @@ def compute_stats(samples: Any, root: Path, *, limit: int | None = None, batch_s
     coverage: list[np.ndarray] = []
     hist = np.zeros(_BINS, dtype=np.int64)
     depth_min, depth_max, depth_sum, depth_n = np.inf, -np.inf, 0.0, 0
-    bar = tqdm(total=len(indices), unit="img", desc="stats", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=len(indices), unit="img", desc="stats", disable=not progress, dynamic_ncols=True)
     for start in range(0, len(indices), batch_size):
         chunk = indices[start : start + batch_size]
         arrays = samples.get(chunk)

@@ -178,11 +178,28 @@ def split_by_bg(samples: SampleSet, val_split: float, seed: int = 0) -> tuple[np
         raise ValueError(
             f"cannot hold out backgrounds for validation: the data has {len(unique)} bg; use at least 2"
         )
-    n_val = min(len(unique) - 1, max(1, round(val_split * len(unique))))
+    n_val = held_out_count(len(unique), val_split)
     rng = np.random.default_rng([seed, 7919])
     held_out = np.sort(rng.choice(unique, size=n_val, replace=False))
     is_val = np.isin(bg_ids, held_out)
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def held_out_count(n_bg: int, val_split: float) -> int:
+    """How many of ``n_bg`` backgrounds ``split_by_bg`` holds out: round(val_split * n_bg), at least 1,
+    and at most n_bg - 1 (training keeps one)."""
+    return min(n_bg - 1, max(1, round(val_split * n_bg)))
+
+
+def describe_split(samples: SampleSet, val_idx: np.ndarray, val_split: float) -> str:
+    """One line saying how ``val_split`` rounded: backgrounds held out, and samples on each side."""
+    bg_ids = samples.bg_ids()
+    n_bg = len(np.unique(bg_ids))
+    n_val_bg = held_out_count(n_bg, val_split)  # val_idx may be a val_limit subset of the held-out samples
+    exact = val_split * n_bg
+    note = "" if abs(exact - n_val_bg) < 1e-9 else f" ({val_split:g} x {n_bg} = {exact:g}, rounded to {n_val_bg})"
+    return (f"validation holds out {n_val_bg} of {n_bg} backgrounds{note}; {len(val_idx)} of {len(bg_ids)} "
+            "samples evaluated (no held-out background is seen in training)")
 
 
 def resize_arrays(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -24,6 +24,85 @@ class PredictError(Exception):
     """Prediction inputs are unusable; the message says which and how to fix it."""
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def choose_child(client: Any, run_id: str, variant: str | None = None, seed: int | None = None) -> tuple[str, str]:
+    """The child run to predict with, and a line saying which it is and why.
+
+    ``run_id`` may be a child (used as it is) or the parent that ``lab run``
+    prints. For a parent, ``variant`` and ``seed`` pick the child; without
+    them the choice is the winning variant of the run's summary (the table
+    ``lab run`` printed; else the best mean of the monitored metric over
+    seeds) and, within it, the seed with the best monitored value.
+    """
+    try:
+        run = client.get_run(run_id)
+    except Exception as exc:
+        raise PredictError(f"no run {run_id!r} in this store ({type(exc).__name__}); pass the parent run id that "
+                           "`lab run` prints, or a child's") from None
+    children = client.search_runs([run.info.experiment_id], f"tags.`mlflow.parentRunId` = '{run_id}'",
+                                  max_results=5000)
+    if not children:
+        if variant is not None or seed is not None:
+            tags = run.data.tags
+            found = (tags.get("losslab.variant"), tags.get("losslab.seed"))
+            if (variant is not None and found[0] != variant) or (seed is not None and found[1] != str(seed)):
+                raise PredictError(f"run {run_id} is the child of variant {found[0]!r}, seed {found[1]}; "
+                                   "--variant/--seed choose among a parent run's children: pass the parent's id")
+        return run_id, f"run {run_id}"
+    finished = [c for c in children if c.info.status == "FINISHED"]
+    params = (finished or children)[0].data.params
+    monitor, mode = params.get("train.monitor", "val/mask_iou"), params.get("train.monitor_mode", "max")
+    key, sign = f"best/{monitor}", (1 if mode == "max" else -1)
+    scored = [c for c in finished if key in c.data.metrics]
+    variants = sorted({c.data.tags.get("losslab.variant", "") for c in children})
+    if variant is not None:
+        scored = [c for c in scored if c.data.tags.get("losslab.variant") == variant]
+        if not scored:
+            raise PredictError(f"run {run_id} has no finished child of variant {variant!r}; its variants: "
+                               f"{', '.join(variants)}")
+    if not scored:
+        raise PredictError(f"run {run_id} has no finished child run with {key}; nothing to predict with")
+    reason = "chosen"
+    if variant is None:
+        winner = _summary_winner(client, run_id)
+        by_variant: dict[str, list[float]] = {}
+        for c in scored:
+            by_variant.setdefault(c.data.tags.get("losslab.variant", ""), []).append(c.data.metrics[key])
+        if winner not in by_variant:
+            winner = max(by_variant, key=lambda v: sign * _mean(by_variant[v]))
+            reason = f"best mean {monitor} over seeds"
+        else:
+            reason = "the run's winner"
+        scored = [c for c in scored if c.data.tags.get("losslab.variant", "") == winner]
+    if seed is not None:
+        seeds = sorted({c.data.tags.get("losslab.seed", "") for c in scored}, key=lambda x: int(x or -1))
+        scored = [c for c in scored if c.data.tags.get("losslab.seed") == str(seed)]
+        if not scored:
+            raise PredictError(f"run {run_id} has no finished child with seed {seed}"
+                               + (f" in variant {variant!r}" if variant else "") + f"; seeds: {', '.join(seeds)}")
+    best = max(scored, key=lambda c: sign * c.data.metrics[key])
+    tags = best.data.tags
+    note = (f"run {best.info.run_id}: variant {tags.get('losslab.variant')!r} ({reason}), seed "
+            f"{tags.get('losslab.seed')} ({'best ' + monitor + ' of its seeds' if seed is None else 'chosen'}: "
+            f"{best.data.metrics[key]:.4f})")
+    return best.info.run_id, note
+
+
+def _summary_winner(client: Any, parent_id: str) -> str | None:
+    """The winner ``lab run`` printed, from the parent's summary.json (None when it has none)."""
+    import json
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="lab-predict-") as tmp:
+            path = client.download_artifacts(parent_id, "summary.json", tmp)
+            return json.loads(Path(path).read_text()).get("winner")
+    except Exception:  # no summary (an interrupted run): fall back to the metric
+        return None
+
+
 def load_checkpoint(checkpoint: Path | None, run_id: str | None, tracking_uri: str | None) -> dict[str, Any]:
     """The checkpoint's dict, loaded with ``weights_only=True`` (a pickle payload is refused, never run).
 
@@ -156,8 +235,15 @@ def _pairs(bg: Path, fg_bg: Path) -> list[tuple[Path, Path]]:
 
 
 def predict_paths(bg: Path, fg_bg: Path, out: Path, *, run_id: str | None = None, checkpoint: Path | None = None,
-                  tracking_uri: str | None = None, device: str = "auto") -> list[tuple[Path, Path]]:
+                  tracking_uri: str | None = None, device: str = "auto", variant: str | None = None,
+                  seed: int | None = None, echo: Any = None) -> list[tuple[Path, Path]]:
     pairs = _pairs(Path(bg), Path(fg_bg))
+    if run_id is not None:
+        from losslab.core.experiment.tracking import Tracker
+
+        run_id, note = choose_child(Tracker(tracking_uri).client, run_id, variant, seed)
+        if echo is not None:
+            echo(f"predicting with {note}")
     source = str(checkpoint) if run_id is None else f"checkpoints/best.pt of run {run_id}"
     predictor = Predictor(load_checkpoint(checkpoint, run_id, tracking_uri), device, source)
     out.mkdir(parents=True, exist_ok=True)

@@ -333,6 +333,7 @@ def _extend_until_decisive(configs: list[ExperimentConfig], plan: SequentialPlan
 
 def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
                root: Path, catalog: Catalog, resume: bool, echo: Echo) -> ChildResult:
+    from losslab.core.data.datasets import describe_split
     from losslab.core.data.formats import DatasetError
     from losslab.core.data.sources import SourceError
     from losslab.core.experiment.visualize import save_prediction_grid
@@ -356,6 +357,7 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     try:
         run_dir = safe_join(root, label)
         trainer = Trainer(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
+        echo(f"losslab: {label}: {describe_split(trainer.parts.samples, trainer.parts.val_idx, cfg.data.val_split)}")
         outcome = trainer.fit(resume=resume)
     except KeyboardInterrupt:
         tracker.set_tags(run_id, {"losslab.status": "killed"})
@@ -389,5 +391,7 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     tracker.end_run(run_id, "FINISHED")
     shown = ", ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in outcome.best.items()
                       if not k.startswith("val/mask/") and not k.startswith("val/depth/"))
-    echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch}): {shown}")
+    # epochs are counted from 1 for people (MLflow's steps and best/epoch stay 0-based, see docs/tracking.md)
+    echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch + 1} of "
+         f"{cfg.train.epochs}): {shown}")
     return ChildResult(cfg.variant, seed, run_id, dict(outcome.best))

@@ -179,7 +179,9 @@ class Tracker:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
-        return self.client.create_experiment(name, artifact_location=artifact_root_for(self.uri))
+        # the experiment kind makes MLflow 3's UI open it on "Training runs", not on its GenAI overview
+        return self.client.create_experiment(name, artifact_location=artifact_root_for(self.uri),
+                                             tags={"mlflow.experimentKind": "custom_model_development"})
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str],
                   parent_id: str | None = None) -> str:

@@ -34,15 +34,16 @@ from losslab.core.plugin.registry import KINDS, Catalog, PluginFailure, Registry
 
 ENTRY_POINT_GROUP = "losslab"
 
-#: Built-in plugins: (plugin name, module). They go through the same hooks as everyone else's.
+#: Built-in plugins: (plugin name, "module:object"). They go through the same hooks as everyone else's;
+#: their registrations live in one light module (no torch), with lazy factories.
 BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
-    ("losslab.generators", "losslab.plugins.generators"),
-    ("losslab.ground_truth", "losslab.plugins.ground_truth"),
-    ("losslab.augmentations", "losslab.plugins.augmentations"),
-    ("losslab.architectures", "losslab.plugins.architectures"),
-    ("losslab.losses", "losslab.plugins.losses"),
-    ("losslab.metrics", "losslab.plugins.metrics"),
-    ("losslab.weightings", "losslab.plugins.weightings"),
+    ("losslab.generators", "losslab.plugins.builtin:GENERATORS"),
+    ("losslab.ground_truth", "losslab.plugins.builtin:GROUND_TRUTH_PLUGIN"),
+    ("losslab.augmentations", "losslab.plugins.builtin:AUGMENTATIONS"),
+    ("losslab.architectures", "losslab.plugins.builtin:ARCHITECTURES"),
+    ("losslab.losses", "losslab.plugins.builtin:LOSSES_PLUGIN"),
+    ("losslab.metrics", "losslab.plugins.builtin:METRICS_PLUGIN"),
+    ("losslab.weightings", "losslab.plugins.builtin:WEIGHTINGS_PLUGIN"),
 )
 
 HOOK_FOR_KIND: dict[str, str] = {
@@ -102,10 +103,13 @@ class LabPlugins:
     def load_builtins(self) -> None:
         blocked = disabled_plugins()
         version = _losslab_version()
-        for name, module_name in BUILTIN_PLUGINS:
+        for name, target in BUILTIN_PLUGINS:
             if name in blocked:
                 continue
-            self._register_module(name, lambda m=module_name: importlib.import_module(m), "losslab", version)
+            module_name, _, attr = target.partition(":")
+            self._register_module(
+                name, lambda m=module_name, a=attr: getattr(importlib.import_module(m), a), "losslab", version
+            )
 
     def load_entry_points(self, entry_points: Iterable[Any] | None = None) -> None:
         """Load third-party plugins, each on its own; failures are recorded, not raised."""

@@ -3,12 +3,22 @@
 Names are the user-facing identity of a component (timm's style): configs
 refer to them, ``lab plugins`` lists them, and an unknown name is answered
 with the nearest registered ones.
+
+A factory may be given lazily, as an import string ``"package.module:attr"``:
+the module is imported the first time the component is built (or its
+parameters are asked for), not when the catalog is filled. That keeps
+``lab plugins`` and ``lab --help`` from importing torch. A lazy component
+states its metadata (``task``, ``input_kind``, ``target``, ...) at
+registration; when the factory is imported, metadata the factory also carries
+as an attribute must agree, so the two cannot drift apart silently.
 """
 
 from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,22 +34,76 @@ KINDS: tuple[str, ...] = (
 )
 
 
+#: Metadata keys a factory may also carry as a class attribute; a lazy registration's value must match it.
+CHECKED_META: tuple[str, ...] = ("task", "input_kind", "target", "higher_is_better")
+
+_IMPORT_STRING = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
 class RegistryError(Exception):
     """A component could not be registered or found; the message says why and what to do."""
 
 
 @dataclass(frozen=True)
 class Component:
-    """One registered component: what a config name resolves to."""
+    """One registered component: what a config name resolves to.
+
+    ``target`` is the factory itself or its import string (``"pkg.mod:attr"``);
+    :attr:`factory` imports it on first use.
+    """
 
     kind: str
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | str
     summary: str
     plugin: str
     distribution: str
     version: str
     meta: dict[str, Any] = field(default_factory=dict)
+    _resolved: list[Callable[..., Any]] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def lazy(self) -> bool:
+        """True while the factory is still an import string that has not been imported."""
+        return isinstance(self.target, str) and not self._resolved
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        """The callable that builds the component (imported now if it was registered lazily)."""
+        if not isinstance(self.target, str):
+            return self.target
+        if not self._resolved:
+            self._resolved.append(self._import())
+        return self._resolved[0]
+
+    def _import(self) -> Callable[..., Any]:
+        module_name, _, attr = str(self.target).partition(":")
+        where = f"{self.kind} {self.name!r} of plugin {self.plugin!r} ({self.distribution})"
+        try:
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+        except Exception as exc:  # report any import failure of a plugin's component by name
+            raise RegistryError(
+                f"{where}: cannot import its factory {self.target!r}: {type(exc).__name__}: {exc}; "
+                f"fix the plugin, or block it with LAB_DISABLE_PLUGINS={self.plugin}"
+            ) from None
+        if not callable(obj):
+            raise RegistryError(f"{where}: {self.target!r} is a {type(obj).__name__}, not a callable factory")
+        for key in CHECKED_META:
+            declared, carried = self.meta.get(key), getattr(obj, key, None)
+            if declared is not None and carried is not None and declared != carried:
+                raise RegistryError(
+                    f"{where}: registered with {key}={declared!r} but {self.target} has {key}={carried!r}; "
+                    "make the registration agree with the class"
+                )
+        return obj
+
+    def info(self, key: str, default: Any = None) -> Any:
+        """A metadata value: as registered, else the factory's attribute (imports a lazy factory)."""
+        if key in self.meta:
+            return self.meta[key]
+        return getattr(self.factory, key, default)
 
     def create(self, **params: Any) -> Any:
         """Build the component with its config params."""
@@ -95,24 +159,40 @@ class Registry:
     def add(
         self,
         name: str,
-        factory: Callable[..., Any],
+        factory: Callable[..., Any] | str,
         *,
         summary: str = "",
         **meta: Any,
     ) -> Component:
-        """Register ``factory`` under ``name``.
+        """Register ``factory`` (a callable, or a lazy ``"package.module:attr"`` import string) under ``name``.
 
         ``summary`` is the one line ``lab plugins`` shows; when empty, the first
-        line of the factory's docstring is used. Extra keyword arguments are
-        kept as metadata (for losses: ``task`` and ``input_kind``).
-        A name registered twice is an error naming both plugins.
+        line of the factory's docstring is used (a lazy factory must give it,
+        since its docstring is not read until it is imported). Extra keyword
+        arguments are kept as metadata (for losses: ``task`` and
+        ``input_kind``; give them with a lazy factory, so listing and config
+        checks need no import). A name registered twice is an error naming
+        both plugins.
         """
         if not isinstance(name, str) or not name.strip():
             raise RegistryError(
                 f"plugin {self.current_plugin!r} ({self.current_distribution}) registered a {self.kind} "
                 f"with an empty or non-string name {name!r}; give it a short lowercase name"
             )
-        if not callable(factory):
+        if isinstance(factory, str):
+            if not _IMPORT_STRING.match(factory):
+                raise RegistryError(
+                    f"plugin {self.current_plugin!r} ({self.current_distribution}) registered {self.kind} "
+                    f"{name!r} with factory {factory!r}; a lazy factory is an import string "
+                    "'package.module:attr', e.g. 'my_plugin.losses:LogCoshLoss'"
+                )
+            if not summary:
+                raise RegistryError(
+                    f"plugin {self.current_plugin!r} ({self.current_distribution}) registered {self.kind} "
+                    f"{name!r} lazily ({factory!r}) without summary=; give the one line `lab plugins` shows "
+                    "(a lazy factory's docstring is not read until it is built)"
+                )
+        elif not callable(factory):
             raise RegistryError(
                 f"plugin {self.current_plugin!r} ({self.current_distribution}) registered {self.kind} "
                 f"{name!r} with a factory that is not callable ({type(factory).__name__})"
@@ -131,7 +211,7 @@ class Registry:
         component = Component(
             kind=self.kind,
             name=name,
-            factory=factory,
+            target=factory,
             summary=summary,
             plugin=self.current_plugin,
             distribution=self.current_distribution,

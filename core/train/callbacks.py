@@ -198,18 +198,19 @@ class MetricLogger(Callback):
 
 
 class Progress(Callback):
-    """A tqdm bar over the run's steps (on the main process, when ``train.progress`` is on)."""
+    """A progress bar over the run's steps (on the main process, when ``train.progress`` is on); plain lines
+    where stderr is not a terminal."""
 
     def __init__(self) -> None:
         self.bar: Any = None
 
     def before_fit(self, loop: TrainLoop) -> None:
-        from tqdm.auto import tqdm
+        from losslab.core.progress import progress_bar  # tqdm on a terminal, plain lines in a log
 
         p, per_epoch = loop.parts, len(loop.parts.train_loader)
-        self.bar = tqdm(total=per_epoch * p.cfg.train.epochs, initial=per_epoch * loop.state.epoch, unit="step",
-                        desc=f"{p.cfg.variant} seed {p.seed}", leave=False, dynamic_ncols=True,
-                        disable=not p.cfg.train.progress or not p.dist.is_main)
+        self.bar = progress_bar(total=per_epoch * p.cfg.train.epochs, initial=per_epoch * loop.state.epoch,
+                                unit="step", desc=f"{p.cfg.variant} seed {p.seed}", leave=False,
+                                dynamic_ncols=True, disable=not p.cfg.train.progress or not p.dist.is_main)
 
     def after_step(self, loop: TrainLoop) -> None:
         self.bar.update(1)

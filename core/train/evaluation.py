@@ -150,7 +150,7 @@ def check_finite(parts: Parts, result: dict[str, float], rows: list[dict[str, An
     A metric is checked per image as well as on average (the mean skips NaN
     images, which would hide a metric that breaks on some of them).
     """
-    where = f"at epoch {epoch} on the {len(rows)} validation images"
+    where = f"at epoch {epoch + 1} on the {len(rows)} validation images"  # 1-based for people
     for term in parts.objective.terms:
         key = f"val/{term.task}/{term.key}"
         if key in result and not math.isfinite(result[key]):

@@ -10,17 +10,8 @@ defaults, so an experiment can name an architecture with no params at all.
 
 from __future__ import annotations
 
-from losslab.core.plugin.markers import hookimpl
-from losslab.core.plugin.registry import Registry
 from losslab.plugins.architectures.nested_unet import NestedUNet
 from losslab.plugins.architectures.resnet_unet import ResNetUNet
 from losslab.plugins.architectures.unet import UNet
 
-__all__ = ["NestedUNet", "ResNetUNet", "UNet", "lab_register_architectures"]
-
-
-@hookimpl
-def lab_register_architectures(registry: Registry) -> None:
-    registry.add("unet", UNet, summary="small UNet, shared encoder, mask and depth decoders; the default")
-    registry.add("resnet-unet", ResNetUNet, summary="residual (ResNet-style) encoder with two UNet decoders")
-    registry.add("nested-unet", NestedUNet, summary="light UNet++, nested skips, a mask and a depth head")
+__all__ = ["NestedUNet", "ResNetUNet", "UNet"]

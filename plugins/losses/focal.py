@@ -68,7 +68,7 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float | None =
 
 
 class FocalLoss(Loss):
-    """Binary focal loss on logits: ``alpha`` weighs the foreground, ``gamma`` focuses (focal_loss)."""
+    """Binary focal loss on logits: ``alpha`` weighs the foreground, ``gamma`` focuses (see :func:`focal_loss`)."""
 
     task: ClassVar[Task] = "mask"
     input_kind: ClassVar[InputKind] = "logits"

@@ -227,7 +227,7 @@ class IoULoss(Loss):
 
 
 class TverskyLoss(Loss):
-    """Tversky loss on probabilities: alpha weighs false positives, beta false negatives."""
+    """Tversky loss on probabilities: alpha weighs false positives, beta false negatives (see :func:`tversky_loss`)."""
 
     task: ClassVar[Task] = "mask"
     input_kind: ClassVar[InputKind] = "probabilities"

@@ -296,6 +296,12 @@ def ms_ssim(pred: torch.Tensor, target: torch.Tensor, window_size: int = 11,
     warns once; ``small_images="error"`` raises instead. Pass fewer
     ``weights`` or a smaller ``window_size`` to silence the warning (e.g.
     ``window_size=7, weights=[0.0448, 0.2856, 0.3001, 0.2363]`` fits 56 px).
+
+    Args:
+        pred, target: depth maps :math:`(B, 1, H, W)`.
+        window_size: odd side in px of the Gaussian window (>= 3).
+        weights: exponent of each scale, finest first; their number is the number of scales.
+        small_images: ``"reduce"`` (drop the scales that do not fit, warn once) or ``"error"``.
     """
     window_size = _check_window("ms-ssim", window_size)
     weights = [float(w) for w in weights]

@@ -25,8 +25,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from losslab.core.data.formats import NAME_BASE
 from losslab.core.data.generate.layouts import Producer, SeedWriter
 from losslab.core.data.generate.plan import GenerationError, GenerationPlan, Prepared, prepare
@@ -35,6 +33,7 @@ from losslab.core.data.generate.shards import ShardWriter, recipe_table
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import SourceProblem
 from losslab.core.plugin.manager import load_catalog
+from losslab.core.progress import progress_bar
 
 
 class GenerationInterrupted(Exception):
@@ -198,7 +197,7 @@ def generate(
     if resume and done:
         say(f"resume: {len(done)} of {prepared.n_chunks} chunks already done, {len(todo)} to go")
     start = time.perf_counter()
-    bar = tqdm(total=len(prepared.recipes), initial=done_samples, unit="img", desc=f"generate {plan.layout}",
+    bar = progress_bar(total=len(prepared.recipes), initial=done_samples, unit="img", desc=f"generate {plan.layout}",
                disable=not progress, smoothing=0.05, dynamic_ncols=True)
     try:
         for _chunk, n, error in _execute(prepared, out, todo, workers):

@@ -147,6 +147,15 @@ def _overrides(t: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
     return out
 
 
+def _seeds_line(ctx: TuneContext, seeds: list[int], filename: str, verb: str) -> str:
+    """How to re-run the tuned config, saying plainly that each trial trained one seed."""
+    tuned = f"Each trial trained one seed ({ctx.seed}). "
+    if len(seeds) >= 3:
+        return tuned + f"{verb} over the experiment's seeds {list(seeds)}: lab run {filename}"
+    return (tuned + f"This file keeps the experiment's seeds {list(seeds)}, fewer than 3, so a run of it is "
+            f"exploratory; for a claim, {verb.lower()} over 3 or more: lab run {filename} --set 'seeds=[0, 1, 2]'")
+
+
 def best_experiment(ctx: TuneContext, trials: Sequence[FrozenTrial], study: str,
                     filename: str) -> tuple[str, list[int]] | None:
     """YAML text of the ready-to-run best experiment, and the trial numbers it holds (None: none complete)."""
@@ -166,7 +175,7 @@ def best_experiment(ctx: TuneContext, trials: Sequence[FrozenTrial], study: str,
         cfg.pop("search", None)
         head = [f"Best trial {best.number} of study {study!r} ({values(best)}; {space.directions[0]}), {when}.",
                 "Tuned values: " + ", ".join(f"{k}={_fmt(v)}" for k, v in best.params.items()) + ".",
-                f"Run it over the experiment's seeds: lab run {filename}"]
+                _seeds_line(ctx, cfg.get("seeds") or [], filename, "Run it")]
     else:
         base = copy.deepcopy(ctx.base)
         base.pop("search", None)
@@ -181,7 +190,7 @@ def best_experiment(ctx: TuneContext, trials: Sequence[FrozenTrial], study: str,
         cfg = {**base, "variants": variants}
         head = [f"The Pareto front of study {study!r} ({', '.join(f'{d} {m}' for m, d in zip(space.metrics, space.directions, strict=True))}), {when}:"]  # noqa: E501
         head += [f"  trial-{t.number}: {values(t)}" for t in chosen]
-        head += [f"Compare them over the experiment's seeds: lab run {filename}"]
+        head += [_seeds_line(ctx, base.get("seeds") or [0], filename, "Compare them")]
     text = "".join(f"# {line}\n" for line in head) + yaml.safe_dump(cfg, sort_keys=False)
     return text, [t.number for t in chosen]
 

@@ -90,6 +90,8 @@ def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcom
         best: dict[str, float] = {}
         trainer: Any = None
 
+        planned: list[int] = []  # the trial's epochs, once its config is built
+
         def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
             outcome.epochs = epoch + 1
             if space.multi:
@@ -100,12 +102,16 @@ def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcom
                 return
             reported.append(float(value))
             trial.report(float(value), epoch)
+            if planned and epoch + 1 >= planned[0]:
+                return  # it ran all its epochs: a complete trial, ranked by its result, never "pruned"
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after epoch {epoch} ({metric} = {value:.4f})")
+                of = f" of {planned[0]}" if planned else ""
+                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}{of} ({metric} = {value:.4f})")
 
         try:
             cfg = build_config(ctx.base, overrides, ctx.catalog, f"trial-{number}")
             ctx.records.log_config(run_id, cfg)
+            planned.append(cfg.train.epochs)
             trainer = Trainer(cfg, ctx.seed, ctx.catalog, run_dir, MlflowRunLogger(ctx.records.tracker, run_id))
             result = trainer.fit(on_epoch=on_epoch)
             best = dict(result.best)
@@ -122,6 +128,8 @@ def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcom
             outcome.state, outcome.error = "pruned", str(exc)
             outcome.values = [reported[-1]] if reported else None
             best = dict(trainer.best_metrics) if trainer is not None else {}
+            if trainer is not None:  # its best checkpoint so far: `lab predict --run` works on a pruned trial
+                _log_artifacts(ctx, run_id, run_dir, run_dir / "best.pt")
         except KeyboardInterrupt:
             _interrupted(ctx, trial, run_id)
             raise
