@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from losslab.core.data.recipes import Recipe
     from losslab.core.plugin.contracts import (
         Augmentation,
+        Baseline,
         Batch,
         Generator,
         GroundTruth,
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Augmentation",
+    "Baseline",
     "Batch",
     "Catalog",
     "Component",
@@ -49,8 +51,8 @@ __all__ = [
     "loss_host_round_trips",
 ]
 
-_COMPONENTS = ("Augmentation", "Batch", "Generator", "GroundTruth", "InputKind", "Loss", "Metric", "Task",
-               "Weighting")
+_COMPONENTS = ("Augmentation", "Baseline", "Batch", "Generator", "GroundTruth", "InputKind", "Loss", "Metric",
+               "Task", "Weighting")
 _REGISTRY = ("Registry", "Component", "Catalog", "RegistryError")
 
 

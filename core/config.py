@@ -158,6 +158,17 @@ class MetricsSpec(_Strict):
     depth: list[str] = Field(default_factory=lambda: ["rmse"])
 
 
+class BaselinesSpec(_Strict):
+    """The floors a study is scored against (``docs/config.md``): defaults on, more by name.
+
+    ``baselines: false`` switches every floor off; ``baselines: {add: [...]}``
+    scores more baselines beside the defaults.
+    """
+
+    defaults: bool = Field(default=True, description="score every baseline registered with default=True")
+    add: list[ComponentSpec] = Field(default_factory=list, description="more baselines, by registered name")
+
+
 class ExperimentConfig(_Strict):
     """One fully resolved experiment (a single variant)."""
 
@@ -171,6 +182,7 @@ class ExperimentConfig(_Strict):
     train: TrainSpec = Field(default_factory=TrainSpec)
     loss: LossSpec = Field(default_factory=LossSpec)
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    baselines: BaselinesSpec = Field(default_factory=BaselinesSpec)
     search: dict[str, Any] | None = None
 
     @field_validator("name", "variant")
@@ -191,6 +203,13 @@ class ExperimentConfig(_Strict):
                 f"seed(s) {', '.join(map(str, repeated))} listed more than once; each seed trains one model, so "
                 "a repeat would count one run twice and overwrite its folder: list each seed once, e.g. [0, 1, 2]")
         return seeds
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _baselines_switch(cls, value: Any) -> Any:
+        if isinstance(value, bool):  # `baselines: false` switches the floors off
+            return {"defaults": value, "add": []}
+        return value
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -389,6 +408,7 @@ def resolve_variants(
         variants = {str(raw.get("variant") or "base"): {}}
     per_variant: dict[str, list[str]] = {}
     resolved: list[ExperimentConfig] = []
+    expanded: dict[str, dict[str, Any]] = {}
     for name, overrides in variants.items():
         found = per_variant.setdefault(str(name), [])
         if overrides is None:
@@ -396,7 +416,8 @@ def resolve_variants(
         if not isinstance(overrides, dict):
             found.append(f"variants.{name}: expected a mapping of overrides, found {type(overrides).__name__}")
             continue
-        merged = deep_merge(raw, _expand_dotted(overrides))
+        expanded[str(name)] = _expand_dotted(overrides)
+        merged = deep_merge(raw, expanded[str(name)])
         merged["variant"] = str(name)
         for key, value in parsed:
             if key != "variants" and not key.startswith("variants."):
@@ -407,12 +428,17 @@ def resolve_variants(
             found.extend(format_validation_error(exc, merged))
             continue
         found.extend(check_losses(cfg))
-        if catalog is not None:
-            found.extend(check_components(cfg, catalog))
         resolved.append(cfg)
+    if catalog is not None:
+        give_positive_depth(resolved, catalog)
+        for cfg in resolved:
+            per_variant[cfg.variant].extend(check_components(cfg, catalog))
     problems = _merge_problems(per_variant)
     if problems:
         raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(problems))
+    same = same_configs(resolved, expanded, [key for key, _ in parsed if not key.startswith("variants")])
+    if same:
+        raise ConfigError("\n".join(same))
     return resolved
 
 
@@ -461,6 +487,89 @@ def check_losses(cfg: ExperimentConfig) -> list[str]:
             problems.append(f"loss.allow_empty lists {task}, but loss.{task} has {len(terms)} term(s); "
                             f"remove {task} from loss.allow_empty")
     return problems
+
+
+
+
+def _paths(overrides: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys a variant's overrides set, down to the first non-mapping value."""
+    out: list[str] = []
+    for key, value in overrides.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        out.extend(_paths(value, path) if isinstance(value, dict) and value else [path])
+    return out
+
+
+def _overlaps(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
+def same_configs(resolved: list[ExperimentConfig], overrides: dict[str, dict[str, Any]],
+                 set_keys: list[str]) -> list[str]:
+    """Variants that resolve to one training config: a study of a config against itself, refused.
+
+    Two such variants train the same network the same way; their numbers agree to the last digit and
+    one of them would be crowned. Each message names the variants and what made them equal: the
+    ``--set`` keys that overwrite what the variants set, or the variants themselves.
+    """
+    groups: dict[str, list[str]] = {}
+    for cfg in resolved:
+        body = {k: v for k, v in cfg.to_dict().items() if k != "variant"}
+        groups.setdefault(yaml.safe_dump(body, sort_keys=True), []).append(cfg.variant)
+    problems = []
+    for names in groups.values():
+        if len(names) < 2:
+            continue
+        keys = sorted({p for n in names for p in _paths(overrides.get(n, {}))})
+        culprits = [k for k in dict.fromkeys(set_keys) if any(_overlaps(k, p) for p in keys)]
+        listed = " and ".join(repr(n) for n in names)
+        if culprits:
+            why = (f"--set {', '.join(culprits)} overrides what sets them apart ({', '.join(keys)}), and --set "
+                   "wins over the variants. Drop that --set, or change one variant with "
+                   f"--set variants.{names[0]}.<key>=...")
+        else:
+            why = ("their overrides change nothing that tells them apart "
+                   f"({', '.join(keys) or 'no overrides'}); make them differ, or keep one")
+        problems.append(f"variants {listed} resolve to the same training config, so the study would compare "
+                        f"a config with itself: {why}")
+    return problems
+
+
+def _loss_flag(catalog: Catalog, name: str, flag: str) -> Any:
+    """A loss's declared ``positive_depth`` or ``needs_partner`` (class attribute, or registration metadata)."""
+    if name not in catalog["loss"]:
+        return None
+    component = catalog["loss"].get(name)
+    return component.meta.get(flag, getattr(component.factory, flag, None))
+
+
+def _takes_param(factory: Any, name: str) -> bool:
+    import inspect
+
+    try:
+        return name in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def give_positive_depth(resolved: list[ExperimentConfig], catalog: Catalog) -> None:
+    """``model.params.depth_output: log`` for every variant, when any variant's depth loss needs it.
+
+    A loss that takes the log of the depth (``positive_depth``, e.g. ``silog``) needs a head that cannot
+    reach zero. The choice is made once for the whole experiment, so variants that differ in their loss
+    do not also differ in their head. Architectures without the param, and variants that set it, are
+    left alone; :func:`check_components` then refuses a pairing that cannot work.
+    """
+    needs = any(_loss_flag(catalog, t.name, "positive_depth") for cfg in resolved for t in cfg.loss.depth
+                if t.weight > 0)
+    if not needs:
+        return
+    for cfg in resolved:
+        if cfg.model.name not in catalog["architecture"]:
+            continue
+        factory = catalog["architecture"].get(cfg.model.name).factory
+        if _takes_param(factory, "depth_output") and "depth_output" not in cfg.model.params:
+            cfg.model.params["depth_output"] = "log"
 
 
 def _merge_problems(per_variant: dict[str, list[str]]) -> list[str]:
@@ -577,6 +686,7 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
     ]
     checks += [(f"augment.{i}.name", "augmentation", a.name, None) for i, a in enumerate(cfg.augment)]
     checks.append(("loss.weighting.name", "weighting", cfg.loss.weighting.name, cfg.loss.weighting.params))
+    checks += [(f"baselines.add.{i}.name", "baseline", b.name, b.params) for i, b in enumerate(cfg.baselines.add)]
     for task in ("mask", "depth"):
         checks += [(f"loss.{task}.{i}.name", "loss", t.name, t.params) for i, t in enumerate(getattr(cfg.loss, task))]
         checks += [(f"metrics.{task}.{i}", "metric", m, None) for i, m in enumerate(getattr(cfg.metrics, task))]
@@ -599,6 +709,45 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
         target = component.meta.get("target")
         if kind == "ground_truth" and target and not path.endswith(f"{target}.name"):
             problems.append(f"{path}: ground truth {name!r} produces {target}, not {path.split('.')[2]}")
+    return problems + check_loss_pairings(cfg, catalog)
+
+
+def check_loss_pairings(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
+    """Loss terms that cannot train what they are given: refused before any work, with the reason.
+
+    A depth loss that takes the log (``positive_depth``) on a head that can reach zero collapses the
+    depth to zero; a task whose weighted terms all ``needs_partner`` (e.g. ``gradient`` alone) leaves the
+    prediction's level free. Both would train silently to a useless map.
+    """
+    problems: list[str] = []
+    for task in ("mask", "depth"):
+        terms = [(i, t) for i, t in enumerate(getattr(cfg.loss, task)) if t.weight > 0 and t.name in catalog["loss"]]
+        reasons = [(t.name, _loss_flag(catalog, t.name, "needs_partner")) for _, t in terms]
+        if terms and all(reason for _, reason in reasons):
+            why = "; ".join(f"{name!r}: {reason}" for name, reason in reasons)
+            problems.append(f"loss.{task}: these terms cannot train the {task} on their own ({why}); add a term "
+                            "that scores each pixel against its target, e.g. {name: l1, weight: 1.0}"
+                            if task == "depth" else f"loss.{task}: these terms cannot train the {task} on their "
+                            f"own ({why}); add a term such as {{name: bce, weight: 1.0}}")
+    positive = [(i, t.name) for i, t in enumerate(cfg.loss.depth)
+                if t.weight > 0 and _loss_flag(catalog, t.name, "positive_depth")]
+    if positive and cfg.model.name in catalog["architecture"]:
+        arch = catalog["architecture"].get(cfg.model.name)
+        head = cfg.model.params.get("depth_output")
+        declared = arch.meta.get("positive_depth") is True
+        for i, name in positive:
+            if declared or head == "log":
+                continue
+            if _takes_param(arch.factory, "depth_output"):
+                problems.append(f"loss.depth.{i}: {name!r} takes the log of the depth, so it needs a depth that "
+                                f"stays positive, but model.params.depth_output is {head!r}, which can reach zero "
+                                "(where the term's gradient stops and the depth collapses); set "
+                                "model.params.depth_output: log, or leave it out to have it chosen")
+            else:
+                problems.append(f"loss.depth.{i}: {name!r} takes the log of the depth, so it needs a depth that "
+                                f"stays positive; architecture {cfg.model.name!r} (plugin {arch.plugin!r}) takes no "
+                                "depth_output param and does not declare positive_depth=True when registered; "
+                                "use a built-in architecture, or pair the term with one that is not clamped")
     return problems
 
 

@@ -1,6 +1,6 @@
 """The built-in plugins' registrations: every built-in component by name, registered lazily.
 
-Seven plugins (``losslab.generators`` ... ``losslab.weightings``), one per kind, go
+Eight plugins (``losslab.generators`` ... ``losslab.baselines``), one per kind, go
 through the same hooks as any third party's. Each names its factories as
 import strings (``"losslab.plugins.losses.bce:BCELoss"``) and states their
 metadata here, so building the catalog imports neither torch nor the
@@ -154,6 +154,21 @@ def _weightings(registry: Registry) -> None:
         registry.add(name, f"{_P}.weightings.{where}", summary=summary)
 
 
+#: name -> (class in plugins/baselines.py, task, summary); every built-in floor runs by default
+BASELINES: dict[str, tuple[str, str, str]] = {
+    "image-difference": ("ImageDifference", "mask", "max over channels |fg_bg - bg| > t, t best on the training split"),
+    "prior": ("MaskPrior", "mask", "per-pixel frequency of the training masks, thresholded at the best level"),
+    "median-map": ("MedianMap", "depth", "per-pixel median of the training depths; ignores the input"),
+    "global-median": ("GlobalMedian", "depth", "one depth everywhere: the median of every training depth"),
+}
+
+
+@hookimpl
+def _baselines(registry: Registry) -> None:
+    for name, (cls, task, summary) in BASELINES.items():
+        registry.add(name, f"{_P}.baselines:{cls}", summary=summary, task=task, default=True)
+
+
 # One plugin object per kind, so each can be blocked by name (LAB_DISABLE_PLUGINS=losslab.losses).
 GENERATORS = SimpleNamespace(lab_register_generators=_generators)
 GROUND_TRUTH_PLUGIN = SimpleNamespace(lab_register_ground_truth=_ground_truth)
@@ -162,3 +177,4 @@ ARCHITECTURES = SimpleNamespace(lab_register_architectures=_architectures)
 LOSSES_PLUGIN = SimpleNamespace(lab_register_losses=_losses)
 METRICS_PLUGIN = SimpleNamespace(lab_register_metrics=_metrics)
 WEIGHTINGS_PLUGIN = SimpleNamespace(lab_register_weightings=_weightings)
+BASELINES_PLUGIN = SimpleNamespace(lab_register_baselines=_baselines)

@@ -202,6 +202,20 @@ def describe_split(samples: SampleSet, val_idx: np.ndarray, val_split: float) ->
             "samples evaluated (no held-out background is seen in training)")
 
 
+def held_out_split(samples: SampleSet, data: DataSpec) -> tuple[np.ndarray, np.ndarray]:
+    """The trainer's split of a config's data: training indices, and the held-out ones it evaluates.
+
+    Backgrounds split by :func:`split_by_bg` (seeded by the source seed), then ``data.val_limit``
+    held-out samples drawn by their own seeded generator. The floors are fitted and scored on this
+    same split, so a floor and a variant are scored on the same images.
+    """
+    train_idx, val_idx = split_by_bg(samples, data.val_split, seed=data.source.seed)
+    if data.val_limit is not None:
+        pick = np.random.default_rng([data.source.seed, 104729]).permutation(val_idx)[: data.val_limit]
+        val_idx = np.sort(pick)
+    return train_idx, val_idx
+
+
 def resize_arrays(arrays: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     """Resize a batch to ``size`` x ``size``: area for images, area-then-threshold for mask, nearest for depth.
 

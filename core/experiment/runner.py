@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from losslab.core.config import ConfigError, ExperimentConfig, dump_yaml, flatten, load_experiment
+from losslab.core.experiment.floors import apply_floors, study_floors
 from losslab.core.experiment.sequential import SEQUENTIAL_TAG, SequentialPlan
 from losslab.core.paths import check_out_dir, safe_join
 from losslab.core.plugin.manager import load_catalog
@@ -66,6 +67,7 @@ class ExperimentResult:
     winner: str | None = None
     report: dict[str, Path] = field(default_factory=dict)
     is_main: bool = True
+    below_floor: dict[str, list[str]] = field(default_factory=dict)  # variant -> tasks it is below floor on
 
     @property
     def failed(self) -> list[ChildResult]:
@@ -103,8 +105,14 @@ def config_hash(configs: list[ExperimentConfig]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple[str, str | None]:
-    """Variant by metric, mean +/- std over seeds; and the winning variant by ``monitor``."""
+def summary_table(children: list[ChildResult], monitor: str, mode: str, below_floor: dict[str, list[str]] | None = None,
+                  floors: Any = None) -> tuple[str, str | None]:
+    """Variant by metric, mean +/- std over seeds; and the winning variant by ``monitor``.
+
+    A variant below a floor (``below_floor``: variant -> tasks) is marked and never wins; the floors
+    (:class:`~losslab.core.experiment.floors.Floors`) follow as ``[floor]`` rows.
+    """
+    below = below_floor or {}
     done = [c for c in children if c.status == "finished"]
     if not done:
         return "no run finished", None
@@ -123,11 +131,11 @@ def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple
                 stats[v][k] = (statistics.fmean(values), sd, len(values))
     sign = 1 if mode == "max" else -1
     ranked = sorted((v for v in variants if monitor in stats[v]), key=lambda v: -sign * stats[v][monitor][0])
-    winner = ranked[0] if ranked else None
+    winner = next((v for v in ranked if not below.get(v)), None)
     headers = ["variant", *(k.removeprefix("val/") for k in keys), "seeds"]
     lines = []
     for v in ranked + [v for v in variants if v not in ranked]:
-        cells = [v + (" *" if v == winner else "")]
+        cells = [v + (" *" if v == winner else "") + (f" [below floor: {','.join(below[v])}]" if below.get(v) else "")]
         for k in keys:
             if k in stats[v]:
                 mean, sd, _ = stats[v][k]
@@ -136,11 +144,17 @@ def summary_table(children: list[ChildResult], monitor: str, mode: str) -> tuple
                 cells.append("—")  # a loss term this variant does not use
         cells.append(str(max((n for _, _, n in stats[v].values()), default=0)))
         lines.append(cells)
+    for floor in floors.floors if floors is not None else []:
+        lines.append([f"[floor] {floor.name}", *(f"{floor.scores[k]:.4f}" if k in floor.scores else ""
+                                                  for k in keys), "-"])
     widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(headers)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
     out.append(f"* first by the mean of {monitor} ({mode}), not a claim: the verdict below says what is "
                "significant; mean ± std over seeds")
+    if floors is not None:
+        out.append("[floor]: a baseline fitted on the training split, no gradient training; [below floor]: not "
+                   "above that task's best floor (mean and 95% interval over seeds), so it is never first")
     return "\n".join(out), winner
 
 
@@ -264,6 +278,7 @@ def run_experiment(
     result = ExperimentResult(name, parent_id, monitor, mode, is_main=rank.is_main)
     try:
         root = safe_join(runs_dir, name, parent_id)  # names are validated; this holds even if a check was missed
+        floors = study_floors(configs, catalog, tracker, parent_id, echo) if rank.is_main else None
         for cfg in configs:
             for seed in cfg.seeds:
                 result.children.append(
@@ -280,11 +295,13 @@ def run_experiment(
     except Exception as exc:  # nothing may stay RUNNING in MLflow after a failure
         _fail_run(tracker, parent_id, exc)
         raise
-    result.table, result.winner = summary_table(result.children, monitor, mode)
+    floor_summary = apply_floors(result, floors, configs, tracker)
+    result.table, result.winner = summary_table(result.children, monitor, mode, result.below_floor, floors)
     summary = {
         "monitor": monitor, "mode": mode, "first_by_mean": result.winner,
         "rows": [{"variant": c.variant, "seed": c.seed, "run_id": c.run_id, "status": c.status,
                   "metrics": {k.removeprefix("best/"): v for k, v in c.metrics.items()}} for c in result.children],
+        **floor_summary,
     }
     tracker.log_json(parent_id, summary, "summary.json")
     if report and rank.is_main:

@@ -2,13 +2,13 @@
 
 These are the public base classes and protocols of losslab. A plugin author
 subclasses :class:`Loss`, :class:`Metric` or :class:`Weighting`, or returns any
-object that satisfies :class:`Generator`, :class:`GroundTruth` or
-:class:`Augmentation`.
+object that satisfies :class:`Generator`, :class:`GroundTruth`,
+:class:`Augmentation` or :class:`Baseline`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 import torch
@@ -38,6 +38,13 @@ class Loss(nn.Module):
 
     task: ClassVar[Task] = "mask"
     input_kind: ClassVar[InputKind] = "logits"
+    #: The term needs a positive depth prediction (it takes a log). The config check then gives the
+    #: built-in architectures ``depth_output: log``, and refuses a head that can reach zero or below.
+    positive_depth: ClassVar[bool] = False
+    #: Why this term cannot train its task on its own (e.g. it compares only neighbouring pixels, so
+    #: it leaves the depth's level free); empty when it can. The config check refuses a task whose
+    #: weighted terms all say so.
+    needs_partner: ClassVar[str] = ""
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError(f"{type(self).__name__} must implement forward(pred, target)")
@@ -179,6 +186,28 @@ class Augmentation(Protocol):
     """Transforms a batch dict on the device, keeping geometry identical across its tensors."""
 
     def __call__(self, batch: Batch) -> Batch: ...
+
+
+@runtime_checkable
+class Baseline(Protocol):
+    """A floor: a predictor for one task that learns nothing by gradient.
+
+    The engine calls ``fit(batches)`` once with the batches of the *training
+    split only* (never a held-out image), then ``predict(batch)`` on each
+    held-out batch, and scores the predictions with the very metric
+    components that score the variants (per image, then mean). Batches are
+    dicts of ``(B, C, H, W)`` float tensors on the CPU: ``bg`` and ``fg_bg``
+    RGB in [0, 1], ``mask`` in {0, 1} and ``depth`` **in metres**.
+    ``predict`` returns ``(B, 1, H, W)``: the foreground probability for the
+    mask task (the metrics binarise it at 0.5), the depth in metres for the
+    depth task. Same training batches, same predictions: no randomness.
+    """
+
+    task: ClassVar[Task]
+
+    def fit(self, batches: Iterable[Batch]) -> None: ...
+
+    def predict(self, batch: Batch) -> torch.Tensor: ...
 
 
 def describe_params(obj: Any) -> str:

@@ -112,3 +112,22 @@ def lab_register_weightings(registry: Registry) -> None:
     checkpointed with the run and its ``weights()`` are logged each epoch as
     ``weighting/<task>``.
     """
+
+
+# -- floors: what a predictor that learns nothing scores ------------------------------------------
+
+
+@hookspec
+def lab_register_baselines(registry: Registry) -> None:
+    """Register baselines: the floors every variant of a study is judged against.
+
+    Called once when the catalog is built. A factory is called with the
+    baseline's ``params`` and returns a
+    :class:`losslab.core.plugin.contracts.Baseline` for one ``task`` (also
+    given as ``task=`` metadata to ``registry.add``): ``fit(batches)`` on the
+    training split only, with no gradient training, then ``predict(batch)``
+    -> ``(B, 1, H, W)`` mask probability or depth in metres, scored by the
+    variants' own metrics on the same held-out samples. Registered with
+    ``default=True``, it runs in every experiment that does not switch the
+    floors off; otherwise an experiment names it under ``baselines.add``.
+    """

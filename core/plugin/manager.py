@@ -44,6 +44,7 @@ BUILTIN_PLUGINS: tuple[tuple[str, str], ...] = (
     ("losslab.losses", "losslab.plugins.builtin:LOSSES_PLUGIN"),
     ("losslab.metrics", "losslab.plugins.builtin:METRICS_PLUGIN"),
     ("losslab.weightings", "losslab.plugins.builtin:WEIGHTINGS_PLUGIN"),
+    ("losslab.baselines", "losslab.plugins.builtin:BASELINES_PLUGIN"),
 )
 
 HOOK_FOR_KIND: dict[str, str] = {
@@ -54,6 +55,7 @@ HOOK_FOR_KIND: dict[str, str] = {
     "loss": "lab_register_losses",
     "metric": "lab_register_metrics",
     "weighting": "lab_register_weightings",
+    "baseline": "lab_register_baselines",
 }
 
 

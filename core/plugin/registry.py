@@ -31,6 +31,7 @@ KINDS: tuple[str, ...] = (
     "loss",
     "metric",
     "weighting",
+    "baseline",
 )
 
 

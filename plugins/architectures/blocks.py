@@ -96,19 +96,41 @@ def upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
-class Head(nn.Module):
-    """1x1 conv to one channel: mask logits, or depth as a plain linear output (no squashing).
+DEPTH_OUTPUTS = ("linear", "log")
 
-    Depth targets are depth / max_depth in [0, 1]; a linear output keeps
-    gradients alive at both ends of that range, where a sigmoid saturates.
+#: ``log`` heads exponentiate at most this: exp(10) is 22,000 times max_depth, far past any target,
+#: and keeps a half-precision forward finite.
+_MAX_LOG = 10.0
+
+
+def check_depth_output(value: str, where: str) -> str:
+    if value not in DEPTH_OUTPUTS:
+        raise ValueError(f"{where}: depth_output must be one of {', '.join(DEPTH_OUTPUTS)}, got {value!r}")
+    return value
+
+
+class Head(nn.Module):
+    """1x1 conv to one channel: mask logits, or depth as a linear output or the exp of one.
+
+    Depth targets are depth / max_depth in [0, 1]. ``output="linear"`` (the
+    default) keeps gradients alive at both ends of that range, where a sigmoid
+    saturates, but can reach zero or below. ``output="log"``: the conv predicts
+    log depth and the head returns ``exp`` of it, a depth that is always
+    positive, which a loss that takes the depth's log (``silog``) needs: on a
+    linear head such a loss clamps every pixel at or below its ``eps`` and its
+    gradient there is zero, so the depth collapses and never recovers.
     """
 
-    def __init__(self, cin: int) -> None:
+    def __init__(self, cin: int, output: str = "linear") -> None:
         super().__init__()
+        self.output = check_depth_output(output, "head")
         self.proj = nn.Conv2d(cin, 1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x)
+        y = self.proj(x)
+        if self.output == "log":
+            return torch.exp(y.clamp(max=_MAX_LOG))
+        return y
 
 
 def init_weights(module: nn.Module) -> None:

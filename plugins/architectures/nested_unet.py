@@ -20,6 +20,7 @@ from losslab.plugins.architectures.blocks import (
     IN_CHANNELS,
     ConvBNReLU,
     Head,
+    check_depth_output,
     check_input,
     crop,
     init_weights,
@@ -34,13 +35,15 @@ class NestedUNet(nn.Module):
         base_channels: width at full resolution; level ``i`` has ``base_channels * 2**i``.
         depth: number of 2x downsamplings; the network's stride is ``2**depth``.
         channels_last: compute in channels_last memory format (faster on CPU; same result).
+        depth_output: ``"linear"`` or ``"log"`` (exp of a log-depth prediction; see ``unet``).
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W; output ``{"mask": (B, 1, H, W)
-        logits, "depth": (B, 1, H, W)}`` with a linear depth output.
+        logits, "depth": (B, 1, H, W)}``.
     """
 
-    def __init__(self, base_channels: int = 8, depth: int = 3, channels_last: bool = True) -> None:
+    def __init__(self, base_channels: int = 8, depth: int = 3, channels_last: bool = True,
+                 depth_output: str = "linear") -> None:
         super().__init__()
         if base_channels < 1 or depth < 1:
             raise ValueError(
@@ -63,7 +66,8 @@ class NestedUNet(nn.Module):
                 self.ups[f"{i}_{j}"] = nn.ConvTranspose2d(w[i + 1], w[i], 2, stride=2)
                 self.nodes[f"{i}_{j}"] = ConvBNReLU((j + 1) * w[i], w[i])
         self.mask_head = nn.Sequential(ConvBNReLU(w[0], w[0]), Head(w[0]))
-        self.depth_head = nn.Sequential(ConvBNReLU(w[0], w[0]), Head(w[0]))
+        self.depth_head = nn.Sequential(ConvBNReLU(w[0], w[0]), Head(w[0], check_depth_output(depth_output,
+                                                                                               "nested-unet")))
         init_weights(self)
 
     def shared_parameters(self) -> list[nn.Parameter]:

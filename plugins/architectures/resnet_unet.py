@@ -16,6 +16,7 @@ from losslab.plugins.architectures.blocks import (
     IN_CHANNELS,
     BasicBlock,
     ConvBNReLU,
+    check_depth_output,
     check_input,
     crop,
     init_weights,
@@ -33,10 +34,11 @@ class ResNetUNet(nn.Module):
         blocks_per_stage: basic residual blocks per encoder stage (ResNet-18 uses 2).
         merge: decoder skip merge, ``"add"`` or ``"concat"`` (see ``unet``).
         channels_last: compute in channels_last memory format (faster on CPU; same result).
+        depth_output: ``"linear"`` or ``"log"`` (exp of a log-depth prediction; see ``unet``).
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W; output ``{"mask": (B, 1, H, W)
-        logits, "depth": (B, 1, H, W)}`` with a linear depth output.
+        logits, "depth": (B, 1, H, W)}``.
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ResNetUNet(nn.Module):
         blocks_per_stage: int = 2,
         merge: Merge = "add",
         channels_last: bool = True,
+        depth_output: str = "linear",
     ) -> None:
         super().__init__()
         if base_channels < 1 or depth < 1 or blocks_per_stage < 1:
@@ -65,7 +68,7 @@ class ResNetUNet(nn.Module):
             stages.append(nn.Sequential(*blocks))
         self.encoder = nn.ModuleList(stages)
         self.mask_decoder = UNetDecoder(widths, 1, merge)
-        self.depth_decoder = UNetDecoder(widths, 1, merge)
+        self.depth_decoder = UNetDecoder(widths, 1, merge, check_depth_output(depth_output, "resnet-unet"))
         init_weights(self)
 
     def shared_parameters(self) -> list[nn.Parameter]:

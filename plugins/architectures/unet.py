@@ -27,6 +27,7 @@ from losslab.plugins.architectures.blocks import (
     IN_CHANNELS,
     ConvBNReLU,
     Head,
+    check_depth_output,
     check_input,
     crop,
     init_weights,
@@ -45,14 +46,14 @@ def _stage(cin: int, cout: int, convs: int, stride: int = 1) -> nn.Sequential:
 class UNetDecoder(nn.Module):
     """From the deepest level back to full resolution: up-conv, merge the skip, convolve; 1x1 head."""
 
-    def __init__(self, widths: list[int], convs: int, merge: Merge) -> None:
+    def __init__(self, widths: list[int], convs: int, merge: Merge, output: str = "linear") -> None:
         super().__init__()
         self.merge = merge
         levels = list(reversed(range(len(widths) - 1)))
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels)
         factor = 2 if merge == "concat" else 1
         self.stages = nn.ModuleList(_stage(factor * widths[i], widths[i], convs) for i in levels)
-        self.head = Head(widths[0])
+        self.head = Head(widths[0], output)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
@@ -75,12 +76,15 @@ class UNet(nn.Module):
             exactly where the two shots differ, so handing the network the difference
             spares its first layer from learning to subtract; it costs one 3x3 conv's
             input channels and reaches a given IoU in fewer steps.
+        depth_output: ``"linear"`` (a plain linear depth) or ``"log"`` (the head predicts
+            log depth and returns its exp: always positive, as ``silog`` needs). The config
+            check sets ``log`` when a variant's depth loss declares ``positive_depth``.
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W (padded to a multiple of
         ``2**depth`` by edge replication inside, and cropped back); output
         ``{"mask": (B, 1, H, W) logits, "depth": (B, 1, H, W)}``, depth a
-        plain linear output (targets are depth / max_depth in [0, 1]).
+        linear output by default (targets are depth / max_depth in [0, 1]).
 
     Example:
         >>> net = UNet()
@@ -97,6 +101,7 @@ class UNet(nn.Module):
         merge: Merge = "add",
         channels_last: bool = True,
         difference: bool = True,
+        depth_output: str = "linear",
     ) -> None:
         super().__init__()
         if base_channels < 1 or depth < 1 or convs_per_stage < 1:
@@ -116,7 +121,7 @@ class UNet(nn.Module):
             + [_stage(widths[i - 1], widths[i], convs_per_stage, stride=2) for i in range(1, depth + 1)]
         )
         self.mask_decoder = UNetDecoder(widths, convs_per_stage, merge)
-        self.depth_decoder = UNetDecoder(widths, convs_per_stage, merge)
+        self.depth_decoder = UNetDecoder(widths, convs_per_stage, merge, check_depth_output(depth_output, "unet"))
         init_weights(self)
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -90,6 +90,8 @@ class GradientLoss(Loss):
 
     task: ClassVar[Task] = "depth"
     input_kind: ClassVar[InputKind] = "depth"
+    needs_partner: ClassVar[str] = ("it compares only differences between neighbouring pixels, so it leaves the "
+                                    "depth's level free")
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return gradient_loss(pred, target)
@@ -100,6 +102,8 @@ class SmoothnessLoss(Loss):
 
     task: ClassVar[Task] = "depth"
     input_kind: ClassVar[InputKind] = "depth"
+    needs_partner: ClassVar[str] = ("it only asks the prediction to be smooth, which a constant map satisfies "
+                                    "best")
 
     def __init__(self, edge_weight: float = 10.0) -> None:
         super().__init__()

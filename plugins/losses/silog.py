@@ -6,7 +6,10 @@ error, which a single image cannot pin down. Depths are clamped at ``eps``
 before the log, so a prediction at or below zero (the network's raw output
 can be) gives a finite loss; note that the clamp also stops this term's
 gradient for such pixels, so pair it with a term that is not clamped
-(``l1``) if the prediction may go negative.
+(``l1``) if the prediction may go negative. The term declares
+``positive_depth``, so the config check gives the built-in architectures a
+depth head that cannot reach zero (``depth_output: log``); with a plain linear
+head, silog alone drove every pixel below ``eps`` and the depth collapsed.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class SILogLoss(Loss):
 
     task: ClassVar[Task] = "depth"
     input_kind: ClassVar[InputKind] = "depth"
+    positive_depth: ClassVar[bool] = True  # its log needs depth > 0: the head gives it (depth_output: log)
 
     def __init__(self, variance_focus: float = 0.85, eps: float = 1e-3, root: bool = True) -> None:
         super().__init__()

@@ -1,0 +1,212 @@
+"""Built-in baselines: the floors of each task, predictors that learn nothing by gradient.
+
+A study's numbers mean something only next to what such a predictor scores.
+Each is fitted on the training split only and is deterministic:
+
+- mask ``image-difference``: ``max over channels |fg_bg - bg| > t``, with the
+  threshold ``t`` (in 1/255 steps) chosen to maximise the mean per-image IoU
+  on the training split. Where the fg is composited, the two shots differ;
+  this is what a network must beat to show it learned more than subtraction.
+- mask ``prior``: the per-pixel frequency of foreground in the training
+  masks, thresholded at the level best (mean per-image IoU) on the training
+  split. It ignores the input: it knows only where objects usually stand.
+- depth ``median-map``: the per-pixel median of the training depths. It
+  ignores the input; on scenes with a fixed camera it knows the ground plane.
+- depth ``global-median``: one number, the median of every training depth.
+
+IoU per image follows the built-in ``iou`` metric: an empty prediction of an
+empty mask scores 1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar
+
+import torch
+
+from losslab.core.plugin.contracts import Batch, Task
+from losslab.core.plugin.markers import hookimpl
+from losslab.core.plugin.registry import Registry
+
+#: Image differences are measured in these many steps (the images are 8-bit).
+LEVELS = 255
+
+
+def _nothing_seen(name: str) -> ValueError:
+    return ValueError(f"baseline {name!r}: fit() was given no training batches; the training split is empty")
+
+
+def _not_fitted(name: str) -> RuntimeError:
+    return RuntimeError(f"baseline {name!r}: predict() was called before fit(); fit it on the training split")
+
+
+def iou_of_counts(tp: torch.Tensor, predicted: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """IoU = TP / (predicted + positives - TP), and 1 where both are empty (the ``iou`` metric's rule)."""
+    union = predicted + positives - tp
+    return torch.where(union > 0, tp / union.clamp_min(1), torch.ones_like(tp))
+
+
+def difference_levels(batch: Batch) -> torch.Tensor:
+    """``(B, H, W)`` integer levels 0..255 of ``max over channels |fg_bg - bg|``."""
+    diff = (batch["fg_bg"].float() - batch["bg"].float()).abs().amax(dim=1)
+    return (diff * LEVELS).round().clamp(0, LEVELS).long()
+
+
+class ImageDifference:
+    """Mask floor: ``max_c |fg_bg - bg| > t``, t chosen on the training split for the best mean IoU.
+
+    Args:
+        threshold: a fixed ``t`` in levels 0..254 (1/255 units) instead of the fitted one.
+    """
+
+    task: ClassVar[Task] = "mask"
+    name = "image-difference"
+
+    def __init__(self, threshold: int | None = None) -> None:
+        if threshold is not None and not 0 <= int(threshold) < LEVELS:
+            raise ValueError(f"baseline {self.name!r}: threshold must be a level in 0..{LEVELS - 1} "
+                             f"(1/255 units), got {threshold}")
+        self.threshold: int | None = None if threshold is None else int(threshold)
+        self.fixed = threshold is not None
+        self.train_iou: float | None = None
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        """Per image, histograms of the levels on fg and on bg pixels; the best t from their tails."""
+        fg_hist: list[torch.Tensor] = []
+        bg_hist: list[torch.Tensor] = []
+        for batch in batches:
+            levels = difference_levels(batch).flatten(1)
+            fg = (batch["mask"][:, 0] > 0.5).flatten(1)
+            offsets = torch.arange(levels.shape[0]).unsqueeze(1) * (LEVELS + 1)
+            for keep, out in ((fg, fg_hist), (~fg, bg_hist)):
+                counts = torch.bincount((levels + offsets)[keep], minlength=levels.shape[0] * (LEVELS + 1))
+                out.append(counts.reshape(levels.shape[0], LEVELS + 1).double())
+        if not fg_hist:
+            raise _nothing_seen(self.name)
+        fg_counts, bg_counts = torch.cat(fg_hist), torch.cat(bg_hist)
+        # pixels with level > t, for t = 0..254: reversed cumulative sums of the histograms
+        above_fg = fg_counts.flip(1).cumsum(1).flip(1)[:, 1:]
+        above_bg = bg_counts.flip(1).cumsum(1).flip(1)[:, 1:]
+        positives = fg_counts.sum(1, keepdim=True)
+        mean_iou = iou_of_counts(above_fg, above_fg + above_bg, positives).mean(0)
+        if not self.fixed:
+            self.threshold = int(torch.argmax(mean_iou))  # the lowest t among equals
+        self.train_iou = float(mean_iou[self.threshold])
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        if self.threshold is None:
+            raise _not_fitted(self.name)
+        return (difference_levels(batch) > self.threshold).float().unsqueeze(1)
+
+
+class MaskPrior:
+    """Mask floor: the training masks' per-pixel frequency, thresholded at the level best on the training split."""
+
+    task: ClassVar[Task] = "mask"
+    name = "prior"
+
+    def __init__(self) -> None:
+        self.frequency: torch.Tensor | None = None
+        self.level: float | None = None
+        self.train_iou: float | None = None
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        masks = [(b["mask"][:, 0] > 0.5).flatten(1).double() for b in batches]
+        if not masks:
+            raise _nothing_seen(self.name)
+        m = torch.cat(masks)
+        hw = masks[0].shape[1]
+        frequency = m.mean(0)
+        # the set {frequency > level} grows through the pixels in order of falling frequency; a set is
+        # only reachable at the end of a run of equal frequencies (ties go in together)
+        order = torch.argsort(frequency, descending=True, stable=True)
+        ranked = frequency[order]
+        tp = torch.cat([torch.zeros(len(m), 1, dtype=m.dtype), m[:, order].cumsum(1)], dim=1)  # (N, HW + 1)
+        predicted = torch.arange(hw + 1, dtype=m.dtype).expand_as(tp)
+        mean_iou = iou_of_counts(tp, predicted, m.sum(1, keepdim=True)).mean(0)
+        ends = torch.ones(hw + 1, dtype=torch.bool)
+        ends[1:hw] = ranked[:-1] > ranked[1:]
+        mean_iou = torch.where(ends, mean_iou, torch.full_like(mean_iou, -1.0))
+        k = int(torch.argmax(mean_iou))  # the smallest set among equals
+        # predict frequency > level: level is the frequency of the first pixel left out (-1: take all)
+        self.level = float(ranked[k]) if k < hw else -1.0
+        self.frequency = frequency.float()
+        self.train_iou = float(mean_iou[k])
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        if self.frequency is None or self.level is None:
+            raise _not_fitted(self.name)
+        b, _, h, w = batch["fg_bg"].shape
+        if h * w != self.frequency.numel():
+            raise ValueError(f"baseline {self.name!r}: fitted on images of {self.frequency.numel()} pixels, asked for "
+                             f"{h}x{w}; fit and score at one data.image_size")
+        return (self.frequency > self.level).float().reshape(1, 1, h, w).expand(b, 1, h, w).clone()
+
+
+def _median(values: torch.Tensor, dim: int) -> torch.Tensor:
+    """The median along ``dim``: the middle value, or the mean of the two middle ones."""
+    n = values.shape[dim]
+    low = values.kthvalue((n + 1) // 2, dim=dim).values
+    high = values.kthvalue(n // 2 + 1, dim=dim).values
+    return (low.double() + high.double()) / 2
+
+
+class MedianMap:
+    """Depth floor: the per-pixel median of the training depths (in metres); ignores the input."""
+
+    task: ClassVar[Task] = "depth"
+    name = "median-map"
+
+    def __init__(self) -> None:
+        self.map: torch.Tensor | None = None
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        depths = [b["depth"][:, 0].float() for b in batches]
+        if not depths:
+            raise _nothing_seen(self.name)
+        self.map = _median(torch.cat(depths), dim=0).float()
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        if self.map is None:
+            raise _not_fitted(self.name)
+        b, _, h, w = batch["fg_bg"].shape
+        if (h, w) != tuple(self.map.shape):
+            raise ValueError(f"baseline {self.name!r}: fitted on {tuple(self.map.shape)} images, asked for "
+                             f"{(h, w)}; fit and score at one data.image_size")
+        return self.map.expand(b, 1, h, w).clone()
+
+
+class GlobalMedian:
+    """Depth floor: one depth everywhere, the median of every training depth pixel (in metres)."""
+
+    task: ClassVar[Task] = "depth"
+    name = "global-median"
+
+    def __init__(self) -> None:
+        self.value: float | None = None
+
+    def fit(self, batches: Iterable[Batch]) -> None:
+        depths = [b["depth"].float().flatten() for b in batches]
+        if not depths:
+            raise _nothing_seen(self.name)
+        self.value = float(_median(torch.cat(depths), dim=0))
+
+    def predict(self, batch: Batch) -> torch.Tensor:
+        if self.value is None:
+            raise _not_fitted(self.name)
+        b, _, h, w = batch["fg_bg"].shape
+        return torch.full((b, 1, h, w), self.value)
+
+
+@hookimpl
+def lab_register_baselines(registry: Registry) -> None:
+    """Register the built-in floors; ``default=True``: every experiment runs them unless told not to."""
+    registry.add("image-difference", ImageDifference, task="mask", default=True,
+                 summary="max over channels |fg_bg - bg| > t, t best on the training split")
+    registry.add("prior", MaskPrior, task="mask", default=True,
+                 summary="per-pixel frequency of the training masks, thresholded at the best level")
+    registry.add("median-map", MedianMap, task="depth", default=True,
+                 summary="per-pixel median of the training depths; ignores the input")
+    registry.add("global-median", GlobalMedian, task="depth", default=True,
+                 summary="one depth everywhere: the median of every training depth")
