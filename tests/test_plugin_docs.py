@@ -23,7 +23,7 @@ from torch import nn
 import losslab.core as core
 from losslab.core.data.recipes import Recipe
 from losslab.core.plugin import hookspecs
-from losslab.core.plugin.contracts import Augmentation, Generator, GroundTruth, Loss, Metric, Weighting
+from losslab.core.plugin.contracts import Augmentation, Baseline, Generator, GroundTruth, Loss, Metric, Weighting
 from losslab.core.plugin.manager import HOOK_FOR_KIND
 from losslab.core.plugin.markers import PROJECT_NAME
 from losslab.core.plugin.registry import Component, Registry
@@ -247,6 +247,25 @@ def check_weighting(component: Component) -> None:
     component.create().load_state_dict(torch.load(buffer, weights_only=True))
 
 
+def check_baseline(component: Component) -> None:
+    baseline = component.create()
+    assert isinstance(baseline, Baseline)
+    assert baseline.task in ("mask", "depth") and component.meta.get("task") == baseline.task
+    gen = torch.Generator().manual_seed(0)
+    bg = torch.rand(3, 3, 12, 10, generator=gen)
+    fg_bg = bg.clone()
+    fg_bg[:, :, 4:8, 3:7] = 1.0
+    mask = torch.zeros(3, 1, 12, 10)
+    mask[:, :, 4:8, 3:7] = 1.0
+    batches = [{"bg": bg, "fg_bg": fg_bg, "mask": mask, "depth": torch.rand(3, 1, 12, 10, generator=gen) * 50}]
+    baseline.fit(batches)
+    pred = baseline.predict({"bg": bg, "fg_bg": fg_bg})
+    assert isinstance(pred, torch.Tensor) and pred.shape == (3, 1, 12, 10) and torch.isfinite(pred).all()
+    again = component.create()
+    again.fit(batches)
+    assert torch.equal(again.predict({"bg": bg, "fg_bg": fg_bg}), pred)  # deterministic
+
+
 CHECKS = {
     "generator": check_generator,
     "ground_truth": check_ground_truth,
@@ -255,6 +274,7 @@ CHECKS = {
     "loss": check_loss,
     "metric": check_metric,
     "weighting": check_weighting,
+    "baseline": check_baseline,
 }
 
 

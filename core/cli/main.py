@@ -105,6 +105,7 @@ def run(
         _launch_torchrun(nproc)
         return
     from losslab.core.config import ConfigError
+    from losslab.core.experiment.floors import FloorError
     from losslab.core.experiment.tracking import TrackingError
     from losslab.core.paths import UnsafePathError
     from losslab.core.plugin.manager import PluginError
@@ -137,7 +138,7 @@ def run(
         result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
                                 runs_dir=runs_dir, report=False, finish=finish, sequential=sequential,
                                 decide=decide)
-    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError) as exc:
+    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError, FloorError) as exc:
         fail(str(exc))
         return
     except KeyboardInterrupt:
@@ -147,6 +148,8 @@ def run(
         return  # under torchrun only rank 0 reports
     typer.echo("")
     typer.echo(result.table)
+    for sentence in result.verdicts.values():  # each task against its floors (core/experiment/floors.py)
+        typer.echo(sentence)
     done = conclusion[0] if conclusion else None
     if done is not None:
         for fmt, path in done.report.items():
@@ -177,7 +180,7 @@ def _launch_torchrun(nproc: int) -> None:
 @app.command()
 def plugins(
     kind: Annotated[str | None, typer.Option(help="Only this kind: generator, ground_truth, augmentation, "
-                                                  "architecture, loss, metric.")] = None,
+                                                  "architecture, loss, metric, weighting, baseline.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Also each component's task, input kind and "
                                           "parameters (name, type, default, meaning); architectures: size "
                                           "and FLOPs.")] = False,

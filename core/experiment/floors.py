@@ -189,7 +189,7 @@ def _fit_and_score(name: str, task: str, baseline: Any, component: Any, train: _
 
     origin = f"baseline {name!r} (plugin {component.plugin!r}, {component.distribution})"
     try:
-        baseline.fit(iter(train))
+        baseline.fit(train)
     except Exception as exc:
         raise FloorError(f"{origin}: fit failed on the training split: {type(exc).__name__}: {exc}") from exc
     per_image: dict[str, list[Any]] = {n: [] for n in metrics}
@@ -393,6 +393,7 @@ def apply_floors(result: Any, floors: Floors | None, configs: Sequence[Experimen
         return {}
     judgement = judge(per_seed_values(result.children), floors, trained_tasks(configs))
     result.below_floor = {v: t for v, t in judgement.below.items() if t}
+    result.verdicts = {t: v.sentence for t, v in judgement.tasks.items()}
     for child in result.children:
         if child.status == "finished" and child.run_id:
             tracker.set_tags(child.run_id, {BELOW_FLOOR_TAG: ",".join(judgement.below.get(child.variant, []))})

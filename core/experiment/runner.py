@@ -68,6 +68,7 @@ class ExperimentResult:
     report: dict[str, Path] = field(default_factory=dict)
     is_main: bool = True
     below_floor: dict[str, list[str]] = field(default_factory=dict)  # variant -> tasks it is below floor on
+    verdicts: dict[str, str] = field(default_factory=dict)  # task -> its floor verdict, one sentence
 
     @property
     def failed(self) -> list[ChildResult]:

@@ -197,7 +197,8 @@ class Baseline(Protocol):
     held-out batch, and scores the predictions with the very metric
     components that score the variants (per image, then mean). Batches are
     dicts of ``(B, C, H, W)`` float tensors on the CPU: ``bg`` and ``fg_bg``
-    RGB in [0, 1], ``mask`` in {0, 1} and ``depth`` **in metres**.
+    RGB in [0, 1], ``mask`` in {0, 1} and ``depth`` **in metres**; ``fit`` may
+    iterate its batches more than once. Held-out batches hold ``bg`` and ``fg_bg`` only.
     ``predict`` returns ``(B, 1, H, W)``: the foreground probability for the
     mask task (the metrics binarise it at 0.5), the depth in metres for the
     depth task. Same training batches, same predictions: no randomness.

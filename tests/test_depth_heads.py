@@ -1,0 +1,107 @@
+"""No silent collapse: every built-in depth loss, alone with the default architecture, keeps a living depth map.
+
+A depth head that has collapsed sits on the evaluation clamp (nearly every pixel at or below 0, or at max
+depth) or on a constant; a head only a few steps into training may still be wrong in many pixels, which is
+not a collapse (a linear head under l1 or mse has a gradient everywhere and moves on). Each loss trains a few steps on the tiny synthetic data; the held-out depth must then
+spread across pixels and stay off both clamps. A negative control shows the check catches a collapse:
+``ssim`` or ``ms-ssim`` on a linear head (which the config check now refuses) drives the depth below zero
+within the same few steps. (``silog`` on a linear head collapses too, over a longer run: 6 epochs of the
+main job left AbsRel at 0.9998; the config check refuses that pairing, see tests/test_floors.py.)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from losslab.core.config import ConfigError, resolve_variants
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train.trainer import Trainer
+from losslab.plugins.architectures import UNet
+from losslab.plugins.losses import BUILTIN_LOSSES
+from tests.conftest import TINY
+
+DEPTH_LOSSES = [name for name, (cls, _) in BUILTIN_LOSSES.items() if cls.task == "depth"]
+ALONE = [name for name in DEPTH_LOSSES if not BUILTIN_LOSSES[name][0].needs_partner]
+
+
+def alone(name: str, **model_params) -> dict:
+    raw = copy.deepcopy(TINY)
+    raw["model"] = {"name": "unet", "params": model_params}  # the default architecture, its default sizes
+    raw["loss"] = {"mask": [], "depth": [{"name": name}]}
+    raw["data"].update(train_limit=48, val_limit=16)
+    raw["train"].update(epochs=3, batch_size=8, val_samples=0)
+    return raw
+
+
+def held_out_depth(trainer: Trainer) -> torch.Tensor:
+    """The depth the evaluation scores, as a fraction of max depth: the head's output clamped to [0, 1]."""
+    trainer.model.eval()
+    with torch.no_grad():
+        batch = next(iter(trainer.val_batches))
+        return trainer.model(trainer._inputs(batch))["depth"]
+
+
+def collapse(depth: torch.Tensor) -> str:
+    """Why a depth map has collapsed, or '' when it has not."""
+    at_zero = float((depth <= 0).float().mean())
+    at_max = float((depth >= 1).float().mean())
+    spread = float(depth.clamp(0, 1).flatten(1).std(dim=1).mean())
+    if at_zero > 0.9:
+        return f"{at_zero:.0%} of pixels at or below 0"
+    if at_max > 0.9:
+        return f"{at_max:.0%} of pixels at max depth"
+    if spread < 0.02:
+        return f"nearly constant (spread {spread:.4f} of max depth)"
+    return ""
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def test_every_depth_loss_is_covered():
+    assert set(DEPTH_LOSSES) >= {"l1", "mse", "huber", "berhu", "ssim", "ms-ssim", "gradient", "smoothness",
+                                 "silog"}
+    assert set(DEPTH_LOSSES) - set(ALONE) == {"gradient", "smoothness"}  # refused alone (test_floors)
+
+
+@pytest.mark.filterwarnings("ignore:ms-ssim")
+@pytest.mark.parametrize("name", ALONE)
+def test_a_depth_loss_alone_does_not_collapse_the_depth(catalog, tmp_path, name):
+    cfg = resolve_variants(alone(name), None, catalog)[0]
+    trainer = Trainer(cfg, 0, catalog, tmp_path)
+    trainer.fit()
+    problem = collapse(held_out_depth(trainer))
+    assert not problem, f"{name} alone (model params {cfg.model.params}): the depth collapsed: {problem}"
+
+
+@pytest.mark.filterwarnings("ignore:ms-ssim")
+@pytest.mark.parametrize("name", ["ssim", "ms-ssim"])
+def test_the_check_catches_a_collapsed_head(catalog, tmp_path, name):
+    raw = alone(name, depth_output="linear")
+    with pytest.raises(ConfigError, match="takes the log of the depth|stays positive"):
+        resolve_variants(raw, None, catalog)
+    cfg = resolve_variants(raw)[0]  # without the catalog the pairing check is skipped: the old behaviour
+    trainer = Trainer(cfg, 0, catalog, tmp_path)
+    trainer.fit()
+    assert collapse(held_out_depth(trainer)).endswith("at or below 0")
+
+
+def test_a_log_head_is_positive_and_its_log_is_the_linear_heads_output():
+    torch.manual_seed(0)
+    linear = UNet(depth_output="linear")
+    torch.manual_seed(0)
+    log = UNet(depth_output="log")
+    x = torch.rand(2, 6, 16, 16)
+    linear.eval()
+    log.eval()
+    with torch.no_grad():
+        a, b = linear(x)["depth"], log(x)["depth"]
+    assert (b > 0).all()
+    assert torch.allclose(torch.log(b), a, atol=1e-5)
+    with pytest.raises(ValueError, match="depth_output must be one of linear, log"):
+        UNet(depth_output="softplus")

@@ -1,0 +1,218 @@
+"""Floors in a study: measured on the trainer's split, the below-floor rule, the verdicts, the config keys."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from losslab.core.config import ConfigError, resolve_variants
+from losslab.core.experiment.floors import (
+    Floor,
+    Floors,
+    below_floor,
+    chosen_baselines,
+    interval,
+    judge,
+    measure_floors,
+)
+from losslab.core.plugin.manager import load_catalog
+from tests.conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def catalog():
+    return load_catalog()
+
+
+def tiny(**overrides):
+    from losslab.core.config import deep_merge
+
+    return deep_merge(copy.deepcopy(TINY), overrides)
+
+
+# -- the decision ------------------------------------------------------------------------------------
+
+
+def test_interval_is_the_t_interval_of_the_mean_by_hand():
+    # mean 0.92, sd 0.02, t(0.975, df=2) = 4.3027: half width 4.3027 * 0.02 / sqrt(3) = 0.04968
+    low, high = interval([0.90, 0.92, 0.94])
+    assert low == pytest.approx(0.92 - 0.049683, abs=1e-5) and high == pytest.approx(0.92 + 0.049683, abs=1e-5)
+    assert interval([0.5]) is None
+
+
+def test_below_floor_needs_the_mean_above_and_the_interval_clear_of_the_floor():
+    seeds = [0.90, 0.92, 0.94]  # interval 0.8703 .. 0.9697
+    assert not below_floor(seeds, 0.85, higher_is_better=True)
+    assert below_floor(seeds, 0.88, higher_is_better=True)  # the mean beats it, the interval does not
+    assert below_floor(seeds, 0.95, higher_is_better=True)
+    absrel = [0.20, 0.22, 0.24]  # lower is better; interval 0.1703 .. 0.2697
+    assert not below_floor(absrel, 0.30, higher_is_better=False)
+    assert below_floor(absrel, 0.25, higher_is_better=False)
+    assert below_floor([0.99], 0.10, higher_is_better=True)  # one seed: no interval, no claim
+    assert below_floor([0.99, math.nan, 0.98], 0.10, higher_is_better=True)  # a failed seed
+    assert below_floor([], 0.10, higher_is_better=True)
+
+
+def floors_of(**scores: dict[str, float]) -> Floors:
+    rows = [Floor(name, "mask" if any(k.startswith("val/mask") for k in s) else "depth", s)
+            for name, s in scores.items()]
+    higher = {"val/mask_iou": True, "val/depth_delta1": True, "val/depth_absrel": False}
+    return Floors(rows, [1, 3], 10, 4, 0.0, higher)
+
+
+FLOORS = floors_of(**{
+    "image-difference": {"val/mask_iou": 0.908},
+    "prior": {"val/mask_iou": 0.254},
+    "median-map": {"val/depth_delta1": 0.724, "val/depth_absrel": 0.47},
+    "global-median": {"val/depth_delta1": 0.07, "val/depth_absrel": 1.08},
+})
+
+
+def test_judge_crowns_only_variants_above_every_floor_and_says_none_in_plain_words():
+    per_seed = {
+        "bce": {"val/mask_iou": [0.95, 0.96, 0.97], "val/depth_delta1": [0.55, 0.56, 0.57],
+                "val/depth_absrel": [0.5, 0.52, 0.51]},
+        "dice": {"val/mask_iou": [0.98, 0.98, 0.99], "val/depth_delta1": [0.59, 0.58, 0.60],
+                 "val/depth_absrel": [0.3, 0.31, 0.29]},
+        "lucky": {"val/mask_iou": [0.99, 0.80, 0.99], "val/depth_delta1": [0.1, 0.1, 0.1],
+                  "val/depth_absrel": [1.0, 1.0, 1.0]},
+    }
+    verdict = judge(per_seed, FLOORS)
+    assert verdict.below == {"bce": ["depth"], "dice": ["depth"], "lucky": ["mask", "depth"]}
+    mask = verdict.tasks["mask"]
+    assert mask.winner == "dice" and mask.margin == pytest.approx(0.98333 - 0.908, abs=1e-4)
+    assert "image-difference floor (0.908)" in mask.sentence
+    depth = verdict.tasks["depth"]
+    assert depth.winner == "none"
+    assert depth.sentence == "no variant learned the depth: best delta1 0.590 (dice), the median-map floor scores 0.724"
+
+
+def test_judge_says_when_the_mean_beats_the_floor_but_the_seeds_do_not_exclude_it():
+    per_seed = {"a": {"val/mask_iou": [0.99, 0.85, 0.95]}}
+    verdict = judge(per_seed, FLOORS, trained=["mask"])
+    assert verdict.tasks["mask"].winner == "none"
+    assert "does not exclude the floor" in verdict.tasks["mask"].sentence
+    assert "depth" not in verdict.tasks  # a task no variant trains is not judged
+
+
+def test_judge_on_depth_needs_both_headlines():
+    # delta1 clears the floor, AbsRel does not: below floor on depth
+    per_seed = {"a": {"val/depth_delta1": [0.9, 0.91, 0.92], "val/depth_absrel": [0.6, 0.61, 0.62]}}
+    assert judge(per_seed, FLOORS, trained=["depth"]).below == {"a": ["depth"]}
+    missing = judge({"a": {"val/depth_delta1": [0.9, 0.91, 0.92]}}, FLOORS, trained=["depth"])
+    assert missing.below == {"a": ["depth"]} and "absrel" in missing.tasks["depth"].sentence
+
+
+# -- measuring -------------------------------------------------------------------------------------------
+
+
+class Spy:
+    """A depth baseline that records what it is shown."""
+
+    task = "depth"
+    seen: list[dict] = []
+
+    def __init__(self) -> None:
+        self.fitted = 0
+
+    def fit(self, batches) -> None:
+        for batch in batches:
+            self.fitted += len(batch["depth"])
+            Spy.seen.append({"fit": sorted(batch)})
+
+    def predict(self, batch):
+        Spy.seen.append({"predict": sorted(batch), "fitted": self.fitted})
+        return torch.full((batch["fg_bg"].shape[0], 1, *batch["fg_bg"].shape[2:]), 7.0)
+
+
+def test_floors_fit_on_the_trainers_training_split_and_score_its_held_out_samples(tmp_path):
+    from losslab.core.data.datasets import build_samples
+    from losslab.core.train.trainer import Trainer
+
+    catalog = load_catalog(fresh=True)  # its own: the spy stays out of the other tests' catalog
+    catalog["baseline"].add("spy", Spy, task="depth")
+    cfg = resolve_variants(tiny(baselines={"add": [{"name": "spy"}]}, metrics={"depth": ["rmse"]}), None,
+                           catalog)[0]
+    Spy.seen.clear()
+    floors = measure_floors(cfg, catalog)
+    trainer = Trainer(cfg, 0, catalog, tmp_path)
+    samples = build_samples(cfg.data, catalog)
+    held_out_bgs = sorted({int(b) for b in np.asarray(samples.bg_ids())[trainer.val_idx]})
+    assert floors.val_bgs == held_out_bgs and floors.n_val == len(trainer.val_idx)
+    assert floors.n_train == len(trainer.train_idx)  # every training sample, not the per-epoch draw
+    fits = [s for s in Spy.seen if "fit" in s]
+    predicts = [s for s in Spy.seen if "predict" in s]
+    assert predicts and all(p["predict"] == ["bg", "fg_bg"] for p in predicts)  # no held-out truth
+    assert all(p["fitted"] == len(trainer.train_idx) for p in predicts) and fits
+    spy = next(f for f in floors.floors if f.name == "spy")
+    # the depth metric of the trainer on a constant 7 m prediction: per image, then the mean
+    trainer_rmse = []
+    for batch in trainer.val_loader:
+        truth = batch["depth"] * cfg.data.max_depth
+        trainer_rmse += catalog.create("metric", "rmse")(torch.full_like(truth, 7.0), truth).tolist()
+    assert spy.scores["val/depth_rmse"] == pytest.approx(float(np.mean(trainer_rmse)), rel=1e-6)
+    assert set(spy.scores) == {"val/depth_rmse", "val/depth_delta1", "val/depth_absrel"}  # headlines added
+    assert {f.name for f in floors.floors} == {"image-difference", "prior", "median-map", "global-median", "spy"}
+
+
+def test_the_same_config_gives_the_same_floors(catalog):
+    cfg = resolve_variants(tiny(), None, catalog)[0]
+    a, b = measure_floors(cfg, catalog), measure_floors(cfg, catalog)
+    assert [(f.name, f.scores) for f in a.floors] == [(f.name, f.scores) for f in b.floors]
+
+
+def test_baselines_false_switches_the_floors_off_and_add_names_more(catalog):
+    off = resolve_variants(tiny(baselines=False), None, catalog)[0]
+    assert chosen_baselines(off, catalog) == []
+    more = resolve_variants(tiny(baselines={"defaults": False, "add": [{"name": "image-difference",
+                                                                          "params": {"threshold": 5}}]}),
+                            None, catalog)[0]
+    assert chosen_baselines(more, catalog) == [("image-difference", {"threshold": 5})]
+
+
+def test_an_unknown_baseline_is_refused_with_the_nearest_names(catalog):
+    with pytest.raises(ConfigError, match=r"baselines\.add\.0\.name: unknown baseline 'median-mapp'.*'median-map'"):
+        resolve_variants(tiny(baselines={"add": [{"name": "median-mapp"}]}), None, catalog)
+
+
+# -- loss pairings and variants equal to each other --------------------------------------------------------
+
+
+def test_silog_gets_a_positive_depth_head_for_every_variant(catalog):
+    raw = tiny(variants={"l1": {}, "silog": {"loss.depth": [{"name": "silog"}]}})
+    cfgs = resolve_variants(raw, None, catalog)
+    assert [c.model.params.get("depth_output") for c in cfgs] == ["log", "log"]  # one head for the whole study
+    assert [c.model.params.get("depth_output") for c in resolve_variants(tiny(), None, catalog)] == [None]
+
+
+def test_silog_on_a_linear_head_is_refused_with_the_reason(catalog):
+    raw = tiny(loss={"depth": [{"name": "silog"}]}, model={"params": {"depth_output": "linear"}})
+    with pytest.raises(ConfigError, match=r"loss\.depth\.0: 'silog' takes the log of the depth.*depth_output: log"):
+        resolve_variants(raw, None, catalog)
+
+
+@pytest.mark.parametrize("name", ["gradient", "smoothness"])
+def test_a_depth_loss_that_leaves_the_level_free_is_refused_alone_but_not_beside_l1(catalog, name):
+    with pytest.raises(ConfigError, match=rf"loss\.depth: these terms cannot train the depth on their own.*{name}"):
+        resolve_variants(tiny(loss={"depth": [{"name": name}]}), None, catalog)
+    resolve_variants(tiny(loss={"depth": [{"name": name}, {"name": "l1"}]}), None, catalog)
+
+
+def test_variants_made_equal_by_a_set_are_refused_naming_both_and_the_set(catalog):
+    raw = tiny(variants={"l1": {}, "huber": {"loss.depth": [{"name": "huber"}]}})
+    resolve_variants(raw, None, catalog)
+    with pytest.raises(ConfigError) as info:
+        resolve_variants(raw, ["loss.depth=[{name: l1, weight: 1.0}]"], catalog)
+    message = str(info.value)
+    assert "variants 'l1' and 'huber' resolve to the same training config" in message
+    assert "--set loss.depth overrides what sets them apart (loss.depth)" in message
+
+
+def test_variants_equal_by_themselves_are_refused(catalog):
+    raw = tiny(variants={"a": {"train.lr": 0.01}, "b": {}})  # the base lr is 0.01 already
+    with pytest.raises(ConfigError, match=r"variants 'a' and 'b' resolve to the same training config.*train\.lr"):
+        resolve_variants(raw, None, catalog)
