@@ -739,15 +739,17 @@ def check_loss_pairings(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
             if declared or head == "log":
                 continue
             if _takes_param(arch.factory, "depth_output"):
-                problems.append(f"loss.depth.{i}: {name!r} takes the log of the depth, so it needs a depth that "
-                                f"stays positive, but model.params.depth_output is {head!r}, which can reach zero "
+                problems.append(f"loss.depth.{i}: {name!r} needs a depth that stays positive (it takes a log or "
+                                f"assumes non-negative signals), but model.params.depth_output is {head!r}, which "
+                                "can reach zero "
                                 "(where the term's gradient stops and the depth collapses); set "
                                 "model.params.depth_output: log, or leave it out to have it chosen")
             else:
-                problems.append(f"loss.depth.{i}: {name!r} takes the log of the depth, so it needs a depth that "
-                                f"stays positive; architecture {cfg.model.name!r} (plugin {arch.plugin!r}) takes no "
-                                "depth_output param and does not declare positive_depth=True when registered; "
-                                "use a built-in architecture, or pair the term with one that is not clamped")
+                problems.append(f"loss.depth.{i}: {name!r} needs a depth that stays positive (it takes a log or "
+                                f"assumes non-negative signals); architecture {cfg.model.name!r} (plugin "
+                                f"{arch.plugin!r}) takes no depth_output param and was not registered with "
+                                "positive_depth=True; use a built-in architecture, or register yours with "
+                                "positive_depth=True if its depth output is always positive")
     return problems
 
 

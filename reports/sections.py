@@ -12,6 +12,7 @@ import math
 from losslab.reports import multitask, plots, words
 from losslab.reports.analysis import EXPLORATORY, NOT_TESTED, Analysis, MetricResult, TuneResult
 from losslab.reports.collect import VERSION_TAGS, Study
+from losslab.reports.floors import floor_blocks
 from losslab.reports.render import Code, Details, Document, EmbeddedHtml, Heading, Image, Paragraph, Table
 from losslab.reports.stats import MIN_SEEDS_FOR_CLAIM, Summary, format_p, format_value
 
@@ -175,6 +176,7 @@ def build_document(study: Study, analysis: Analysis) -> Document:
 
     doc.add(Paragraph(" ".join(words.verdict_sentences(analysis)), css="verdict"))
     doc.add(summary_table(analysis, study.variants))
+    doc.add(*floor_blocks(study))  # each task's verdict against its floors (reports/floors.py)
     doc.add(_image(plots.score_plot(list(analysis.headline.values()), study.variants, "scores_headline",
                                     what="Headline scores")))
 

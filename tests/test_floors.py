@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -114,7 +115,7 @@ class Spy:
     """A depth baseline that records what it is shown."""
 
     task = "depth"
-    seen: list[dict] = []
+    seen: ClassVar[list[dict]] = []
 
     def __init__(self) -> None:
         self.fitted = 0
@@ -191,7 +192,7 @@ def test_silog_gets_a_positive_depth_head_for_every_variant(catalog):
 
 def test_silog_on_a_linear_head_is_refused_with_the_reason(catalog):
     raw = tiny(loss={"depth": [{"name": "silog"}]}, model={"params": {"depth_output": "linear"}})
-    with pytest.raises(ConfigError, match=r"loss\.depth\.0: 'silog' takes the log of the depth.*depth_output: log"):
+    with pytest.raises(ConfigError, match=r"loss\.depth\.0: 'silog' needs a depth that stays positive.*output: log"):
         resolve_variants(raw, None, catalog)
 
 
