@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import subprocess
 import sys
 import types
@@ -101,6 +103,34 @@ def test_mlflow_holds_one_parent_and_a_child_per_variant_and_seed(finished_run):
         assert {"config.yaml", "checkpoints", "predictions.png", "val_per_image.csv", "val_samples.npz"} <= artifacts
         assert [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")] == ["checkpoints/best.pt"]
     assert {"config.yaml", "summary.json"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
+
+
+def test_the_parent_holds_the_floors_the_split_and_each_tasks_winner(finished_run):
+    client = _client(finished_run.uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("losslab.role") == "parent")
+    children = [r for r in runs if r.data.tags.get("losslab.role") == "child"]
+    val_bgs = json.loads(parent.data.tags["losslab.val_bgs"])
+    rows = Path(client.download_artifacts(children[0].info.run_id, "val_per_image.csv", str(finished_run.tmp)))
+    assert val_bgs == sorted({int(r["bg"]) for r in csv.DictReader(rows.open())})  # what the children scored
+    floors = {k: v for k, v in parent.data.metrics.items() if k.startswith("floor/")}
+    assert {"floor/image-difference/val/mask_iou", "floor/prior/val/mask_iou", "floor/median-map/val/depth_delta1",
+            "floor/median-map/val/depth_absrel", "floor/global-median/val/depth_rmse"} <= set(floors)
+    assert all(0.0 <= floors[k] <= 1.0 for k in floors if k.endswith(("mask_iou", "delta1")))
+    variants = {c.data.tags["losslab.variant"] for c in children}
+    for task in ("mask", "depth"):
+        assert parent.data.tags[f"losslab.winner.{task}"] in variants | {"none"}
+    for child in children:
+        assert set(filter(None, child.data.tags["losslab.below_floor"].split(","))) <= {"mask", "depth"}
+    out = finished_run.result.output
+    assert "[floor] image-difference" in out and "[floor] median-map" in out
+    summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "summary.json",
+                                                        str(finished_run.tmp))).read_text())
+    assert summary["floors"]["val_bgs"] == val_bgs
+    for task, verdict in summary["claims"]["tasks"].items():
+        assert verdict["winner"] == parent.data.tags[f"losslab.winner.{task}"]
+        assert verdict["sentence"] in out  # the terminal says what the tags and summary say
 
 
 def test_logged_config_reruns_the_same_experiment(finished_run, tmp_path):
