@@ -142,17 +142,17 @@ def test_floors_fit_on_the_trainers_training_split_and_score_its_held_out_sample
     floors = measure_floors(cfg, catalog)
     trainer = Trainer(cfg, 0, catalog, tmp_path)
     samples = build_samples(cfg.data, catalog)
-    held_out_bgs = sorted({int(b) for b in np.asarray(samples.bg_ids())[trainer.val_idx]})
-    assert floors.val_bgs == held_out_bgs and floors.n_val == len(trainer.val_idx)
-    assert floors.n_train == len(trainer.train_idx)  # every training sample, not the per-epoch draw
+    held_out_bgs = sorted({int(b) for b in np.asarray(samples.bg_ids())[trainer.parts.val_idx]})
+    assert floors.val_bgs == held_out_bgs and floors.n_val == len(trainer.parts.val_idx)
+    assert floors.n_train == len(trainer.parts.train_idx)  # every training sample, not the per-epoch draw
     fits = [s for s in Spy.seen if "fit" in s]
     predicts = [s for s in Spy.seen if "predict" in s]
     assert predicts and all(p["predict"] == ["bg", "fg_bg"] for p in predicts)  # no held-out truth
-    assert all(p["fitted"] == len(trainer.train_idx) for p in predicts) and fits
+    assert all(p["fitted"] == len(trainer.parts.train_idx) for p in predicts) and fits
     spy = next(f for f in floors.floors if f.name == "spy")
     # the depth metric of the trainer on a constant 7 m prediction: per image, then the mean
     trainer_rmse = []
-    for batch in trainer.val_loader:
+    for batch in trainer.parts.val_loader:
         truth = batch["depth"] * cfg.data.max_depth
         trainer_rmse += catalog.create("metric", "rmse")(torch.full_like(truth, 7.0), truth).tolist()
     assert spy.scores["val/depth_rmse"] == pytest.approx(float(np.mean(trainer_rmse)), rel=1e-6)
@@ -196,7 +196,7 @@ def test_silog_on_a_linear_head_is_refused_with_the_reason(catalog):
         resolve_variants(raw, None, catalog)
 
 
-@pytest.mark.parametrize("name", ["gradient", "smoothness"])
+@pytest.mark.parametrize("name", ["gradient", "smoothness", "ssi", "ssi-gradient"])
 def test_a_depth_loss_that_leaves_the_level_free_is_refused_alone_but_not_beside_l1(catalog, name):
     with pytest.raises(ConfigError, match=rf"loss\.depth: these terms cannot train the depth on their own.*{name}"):
         resolve_variants(tiny(loss={"depth": [{"name": name}]}), None, catalog)

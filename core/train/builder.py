@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from losslab.core.config import ExperimentConfig, TrainSpec
-from losslab.core.data.datasets import BatchLoader, build_samples, split_by_bg
+from losslab.core.data.datasets import BatchLoader, build_samples, held_out_split
 from losslab.core.device import Precision, precision_for, resolve_device, seed_everything
 from losslab.core.plugin.contracts import Weighting
 from losslab.core.plugin.registry import Catalog, Component, create_module
@@ -103,12 +103,8 @@ def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
 
 def build_split(cfg: ExperimentConfig, catalog: Catalog) -> tuple[Any, np.ndarray, np.ndarray]:
     """The sample set and its train / validation indices (split by background; ``val_limit`` seeded)."""
-    data = cfg.data
-    samples = build_samples(data, catalog)
-    train_idx, val_idx = split_by_bg(samples, data.val_split, seed=data.source.seed)
-    if data.val_limit is not None:
-        pick = np.random.default_rng([data.source.seed, 104729]).permutation(val_idx)[: data.val_limit]
-        val_idx = np.sort(pick)
+    samples = build_samples(cfg.data, catalog)
+    train_idx, val_idx = held_out_split(samples, cfg.data)  # the floors use the very same split
     return samples, train_idx, val_idx
 
 

@@ -147,6 +147,8 @@ class SSILoss(Loss):
 
     task: ClassVar[Task] = "depth"
     input_kind: ClassVar[InputKind] = "depth"
+    needs_partner: ClassVar[str] = ("it aligns each prediction to its target by a free scale and shift, so it leaves "
+                                    "the depth in metres free, which every depth metric scores")
 
     def __init__(self, error: str = "sq") -> None:
         super().__init__()
@@ -164,6 +166,8 @@ class SSIGradientLoss(Loss):
 
     task: ClassVar[Task] = "depth"
     input_kind: ClassVar[InputKind] = "depth"
+    needs_partner: ClassVar[str] = ("it compares gradients of the scale-and-shift-aligned depth, so it leaves the "
+                                    "depth in metres free")
 
     def __init__(self, scales: int = 4) -> None:
         super().__init__()
