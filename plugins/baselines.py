@@ -26,8 +26,6 @@ from typing import ClassVar
 import torch
 
 from losslab.core.plugin.contracts import Batch, Task
-from losslab.core.plugin.markers import hookimpl
-from losslab.core.plugin.registry import Registry
 
 #: Image differences are measured in these many steps (the images are 8-bit).
 LEVELS = 255
@@ -197,16 +195,3 @@ class GlobalMedian:
             raise _not_fitted(self.name)
         b, _, h, w = batch["fg_bg"].shape
         return torch.full((b, 1, h, w), self.value)
-
-
-@hookimpl
-def lab_register_baselines(registry: Registry) -> None:
-    """Register the built-in floors; ``default=True``: every experiment runs them unless told not to."""
-    registry.add("image-difference", ImageDifference, task="mask", default=True,
-                 summary="max over channels |fg_bg - bg| > t, t best on the training split")
-    registry.add("prior", MaskPrior, task="mask", default=True,
-                 summary="per-pixel frequency of the training masks, thresholded at the best level")
-    registry.add("median-map", MedianMap, task="depth", default=True,
-                 summary="per-pixel median of the training depths; ignores the input")
-    registry.add("global-median", GlobalMedian, task="depth", default=True,
-                 summary="one depth everywhere: the median of every training depth")
