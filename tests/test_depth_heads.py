@@ -22,11 +22,11 @@ from losslab.core.plugin.manager import load_catalog
 from losslab.core.train.step import model_inputs
 from losslab.core.train.trainer import Trainer
 from losslab.plugins.architectures import UNet
-from losslab.plugins.losses import BUILTIN_LOSSES
+from losslab.plugins.builtin import LOSSES
 from tests.conftest import TINY
 
-DEPTH_LOSSES = [name for name, (cls, _) in BUILTIN_LOSSES.items() if cls.task == "depth"]
-ALONE = [name for name in DEPTH_LOSSES if not BUILTIN_LOSSES[name][0].needs_partner]
+DEPTH_LOSSES = [name for name, (_, task, _, _) in LOSSES.items() if task == "depth"]
+ALONE = [name for name in DEPTH_LOSSES if not getattr(load_catalog()["loss"].get(name).factory, "needs_partner", "")]
 
 
 def alone(name: str, **model_params) -> dict:
