@@ -178,6 +178,7 @@ class MetricResult:
     iqm: dict[str, float] = field(default_factory=dict)
     references: dict[str, Summary] = field(default_factory=dict)
     per_test_alpha: float = ALPHA
+    below_floor: list[str] = field(default_factory=list)
 
     def vs(self, a: str | None, b: str | None) -> Comparison | None:
         for c in self.comparisons:
@@ -206,10 +207,15 @@ class MetricResult:
         return [c for c in self.comparisons if best in (c.better, c.worse)]
 
     @property
+    def best_below_floor(self) -> bool:
+        """The best variant by mean did not beat this task's floors (``lab run``'s floor judgement)."""
+        return self.best is not None and self.best in self.below_floor
+
+    @property
     def winner(self) -> str | None:
-        """The best variant when it is significantly ahead of every other, else None."""
+        """The best variant when it is significantly ahead of every other and above its task's floors, else None."""
         against = self.against_best()
-        if len(self.ranking) < 2 or not against or self.exploratory:
+        if len(self.ranking) < 2 or not against or self.exploratory or self.best_below_floor:
             return None
         return self.best if all(c.significant and c.better == self.best for c in against) else None
 
@@ -597,8 +603,27 @@ def tune_result(study: Study) -> TuneResult | None:
     return TuneResult(keys, directions, note, scored + unscored, pareto, varying)
 
 
+def apply_floors(study: Study, results: list[MetricResult]) -> None:
+    """Mark each metric's floors (reference rows) and the variants below its task's floors.
+
+    Both come from ``summary.json``, which ``lab run`` wrote from the one floor judgement that also set
+    the ``losslab.below_floor`` and ``losslab.winner.<task>`` tags: the analysis never judges floors itself.
+    """
+    summary = study.summary or {}
+    below = (summary.get("claims") or {}).get("below_floor") or {}
+    rows = (summary.get("floors") or {}).get("rows") or []
+    for r in results:
+        r.below_floor = [v for v, tasks in below.items() if r.task in (tasks or [])]
+        for row in rows:
+            score = (row.get("scores") or {}).get(r.key)
+            if row.get("task") == r.task and isinstance(score, int | float) and math.isfinite(score):
+                r.references[str(row.get("name"))] = Summary(0, float(score), float("nan"), float("nan"),
+                                                                   float("nan"))
+
+
 def analyze(study: Study, n_boot: int = N_BOOT) -> StudyAnalysis:
     results = [analyze_metric(study, key, n_boot) for key in metric_keys(study)]
+    apply_floors(study, results)
     monitor = monitor_key(study)
     return StudyAnalysis(
         metrics=results,

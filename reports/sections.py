@@ -35,12 +35,14 @@ MARK_BEST, MARK_TIED, MARK_BEHIND, MARK_NO_CLAIM = "best", "~ best", "below best
 
 def mark(r: MetricResult, variant: str) -> str:
     """The summary table's mark for ``variant`` on ``r``: read off the same comparison as the words."""
+    floor = "below floor" if variant in r.below_floor else ""
     if variant == r.best:
-        return MARK_BEST if len(r.ranking) > 1 else ""
-    c = r.vs(r.best, variant)
-    if c is None or c.status in (EXPLORATORY, NOT_TESTED):
-        return MARK_NO_CLAIM
-    return MARK_BEHIND if c.significant else MARK_TIED
+        base = MARK_BEST if len(r.ranking) > 1 else ""
+    else:
+        c = r.vs(r.best, variant)
+        base = (MARK_NO_CLAIM if c is None or c.status in (EXPLORATORY, NOT_TESTED)
+                else MARK_BEHIND if c.significant else MARK_TIED)
+    return ", ".join(x for x in (base, floor) if x)
 
 
 def _differences(diffs: dict[str, str] | None) -> str:
@@ -73,7 +75,7 @@ def summary_table(analysis: Analysis, variants: list[str]) -> Table | None:
     for r in heads:  # reference rows (a task's floors) are marked and never ranked
         for name, s in r.references.items():
             if not any(row[0] == f"{name} (reference)" for row in rows):
-                rows.append([f"{name} (reference)", "no-skill floor",
+                rows.append([f"{name} (reference)", "no-skill floor, fitted without gradient training",
                              *[f"{format_value(x.references[name].mean)}" if name in x.references else ""
                                for x in heads], str(s.n)])
     headers = ["variant", "differs from the base config",

@@ -199,6 +199,9 @@ def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
     elif r.exploratory:
         first = (f"{EXPLORATORY_NOTE}: {_too_few(r)} so {best} ranking first on {r.label} by its mean is "
                  "not evidence.")
+    elif r.best_below_floor:
+        first = (f"No winner on {r.label}: {best} ranked first but did not beat the task's no-skill floor"
+                 f"{_floor_note(r)}, and a variant below its floor never wins.")
     elif r.winner:
         first = (f"Winner: {best}, significantly ahead of every other variant on {r.label} "
                  f"(paired t-tests over {_seeds(r.n_seeds)}, Holm-corrected).")
@@ -211,6 +214,8 @@ def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
         for m in others:
             if m.exploratory:
                 bits.append(f"on {m.label} no claim (too few seeds)")
+            elif m.best_below_floor:
+                bits.append(f"on {m.label} no winner: {m.best} ranked first but is below the floor{_floor_note(m)}")
             elif m.winner:
                 bits.append(f"on {m.label} {m.winner} is significantly ahead of every other")
             else:
@@ -220,13 +225,23 @@ def verdict_sentences(analysis: StudyAnalysis) -> list[str]:
 
 
 def winner_tag(analysis: StudyAnalysis) -> str:
-    """``<variant>`` when significantly ahead of every other, else ``tied``, ``exploratory`` or ``none``."""
+    """``<variant>`` when significantly ahead of every other and above the floors, else ``tied``,
+    ``exploratory`` or ``none`` (nothing to rank, or the best is below its task's floor)."""
     r = analysis.verdict_metric
-    if r is None or len(r.ranking) < 2:
+    if r is None or len(r.ranking) < 2 or r.best_below_floor:
         return "none"
     if r.exploratory:
         return "exploratory"
     return r.winner or "tied"
+
+
+def _floor_note(r: MetricResult) -> str:
+    """`` (its mean 0.901 against the image-difference floor's 0.918)`` from the metric's reference rows."""
+    if not r.references or r.best is None:
+        return ""
+    sign = 1.0 if r.higher_is_better else -1.0
+    name, floor = max(r.references.items(), key=lambda item: sign * item[1].mean)
+    return f" (its mean {format_value(r.summaries[r.best].mean)} against the {name} floor's {format_value(floor.mean)})"
 
 
 def task_paragraphs(analysis: StudyAnalysis) -> list[str]:

@@ -304,3 +304,45 @@ def test_variant_names_become_valid_mlflow_metric_keys_and_the_winner_line_names
     assert Conclusion(["..."], "dice", "val/mask_iou").winner_line == "winner: dice (by val/mask_iou)"
     for tag in ("tied", "exploratory", "none"):
         assert not Conclusion(["..."], tag, "val/mask_iou").winner_line.startswith("winner:")
+
+
+def _floored_study(floor: float) -> Study:
+    """'top' is significantly ahead of 'low' on every seed; the image-difference floor scores ``floor``."""
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.5, 0.8, 12)
+    children = []
+    for s in range(4):
+        for v, gain in (("top", 0.10), ("low", 0.0)):
+            iou = base + gain + rng.normal(0, 0.002, 12)
+            final = {"best/val/mask_iou": float(np.mean(iou))}
+            children.append(ChildRun(f"{v}{s}", f"{v}-s{s}", v, s, "finished", "", {}, final, {},
+                                     PerImage(np.arange(12), {"mask_iou": iou})))
+    top_mean = float(np.mean([c.final["best/val/mask_iou"] for c in children if c.variant == "top"]))
+    below = {"top": ["mask"] if floor >= top_mean else [], "low": ["mask"]}
+    summary = {"floors": {"rows": [{"name": "image-difference", "task": "mask",
+                                    "scores": {"val/mask_iou": floor}}]},
+               "claims": {"below_floor": below}}
+    return Study("memory", "e", "0", "p", "p", "run", {}, {}, ["top", "low"], list(range(4)), children,
+                 config_text="name: e\ntrain:\n  monitor: val/mask_iou\n", summary=summary)
+
+
+def test_a_variant_below_its_floor_never_wins_and_every_output_says_so() -> None:
+    """Issue 22: significance over the other variants is not enough; the best must also beat the floor."""
+    above = analyze(_floored_study(0.2), n_boot=200)
+    assert above.winner == "top" and winner_tag(above) == "top"
+    assert above.verdict_metric is not None and above.verdict_metric.below_floor == ["low"]
+
+    study = _floored_study(0.99)
+    analysis = analyze(study, n_boot=200)
+    r = analysis.verdict_metric
+    assert r is not None and r.vs("top", "low").significant      # ahead of the other variant ...
+    assert r.best_below_floor and analysis.winner is None       # ... but not of the floor: no winner
+    assert winner_tag(analysis) == "none"
+    verdict = " ".join(verdict_sentences(analysis))
+    assert "No winner on mask IoU: top ranked first but did not beat" in verdict
+    assert "image-difference floor's 0.99" in verdict and "Winner:" not in verdict
+    table = summary_table(analysis, study.variants)
+    assert table is not None
+    cells = {row[0]: row for row in table.rows}
+    assert "below floor" in cells["top"][2] and "below floor" in cells["low"][2]
+    assert cells["image-difference (reference)"][2] == "0.990"   # the floor's own row, never ranked
