@@ -228,10 +228,12 @@ def winner_tag(analysis: StudyAnalysis) -> str:
     """``<variant>`` when significantly ahead of every other and above the floors, else ``tied``,
     ``exploratory`` or ``none`` (nothing to rank, or the best is below its task's floor)."""
     r = analysis.verdict_metric
-    if r is None or len(r.ranking) < 2 or r.best_below_floor:
+    if r is None or len(r.ranking) < 2:
         return "none"
     if r.exploratory:
         return "exploratory"
+    if r.best_below_floor:
+        return "none"
     return r.winner or "tied"
 
 
