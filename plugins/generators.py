@@ -6,11 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from losslab.core.data.geometry import SceneGeometry
+from losslab.core.data.geometry import DOCUMENTED_IMAGE, DOCUMENTED_SIZES, SceneGeometry, grid_cells
 from losslab.core.data.recipes import Recipe
-
-DOCUMENTED_SIZES = (90, 80, 70, 60)
-DOCUMENTED_IMAGE = 150
 
 
 class GridGenerator:
@@ -18,10 +15,10 @@ class GridGenerator:
 
     Row ``r`` uses fg size ``sizes[r]`` (given for a 150 px bg and scaled to
     the actual bg size). Each row's base stands where an object of that
-    image size would stand on the ground plane (``geometry.py``): the base
-    row is ``horizon + k * size`` with ``k`` set so row 0 stands on the
-    image's bottom edge, so a farther row is smaller and its base higher.
-    Columns spread the fg's centre evenly across the width.
+    image size would stand on the ground plane, so a farther row is smaller
+    and its base higher; the cell table itself is the engine's
+    :func:`losslab.core.data.geometry.grid_cells`, which the reader of the
+    original dataset shares.
 
     Args:
         rows: grid rows, one fg size per row.
@@ -44,21 +41,8 @@ class GridGenerator:
         self.rows, self.cols, self.sizes, self.horizon, self.flips = rows, cols, list(sizes), horizon, flips
 
     def cells(self, image_hw: tuple[int, int]) -> list[tuple[int, int, int, int, int]]:
-        """(row, col, x, y, size) for every grid cell of an image of ``image_hw``."""
-        height, width = image_hw
-        scale = height / DOCUMENTED_IMAGE
-        sizes = [max(4, round(s * scale)) for s in self.sizes]
-        horizon_row = self.horizon * height
-        k = (height - horizon_row) / sizes[0]
-        out = []
-        for r, size in enumerate(sizes):
-            base = round(horizon_row + k * size)
-            y = min(height, base) - size
-            for c in range(self.cols):
-                centre = (c + 0.5) * width / self.cols
-                x = int(np.clip(round(centre - size / 2), 0, max(0, width - size)))
-                out.append((r, c, x, y, size))
-        return out
+        """(row, col, x, y, size) for every grid cell of an image of ``image_hw`` (the engine's cell table)."""
+        return grid_cells(image_hw, self.cols, self.sizes, self.horizon)
 
     def recipes(self, bg_ids: Sequence[int], fg_ids: Sequence[int], image_hw: tuple[int, int]) -> list[Recipe]:
         cells = self.cells(image_hw)

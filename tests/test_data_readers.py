@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from losslab.core.data.datasets import VirtualSamples, split_by_bg
+from losslab.core.data.formats import sample_stem
 from losslab.core.data.generate import GenerationPlan, InputSpec, generate
-from losslab.core.data.generate.layouts import sample_stem
 from losslab.core.data.readers import DatasetError, OriginalSamples, npz_memmap, open_dataset
 from losslab.core.data.sources import SyntheticSources, fit_background, read_rgb
 from losslab.plugins.generators import GridGenerator

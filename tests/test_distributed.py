@@ -47,7 +47,7 @@ SCRIPT = textwrap.dedent('''
     exp, uri, runs = sys.argv[1:4]
     catalog = load_catalog(entry_points=[EP()])
     configs = load_experiment(Path(exp), ["model.name=plain-net", "model.params={}"], catalog)
-    run_experiment(configs=configs, tracking_uri=uri, runs_dir=Path(runs), report=False, catalog=catalog)
+    run_experiment(configs=configs, tracking_uri=uri, runs_dir=Path(runs), catalog=catalog)
 ''')
 
 

@@ -17,6 +17,7 @@ from optuna.trial import FixedTrial, TrialState, create_trial
 
 from losslab.core.config import ConfigError, deep_merge, resolve_variants
 from losslab.core.experiment.tuning import study as st
+from losslab.core.experiment.tuning.options import TuneOptions
 from losslab.core.experiment.tuning.results import pareto_front, rank
 from losslab.core.experiment.tuning.space import base_dict, build_config, parse_search, sample
 from losslab.core.experiment.tuning.worker import config_hash, run_tune, select_base
@@ -279,7 +280,7 @@ def test_tune_records_trials_writes_the_best_config_and_resumes(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     path = _write(tmp_path / "tiny.yaml", SEARCH)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_tune(path, trials=3, tracking_uri=uri, report=False, catalog=catalog, echo=lambda m: None)
+    result = run_tune(path, TuneOptions(trials=3, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
     assert (tmp_path / "optuna.db").exists() and result.storage == f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.load_study(study_name="tiny", storage=result.storage)
     assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
@@ -314,11 +315,11 @@ def test_tune_records_trials_writes_the_best_config_and_resumes(tmp_path, monkey
     assert cfg.search is None and cfg.train.monitor == "val/mask_iou"
     from losslab.core.experiment.runner import run_experiment
 
-    rerun = run_experiment(result.best_path, tracking_uri=uri, runs_dir=tmp_path / "runs", report=False,
+    rerun = run_experiment(result.best_path, tracking_uri=uri, runs_dir=tmp_path / "runs",
                            catalog=catalog, echo=lambda m: None)
     assert rerun.children[0].metrics["val/mask_iou"] == pytest.approx(best.value, rel=1e-5)  # same seed, same run
 
-    again = run_tune(path, trials=4, tracking_uri=uri, report=False, catalog=catalog, echo=lambda m: None)
+    again = run_tune(path, TuneOptions(trials=4, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
     assert again.parent_run_id == result.parent_run_id
     _, parents, trial_runs = _runs(uri, "tiny")
     assert len(parents) == 1 and [int(r.data.tags["losslab.trial"]) for r in trial_runs] == [0, 1, 2, 3]
@@ -334,7 +335,7 @@ def test_a_failing_trial_is_recorded_and_the_study_goes_on(tmp_path, monkeypatch
     queued.enqueue_trial({"train.lr": 1.0e12})   # the first trial diverges to NaN
     queued.enqueue_trial({"train.lr": 0.01})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    result = run_tune(path, trials=2, tracking_uri=uri, report=False, catalog=catalog, echo=lambda m: None)
+    result = run_tune(path, TuneOptions(trials=2, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
     study = optuna.load_study(study_name="tiny", storage=storage)
     first, second = study.trials
     assert first.state == TrialState.FAIL and "nan" in first.user_attrs["fail_reason"].lower()
@@ -368,7 +369,7 @@ def test_a_dead_workers_trial_is_retried_with_its_parameters(tmp_path, monkeypat
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     messages: list[str] = []
-    result = run_tune(path, trials=1, tracking_uri=uri, report=False, catalog=catalog, echo=messages.append)
+    result = run_tune(path, TuneOptions(trials=1, tracking_uri=uri), catalog=catalog, echo=messages.append)
     study = optuna.load_study(study_name="tiny", storage=storage_url)
     dead, retry = study.trials
     assert dead.state == TrialState.FAIL and retry.state.is_finished() and retry.state != TrialState.FAIL
@@ -388,11 +389,13 @@ def test_two_processes_share_one_study_and_complete_exactly_n(tmp_path):
     Tracker(uri).experiment_id("tiny")  # create the MLflow schema once, as a first `lab run` would
     # each worker imports everything, says READY, and starts when the test says go: both really overlap
     code = ("import sys, time; from pathlib import Path; from losslab.core.experiment.tuning.worker import run_tune; "
+            "from losslab.core.experiment.tuning.options import TuneOptions; "
             "print('READY', flush=True); go = Path('go')\n"
             "while not go.exists(): time.sleep(0.05)\n"
-            f"r = run_tune(Path('tiny.yaml'), trials={trials}, tracking_uri={uri!r}, report=False)\n"
+            f"r = run_tune(Path('tiny.yaml'), TuneOptions(trials={trials}, tracking_uri={uri!r}))\n"
             "print('RAN', [o.number for o in r.outcomes])")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keep the caller's path
+    env = {**os.environ, "PYTHONPATH": path, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
     workers = [subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     for worker in workers:

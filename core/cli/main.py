@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from losslab.core.cli.data_commands import data_app
+from losslab.core.experiment.tuning.options import TuneOptions
 from losslab.core.plugin.scaffold import new_plugin
 
 app = typer.Typer(
@@ -136,7 +137,7 @@ def run(
             sequential = make_plan(configs[0].seeds, max_seeds or 0)
             decide = undecided_variants
         result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
-                                runs_dir=runs_dir, report=False, finish=finish, sequential=sequential,
+                                runs_dir=runs_dir, finish=finish, sequential=sequential,
                                 decide=decide)
     except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError, FloorError) as exc:
         fail(str(exc))
@@ -413,24 +414,28 @@ def report(
     build(ref, out=out, format=format, tracking_uri=tracking_uri)
 
 
+_TUNE = TuneOptions()  # the defaults, defined once in core/experiment/tuning/options.py
+
+
 @app.command()
 def tune(
     experiment: Annotated[str, typer.Argument(help="Experiment YAML with a search: block, or a shipped "
                                               "experiment's name (e.g. tune_loss_weights).")],
-    trials: Annotated[int, typer.Option(help="Trials to run (in total across workers of the study).")] = 12,
+    trials: Annotated[int, typer.Option(help="Trials to run (in total across workers of the study).")] = _TUNE.trials,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (default: sqlite optuna.db).")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the experiment's name).")] = None,
     timeout: Annotated[float | None, typer.Option(help="Stop starting trials after this many seconds.")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a dotted key.")] = None,
     tracking_uri: TrackingUri = None,
-    runs_dir: Annotated[Path, typer.Option(help="Where trial checkpoints are kept.")] = Path("lab-runs"),
+    runs_dir: Annotated[Path, typer.Option(help="Where trial checkpoints are kept.")] = _TUNE.runs_dir,
     report: Annotated[bool, typer.Option(help="Build the study's report at the end.")] = True,
 ) -> None:
     """Search loss weights (and any dotted key) with Optuna, tracked in MLflow."""
     from losslab.core.cli.tune_commands import tune as run_tune
 
-    run_tune(experiment_path(experiment), trials=trials, storage=storage, study=study, timeout=timeout, sets=set_ or [],
-             tracking_uri=tracking_uri, runs_dir=runs_dir, report=report)
+    options = TuneOptions(trials=trials, storage=storage, study=study, timeout=timeout, sets=tuple(set_ or ()),
+                          tracking_uri=tracking_uri, runs_dir=runs_dir)
+    run_tune(experiment_path(experiment), options, report=report)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ typer command function so it can also be tested on its own app.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -57,3 +58,17 @@ def _default_uri() -> str | None:
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return None
     return f"sqlite:///{Path('mlflow.db').resolve()}"
+
+
+def end_of_run_report(warn: Callable[[str], None]) -> Callable[[str, Path, str], dict[str, Path]]:
+    """The ``on_finished`` hook that ``lab run`` and ``lab tune`` hand to the engine: build and log the report.
+
+    It lives here because the engine never imports ``losslab.reports``; the CLI wires the two together.
+    """
+
+    def build(parent_run_id: str, out_dir: Path, tracking_uri: str) -> dict[str, Path]:
+        from losslab.reports.build import report_at_end
+
+        return report_at_end(parent_run_id, out_dir, tracking_uri, warn)
+
+    return build

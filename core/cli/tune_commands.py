@@ -15,6 +15,8 @@ from typing import Any
 
 import typer
 
+from losslab.core.experiment.tuning.options import TuneOptions
+
 
 def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -34,18 +36,9 @@ def _dashboard_hint(storage: str) -> str:
     return " (to browse it: pip install 'losslab[dashboard]', then `optuna-dashboard " + storage + "`)"
 
 
-def tune(
-    experiment: Path,
-    trials: int = 12,
-    storage: str | None = None,
-    study: str | None = None,
-    timeout: float | None = None,
-    sets: list[str] | None = None,
-    tracking_uri: str | None = None,
-    runs_dir: Path = Path("lab-runs"),
-    report: bool = True,
-) -> None:
-    """Run (or join, or resume) the study and print its best trials."""
+def tune(experiment: Path, options: TuneOptions, report: bool = True) -> None:
+    """Run (or join, or resume) the study and print its best trials; with ``report``, build its report."""
+    from losslab.core.cli.report_commands import end_of_run_report
     from losslab.core.config import ConfigError
     from losslab.core.experiment.tracking import TrackingError
     from losslab.core.experiment.tuning.study import StudyError
@@ -58,15 +51,15 @@ def tune(
         previous: Any = signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     except ValueError:  # not the main thread (embedded use): leave signals alone
         previous = None
-    name = study
+    name = options.study
+    hook = end_of_run_report(lambda message: typer.echo(message, err=True)) if report else None
     try:
-        result = run_tune(experiment, trials=trials, storage=storage, study_name=study, timeout=timeout,
-                          sets=sets or [], tracking_uri=tracking_uri, runs_dir=runs_dir, report=report)
+        result = run_tune(experiment, options, on_finished=hook)
     except (ConfigError, PluginError, RegistryError, StudyError, TrackingError, UnsafePathError) as exc:
         _fail(str(exc))
         return
     except KeyboardInterrupt:
-        again = " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else f"tune {experiment} --trials {trials}"
+        again = " ".join(sys.argv[1:]) if sys.argv[1:2] == ["tune"] else f"tune {experiment} --trials {options.trials}"
         _fail(f"interrupted; the running trial is queued again. Resume the study{f' {name!r}' if name else ''} "
               f"with the same command: lab {again}", code=130)
         return

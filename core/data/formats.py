@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 from losslab.core.data.geometry import DEPTH_PNG_UNITS_PER_METRE
+from losslab.core.data.recipes import Recipe
 
 IMAGE_FORMATS = ("jpg", "png")
 DEPTH_FORMATS = ("png16", "jpg8")
@@ -33,6 +34,24 @@ _PNG_FAST = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE
 _PNG_IMAGE = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB]
 
 
+# -- names of a generated dataset's files (written by data/generate/, read by data/readers.py) --------------
+
+#: The finished dataset's description; it exists only once generation completed.
+DATASET_FILE = "dataset.json"
+#: Generation's bookkeeping while it runs (and after a kill, so ``--resume`` can continue).
+PROGRESS_DIR = ".progress"
+#: One JSON line per sample, in sample order.
+MANIFEST = "manifest.jsonl"
+#: The manifest's recipe columns (``RECIPE_FIELDS`` order) as an (N, 8) int32 array, for fast loading.
+RECIPES_FILE = "recipes.npy"
+#: Where the shards layout keeps its ``shard_NNNNNN.npz`` files.
+SHARD_DIR = "shards"
+#: Recipe fields in the order of a shard's ``recipes`` array and of ``RECIPES_FILE``'s columns.
+RECIPE_FIELDS = ("bg", "fg", "flip", "row", "col", "x", "y", "size")
+#: Format of the shards the writer makes (``format`` member); 1 stored each sample's whole box.
+SHARD_FORMAT = 2
+
+
 # -- names (the documented seed layout) ------------------------------------------------------------------
 
 #: File and folder names of the seed layout number bgs and fgs from 1, as documented (bg1..bg100,
@@ -40,6 +59,21 @@ _PNG_IMAGE = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRIT
 #: manifests and ``recipes.npy`` keep 0-based indices. Datasets written before numbered names from 0:
 #: their ``dataset.json`` has no ``name_base``, and the reader uses 0 for them.
 NAME_BASE = 1
+
+
+def sample_stem(recipe: Recipe, base: int = NAME_BASE) -> str:
+    """The documented stem for grid recipes; free placements (row -1) also name their box.
+
+    bg and fg are numbered from ``base`` (1, as documented; 0 in datasets
+    written before): ``bg5_0_2_flip_fg_73`` for a grid cell of bg index 4 and
+    fg index 72; ``bg5_x12_y60_s48_flip_fg_73`` for a random placement, whose
+    row and column mean nothing.
+    """
+    flip = "flip_" if recipe.flip else ""
+    bg, fg = recipe.bg + base, recipe.fg + base
+    if recipe.row >= 0 and recipe.col >= 0:
+        return f"bg{bg}_{recipe.row}_{recipe.col}_{flip}fg_{fg}"
+    return f"bg{bg}_x{recipe.x}_y{recipe.y}_s{recipe.size}_{flip}fg_{fg}"
 
 
 def image_ext(image_format: str) -> str:

@@ -7,16 +7,24 @@ depth ``camera_height * f / (y + 0.5 - y_h)`` metres. An object standing on
 the ground with its base on row ``y_b`` is at the depth of that row, and its
 image height is proportional to ``y_b - y_h``: this is why the grid's farther
 rows are both smaller and higher, and why size, base height and depth agree.
+
+:func:`grid_cells` is the documented grid's cell table. It lives here, not in the grid generator plugin, because
+the engine needs it too: the reader of the original dataset rebuilds each sample's placement from its row and
+column, and the engine never imports a built-in plugin.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 #: Depth saved in 16-bit PNGs is in millimetres: 1 unit = 1 mm, so the far plane must stay below 65.535 m.
 DEPTH_PNG_UNITS_PER_METRE = 1000.0
+#: The documented grid: one fg size per row, nearest row first, in pixels of a ``DOCUMENTED_IMAGE`` px bg.
+DOCUMENTED_SIZES = (90, 80, 70, 60)
+DOCUMENTED_IMAGE = 150
 
 
 @dataclass(frozen=True)
@@ -76,3 +84,29 @@ class GeometryUnknown(ValueError):
     def __init__(self, message: str, defaults: SceneGeometry | None = None) -> None:
         super().__init__(message)
         self.defaults = defaults or SceneGeometry()
+
+
+def grid_cells(
+    image_hw: tuple[int, int], cols: int = 5, sizes: Sequence[int] = DOCUMENTED_SIZES,
+    horizon: float = SceneGeometry.horizon,
+) -> list[tuple[int, int, int, int, int]]:
+    """(row, col, x, y, size) for every cell of a ``len(sizes)`` x ``cols`` grid on an image of ``image_hw``.
+
+    Row ``r`` uses fg size ``sizes[r]`` (given for a 150 px bg, scaled to the image). Each row's base stands
+    where an object of that size would stand on the ground plane: ``horizon + k * size``, with ``k`` set so
+    row 0 stands on the bottom edge. Columns spread the fg's centre evenly across the width.
+    """
+    height, width = image_hw
+    scale = height / DOCUMENTED_IMAGE
+    scaled = [max(4, round(s * scale)) for s in sizes]
+    horizon_row = horizon * height
+    k = (height - horizon_row) / scaled[0]
+    out = []
+    for r, size in enumerate(scaled):
+        base = round(horizon_row + k * size)
+        y = min(height, base) - size
+        for c in range(cols):
+            centre = (c + 0.5) * width / cols
+            x = int(np.clip(round(centre - size / 2), 0, max(0, width - size)))
+            out.append((r, c, x, y, size))
+    return out

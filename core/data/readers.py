@@ -33,10 +33,18 @@ import cv2
 import numpy as np
 
 from losslab.core.data import formats
-from losslab.core.data.formats import DatasetError
-from losslab.core.data.generate.layouts import sample_stem
-from losslab.core.data.generate.resume import DATASET_FILE, MANIFEST, PROGRESS_DIR, RECIPES_FILE
-from losslab.core.data.generate.shards import RECIPE_FIELDS, SHARD_DIR, SHARD_FORMAT
+from losslab.core.data.formats import (
+    DATASET_FILE,
+    MANIFEST,
+    PROGRESS_DIR,
+    RECIPE_FIELDS,
+    RECIPES_FILE,
+    SHARD_DIR,
+    SHARD_FORMAT,
+    DatasetError,
+    sample_stem,
+)
+from losslab.core.data.geometry import grid_cells
 from losslab.core.data.recipes import Recipe, parse_stem
 from losslab.core.data.sources import IMAGE_SUFFIXES, SourceError, fit_background, read_rgb
 
@@ -414,9 +422,7 @@ class OriginalSamples(_Materialized):
         return out
 
     def _recipe_table(self, keys: list[tuple[int, int, bool, int, int]]) -> np.ndarray:
-        from losslab.plugins.generators import GridGenerator
-
-        cells = {(r, c): (x, y, s) for r, c, x, y, s in GridGenerator().cells(self.image_hw)}
+        cells = {(r, c): (x, y, s) for r, c, x, y, s in grid_cells(self.image_hw)}
         rows = []
         for bg, fg, flip, row, col in keys:
             x, y, s = cells.get((row, col), (-1, -1, -1))

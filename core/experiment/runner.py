@@ -215,7 +215,6 @@ def run_experiment(
     tracking_uri: str | None = None,
     resume: bool = False,
     runs_dir: Path = Path("lab-runs"),
-    report: bool = True,
     catalog: Catalog | None = None,
     echo: Echo = _stderr,
     finish: Callable[[ExperimentResult, Path, str], None] | None = None,
@@ -305,10 +304,6 @@ def run_experiment(
         **floor_summary,
     }
     tracker.log_json(parent_id, summary, "summary.json")
-    if report and rank.is_main:
-        from losslab.reports.build import report_at_end
-
-        result.report = report_at_end(parent_id, root / "report", tracker.uri, echo)
     if finish is not None and rank.is_main:
         finish(result, root, tracker.uri)
     # FAILED (so --resume finds the parent again) when every child failed, or one failed on its checkpoint

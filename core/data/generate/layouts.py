@@ -27,25 +27,11 @@ import numpy as np
 
 from losslab.core.data import formats
 from losslab.core.data.batch_compositor import BatchCompositor, Rect
+from losslab.core.data.formats import sample_stem
 from losslab.core.data.generate.resume import STAGING_DIR
 from losslab.core.data.jpeg import BandEncoder
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import Sources
-
-
-def sample_stem(recipe: Recipe, base: int = formats.NAME_BASE) -> str:
-    """The documented stem for grid recipes; free placements (row -1) also name their box.
-
-    bg and fg are numbered from ``base`` (1, as documented; 0 in datasets
-    written before): ``bg5_0_2_flip_fg_73`` for a grid cell of bg index 4 and
-    fg index 72; ``bg5_x12_y60_s48_flip_fg_73`` for a random placement, whose
-    row and column mean nothing.
-    """
-    flip = "flip_" if recipe.flip else ""
-    bg, fg = recipe.bg + base, recipe.fg + base
-    if recipe.row >= 0 and recipe.col >= 0:
-        return f"bg{bg}_{recipe.row}_{recipe.col}_{flip}fg_{fg}"
-    return f"bg{bg}_x{recipe.x}_y{recipe.y}_s{recipe.size}_{flip}fg_{fg}"
 
 
 class Producer:

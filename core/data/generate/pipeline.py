@@ -25,10 +25,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from losslab.core.data.formats import NAME_BASE
+from losslab.core.data.formats import DATASET_FILE, NAME_BASE
 from losslab.core.data.generate.layouts import Producer, SeedWriter
 from losslab.core.data.generate.plan import GenerationError, GenerationPlan, Prepared, prepare
-from losslab.core.data.generate.resume import DATASET_FILE, Progress
+from losslab.core.data.generate.resume import Progress
 from losslab.core.data.generate.shards import ShardWriter, recipe_table
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import SourceProblem

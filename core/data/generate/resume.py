@@ -29,16 +29,12 @@ from typing import Any
 import numpy as np
 
 from losslab.core.data import formats
+from losslab.core.data.formats import DATASET_FILE, MANIFEST, PROGRESS_DIR, RECIPES_FILE
 from losslab.core.data.generate.plan import GenerationError
 
-PROGRESS_DIR = ".progress"
 #: Where the seed writer stages a whole bg's folders before renaming them into place.
 STAGING_DIR = ".staging"
 PLAN_FILE = "plan.json"
-MANIFEST = "manifest.jsonl"
-#: The manifest's recipe columns (``RECIPE_FIELDS`` order) as an (N, 8) int32 array, for fast loading.
-RECIPES_FILE = "recipes.npy"
-DATASET_FILE = "dataset.json"
 
 
 def _dump(data: Any) -> bytes:

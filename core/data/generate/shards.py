@@ -51,14 +51,9 @@ import numpy as np
 
 from losslab.core.data import formats
 from losslab.core.data.batch_compositor import Rect
+from losslab.core.data.formats import RECIPE_FIELDS, SHARD_DIR, SHARD_FORMAT
 from losslab.core.data.generate.layouts import Producer, manifest_line
 from losslab.core.data.recipes import Recipe
-
-SHARD_DIR = "shards"
-#: Recipe fields in the order of a shard's ``recipes`` array.
-RECIPE_FIELDS = ("bg", "fg", "flip", "row", "col", "x", "y", "size")
-#: Format of the shards this module writes (``format`` member); 1 stored each sample's whole box.
-SHARD_FORMAT = 2
 
 
 def shard_name(chunk: int) -> str:

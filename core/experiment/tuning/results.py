@@ -15,6 +15,7 @@ import math
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ from losslab.core.experiment.tuning.study import (
     RUN_ATTR,
     finished,
     quiet_optuna,
+    running_elsewhere,
     safe_name,
     superseded,
 )
@@ -36,11 +38,35 @@ from losslab.core.experiment.tuning.study import (
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
-    from losslab.core.experiment.tuning.trial import TuneContext
-    from losslab.core.experiment.tuning.worker import TuneResult
+    from losslab.core.experiment.tuning.trial import TrialOutcome, TuneContext
 
+#: What the CLI hands the worker to run once the study is complete: (parent run id, output folder, tracking URI)
+#: -> the files written by format. The CLI passes the report builder; the engine never imports ``losslab.reports``.
+ReportHook = Callable[[str, Path, str], dict[str, Path]]
 TABLE_ROWS = 10
 PARETO_VARIANTS = 6
+
+
+@dataclass
+class TuneResult:
+    """What one worker's ``run_tune`` returns: the study's counts and table, the best config, plots, report."""
+
+    study: str
+    storage: str
+    parent_run_id: str
+    tracking_uri: str
+    trials_target: int
+    finished: int
+    complete: int
+    pruned: int
+    failed: int
+    outcomes: list[TrialOutcome] = field(default_factory=list)
+    table: str = ""
+    best_path: Path | None = None
+    plots: list[Path] = field(default_factory=list)
+    report: dict[str, Path] = field(default_factory=dict)
+    stopped: str = ""
+    gave_up: bool = False
 
 
 # -- ranking -------------------------------------------------------------------------------------------
@@ -283,12 +309,10 @@ def summary(study: Any, space: SearchSpace, trials: Sequence[FrozenTrial], targe
 
 
 def finish_study(ctx: TuneContext, target: int, storage: str, uri: str, stopped: str, gave_up: bool,
-                 report: bool, best_dir: Path | None) -> TuneResult:
+                 on_finished: ReportHook | None, best_dir: Path | None) -> TuneResult:
     """Table, best experiment file, plots, summary and report; close the parent run if no one else is busy."""
     from optuna.trial import TrialState
 
-    from losslab.core.experiment.tuning.study import running_elsewhere
-    from losslab.core.experiment.tuning.worker import TuneResult
 
     study, space, records, echo = ctx.study, ctx.space, ctx.records, ctx.echo
     trials = study.get_trials(deepcopy=False)
@@ -324,10 +348,8 @@ def finish_study(ctx: TuneContext, target: int, storage: str, uri: str, stopped:
             echo(f"losslab: plot skipped: {note}")
         records.tracker.log_json(parent, summary(study, space, trials, target, storage), "summary.json")
     busy = running_elsewhere(study.get_trials(deepcopy=False), ctx.worker)
-    if report and not busy:
-        from losslab.reports.build import report_at_end
-
-        result.report = report_at_end(parent, ctx.runs_root / "report", uri, echo)
+    if on_finished is not None and not busy:
+        result.report = on_finished(parent, ctx.runs_root / "report", uri)
     if not busy:
         records.close_parent("FAILED" if gave_up else "FINISHED")
     return result

@@ -18,12 +18,13 @@ import socket
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from losslab.core.config import ConfigError, ExperimentConfig, load_yaml, resolve_variants
+from losslab.core.experiment.tuning.options import TuneOptions
 from losslab.core.experiment.tuning.records import StudyRecords
+from losslab.core.experiment.tuning.results import ReportHook, TuneResult, finish_study
 from losslab.core.experiment.tuning.space import base_dict, parse_search
 from losslab.core.experiment.tuning.study import (
     SURPLUS_ATTR,
@@ -44,7 +45,7 @@ from losslab.core.experiment.tuning.study import (
     safe_name,
     waiting,
 )
-from losslab.core.experiment.tuning.trial import TrialOutcome, TuneContext, run_trial
+from losslab.core.experiment.tuning.trial import TuneContext, run_trial
 from losslab.core.paths import safe_join
 from losslab.core.plugin.registry import Catalog
 
@@ -54,26 +55,6 @@ STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\- ]{0,119}$")
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@dataclass
-class TuneResult:
-    study: str
-    storage: str
-    parent_run_id: str
-    tracking_uri: str
-    trials_target: int
-    finished: int
-    complete: int
-    pruned: int
-    failed: int
-    outcomes: list[TrialOutcome] = field(default_factory=list)
-    table: str = ""
-    best_path: Path | None = None
-    plots: list[Path] = field(default_factory=list)
-    report: dict[str, Path] = field(default_factory=dict)
-    stopped: str = ""
-    gave_up: bool = False
 
 
 def select_base(path: Path, sets: list[str], catalog: Catalog) -> tuple[ExperimentConfig, dict[str, Any]]:
@@ -104,29 +85,28 @@ def config_hash(base: dict[str, Any], seed: int) -> str:
 
 def run_tune(
     path: Path,
-    trials: int = 12,
-    storage: str | None = None,
-    study_name: str | None = None,
-    timeout: float | None = None,
-    sets: list[str] | None = None,
-    tracking_uri: str | None = None,
-    runs_dir: Path = Path("lab-runs"),
-    report: bool = True,
+    options: TuneOptions = TuneOptions(),
+    *,
+    on_finished: ReportHook | None = None,
     catalog: Catalog | None = None,
     echo: Echo = _stderr,
     best_dir: Path | None = None,
 ) -> TuneResult:
-    """Join (or start) the study and run trials until it has ``trials`` in total; then summarize it."""
+    """Join (or start) the study and run trials until it has ``options.trials`` in total; then summarize it.
+
+    ``on_finished`` (the report, when the CLI asks for one) runs once no other worker is busy with the study.
+    """
     from losslab.core.experiment.tracking import Tracker, check_tracking_uri, default_tracking_uri
-    from losslab.core.experiment.tuning.results import finish_study
     from losslab.core.plugin.manager import load_catalog
+
+    trials, timeout, study_name = options.trials, options.timeout, options.study
 
     if trials < 1:
         raise StudyError(f"--trials must be at least 1; found {trials}")
     if timeout is not None and timeout <= 0:
         raise StudyError(f"--timeout must be a positive number of seconds; found {timeout}")
     catalog = catalog or load_catalog()
-    cfg, raw_search = select_base(Path(path), sets or [], catalog)
+    cfg, raw_search = select_base(Path(path), list(options.sets), catalog)
     try:
         space = parse_search(raw_search if raw_search else None, cfg, catalog)
     except ConfigError as exc:
@@ -138,9 +118,9 @@ def run_tune(
     if not STUDY_NAME.match(name):
         raise StudyError(f"study name {name!r}: use letters, digits, space and _ . + - (at most 120 characters); "
                          "pass --study NAME")
-    uri = default_tracking_uri(tracking_uri)
+    uri = default_tracking_uri(options.tracking_uri)
     check_tracking_uri(uri)  # before the Optuna study exists: a bad URI leaves nothing behind
-    url = normalize_storage(storage or default_storage(uri))
+    url = normalize_storage(options.storage or default_storage(uri))
     shown_url = public_storage(url)
     handler = StaleTrialHandler(space.heartbeat.max_retry)
     rdb = open_storage(url, space, handler)
@@ -152,7 +132,8 @@ def run_tune(
                                          f"{records.on_stale(s, t, space.heartbeat.grace)}")
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ctx = TuneContext(space, base, cfg, catalog, records, study, rdb, handler, worker, seed,
-                      safe_join(runs_dir, cfg.name, f"tune-{safe_name(name)}"), echo, sampler_seed=sampler_seed)
+                      safe_join(options.runs_dir, cfg.name, f"tune-{safe_name(name)}"), echo,
+                      sampler_seed=sampler_seed)
     done = len(finished(study.get_trials(deepcopy=False)))
     echo(f"losslab: study {name!r} ({'resumed' if done or existed else 'new'}, {done} of {trials} trial(s) done) "
          f"in {shown_url}; MLflow parent run {parent_id} in {tracker.uri}")
@@ -171,7 +152,7 @@ def run_tune(
         if not others:
             records.close_parent("KILLED")
         raise
-    return finish_study(ctx, trials, shown_url, uri, stopped, gave_up, report, best_dir)
+    return finish_study(ctx, trials, shown_url, uri, stopped, gave_up, on_finished, best_dir)
 
 
 def _loop(ctx: TuneContext, trials: int, timeout: float | None) -> tuple[str, bool]:
