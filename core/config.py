@@ -14,6 +14,7 @@ import copy
 import difflib
 import os
 import reprlib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,11 +29,13 @@ class ConfigError(Exception):
     """The experiment config is invalid; the message lists every problem with its key path."""
 
 
-class _Strict(BaseModel):
+class StrictModel(BaseModel):
+    """A schema block that refuses unknown keys, so a typo is an error instead of a silent default."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class ComponentSpec(_Strict):
+class ComponentSpec(StrictModel):
     """A registered component by name, with its constructor params."""
 
     name: str
@@ -51,7 +54,7 @@ SOURCE_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-class SourceSpec(_Strict):
+class SourceSpec(StrictModel):
     """Where bgs and fgs come from: the built-in synthetic scenes, two folders, or a materialized dataset."""
 
     kind: Literal["synthetic", "folders", "dataset"] = "synthetic"
@@ -85,12 +88,12 @@ class SourceSpec(_Strict):
         return self
 
 
-class GroundTruthSpec(_Strict):
+class GroundTruthSpec(StrictModel):
     mask: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="alpha"))
     depth: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="ground-plane"))
 
 
-class DataSpec(_Strict):
+class DataSpec(StrictModel):
     source: SourceSpec = Field(default_factory=SourceSpec)
     generator: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="grid"))
     ground_truth: GroundTruthSpec = Field(default_factory=GroundTruthSpec)
@@ -103,7 +106,7 @@ class DataSpec(_Strict):
         default="auto", description="compose batches on the device (auto: on CUDA, for virtual data)")
 
 
-class TrainSpec(_Strict):
+class TrainSpec(StrictModel):
     epochs: int = Field(default=5, ge=1)
     batch_size: int | Literal["auto"] = 32
     optimizer: Literal["adam", "adamw", "sgd"] = "adamw"
@@ -137,7 +140,7 @@ class TrainSpec(_Strict):
         return value
 
 
-class LossSpec(_Strict):
+class LossSpec(StrictModel):
     mask: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(name="bce")])
     depth: list[LossTermSpec] = Field(default_factory=lambda: [LossTermSpec(name="l1")])
     weighting: ComponentSpec = Field(
@@ -153,12 +156,12 @@ class LossSpec(_Strict):
         return self
 
 
-class MetricsSpec(_Strict):
+class MetricsSpec(StrictModel):
     mask: list[str] = Field(default_factory=lambda: ["iou", "dice"])
     depth: list[str] = Field(default_factory=lambda: ["rmse"])
 
 
-class BaselinesSpec(_Strict):
+class BaselinesSpec(StrictModel):
     """The floors a study is scored against (``docs/config.md``): defaults on, more by name.
 
     ``baselines: false`` switches every floor off; ``baselines: {add: [...]}``
@@ -169,7 +172,7 @@ class BaselinesSpec(_Strict):
     add: list[ComponentSpec] = Field(default_factory=list, description="more baselines, by registered name")
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """One fully resolved experiment (a single variant)."""
 
     name: str = Field(min_length=1)
@@ -617,21 +620,36 @@ def _shown(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    model: Any = ExperimentConfig
+def _model_in(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+    """The pydantic model a field's annotation holds, and whether it sits in a dict (then a key comes next)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation, False
+    origin = typing.get_origin(annotation)
+    for arg in typing.get_args(annotation):
+        model, keyed = _model_in(arg)
+        if model is not None:
+            return model, keyed or origin is dict
+    return None, False
+
+
+def _walk(model: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, list[str]]:
+    """A location as the path a user reads (``params[train.lr].low``: a dict's key in brackets, as it may hold
+    dots), and the keys allowed at its end (empty where the location leaves the schema)."""
+    parts: list[str] = []
+    current: type[BaseModel] | None = model
+    keyed = False
     for part in loc:
-        if isinstance(part, int):
+        if keyed or isinstance(part, int):
+            if keyed and parts:
+                parts[-1] += f"[{part}]"
+            else:
+                parts.append(str(part))
+            keyed = False
             continue
-        field = getattr(model, "model_fields", {}).get(part)
-        if field is None:
-            return []
-        annotation = field.annotation
-        args = getattr(annotation, "__args__", None)
-        candidates = [annotation, *(args or ())]
-        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
-        if model is None:
-            return []
-    return list(getattr(model, "model_fields", {}))
+        parts.append(str(part))
+        field = getattr(current, "model_fields", {}).get(part) if current is not None else None
+        current, keyed = _model_in(field.annotation) if field is not None else (None, False)
+    return ".".join(parts), list(getattr(current, "model_fields", {})) if current is not None else []
 
 
 #: The tags pydantic adds to an error's location for each member of a union (``bool | Literal["auto"]``).
@@ -652,24 +670,35 @@ def _one_of(messages: list[str]) -> str:
     return "; or ".join(dict.fromkeys(messages))
 
 
-def format_validation_error(exc: ValidationError, data: dict[str, Any]) -> list[str]:
+def format_validation_error(
+    exc: ValidationError, data: Any, model: type[BaseModel] = ExperimentConfig, root: str = ""
+) -> list[str]:
+    """Pydantic's errors as ``<key path>: <problem>; found <value>`` lines, one per key.
+
+    The one formatter of the project: the experiment schema and ``lab tune``'s ``search:`` block
+    (``model=SearchSpec, root="search"``) both use it. An unknown key lists the keys allowed there and the
+    nearest ones; a union's member errors become one sentence.
+    """
     lines = []
     by_path: dict[tuple[Any, ...], list[str]] = {}
+
+    def where(loc: tuple[Any, ...]) -> str:
+        path = _walk(model, loc)[0]
+        return ".".join(p for p in (root, path) if p) or "<top level>"
+
     for err in exc.errors():
         loc = _key_path(err["loc"])
-        path = ".".join(str(p) for p in loc) or "<top level>"
         if err["type"] == "extra_forbidden":
-            allowed = _allowed_keys(loc[:-1])
+            allowed = _walk(model, loc[:-1])[1]
             near = difflib.get_close_matches(str(loc[-1]), allowed, n=2, cutoff=0.5)
             hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-            lines.append(f"{path}: unknown key{hint} (allowed here: {', '.join(allowed)})")
+            lines.append(f"{where(loc)}: unknown key{hint} (allowed here: {', '.join(allowed)})")
         elif err["type"] == "missing":
-            lines.append(f"{path}: required key is missing")
+            lines.append(f"{where(loc)}: required key is missing")
         else:
             by_path.setdefault(loc, []).append(err["msg"].removeprefix("Value error, "))
     for loc, messages in by_path.items():
-        path = ".".join(str(p) for p in loc) or "<top level>"
-        lines.append(f"{path}: {_one_of(messages)}; found {_shown(_lookup(data, loc))}")
+        lines.append(f"{where(loc)}: {_one_of(messages)}; found {_shown(_lookup(data, loc))}")
     return lines
 
 

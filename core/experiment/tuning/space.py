@@ -24,9 +24,16 @@ import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
-from losslab.core.config import ConfigError, ExperimentConfig, resolve_variants, set_dotted
+from losslab.core.config import (
+    ConfigError,
+    ExperimentConfig,
+    StrictModel,
+    format_validation_error,
+    resolve_variants,
+    set_dotted,
+)
 
 if TYPE_CHECKING:
     from optuna.trial import Trial
@@ -38,18 +45,14 @@ Direction = Literal["maximize", "minimize"]
 FORBIDDEN_ROOTS = ("name", "seeds", "variant", "variants", "search", "description")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ObjectiveSpec(_Strict):
+class ObjectiveSpec(StrictModel):
     """One metric to optimize; its direction is inferred from the metric registry when omitted."""
 
     metric: str = Field(min_length=1)
     direction: Direction | None = None
 
 
-class SamplerSpec(_Strict):
+class SamplerSpec(StrictModel):
     name: Literal["tpe", "random", "nsga2"] | None = Field(
         default=None, description="default: tpe for one objective, nsga2 for several")
     seed: int | None = Field(default=None, description="default: the experiment's first seed")
@@ -58,7 +61,7 @@ class SamplerSpec(_Strict):
     population_size: int | None = Field(default=None, ge=2, description="nsga2: trials per generation")
 
 
-class PrunerSpec(_Strict):
+class PrunerSpec(StrictModel):
     name: Literal["median", "hyperband", "none"] | None = Field(
         default=None, description="default: median for one objective, none for several")
     n_startup_trials: int = Field(default=2, ge=0, description="median: trials finished before any pruning")
@@ -67,13 +70,13 @@ class PrunerSpec(_Strict):
     reduction_factor: int = Field(default=3, ge=2, description="hyperband: 1/reduction_factor survive a rung")
 
 
-class HeartbeatSpec(_Strict):
+class HeartbeatSpec(StrictModel):
     interval: int = Field(default=10, ge=1, description="seconds between a running trial's heartbeats")
     grace: int = Field(default=60, ge=2, description="seconds without a heartbeat before a trial counts as dead")
     max_retry: int = Field(default=2, ge=0, description="times a dead worker's trial is run again")
 
 
-class ParamSpec(_Strict):
+class ParamSpec(StrictModel):
     type: Literal["float", "int", "categorical"] | None = None
     low: float | None = None
     high: float | None = None
@@ -83,7 +86,7 @@ class ParamSpec(_Strict):
     when: dict[str, Any] | None = None
 
 
-class SearchSpec(_Strict):
+class SearchSpec(StrictModel):
     params: dict[str, ParamSpec] = Field(min_length=1)
     objective: str | None = None
     direction: Direction | None = None
@@ -118,7 +121,12 @@ class Param:
 
 
 @dataclass
-class Objective:
+class SearchObjective:
+    """One resolved target of the search: a metric and whether the study maximizes or minimizes it.
+
+    Not the training objective (``losslab.core.train.objective.Objective``, the weighted loss terms).
+    """
+
     metric: str
     direction: Direction
 
@@ -128,7 +136,7 @@ class SearchSpace:
     """The validated ``search:`` block."""
 
     params: list[Param]
-    objectives: list[Objective]
+    objectives: list[SearchObjective]
     sampler: SamplerSpec
     pruner: PrunerSpec
     heartbeat: HeartbeatSpec
@@ -161,47 +169,6 @@ class SearchSpace:
 
 def _param_path(key: str) -> str:
     return f"search.params[{key}]"
-
-
-def _format_errors(exc: ValidationError, data: Any) -> list[str]:
-    """Pydantic errors as ``search.<path>: <problem>; found <value>`` lines, unknown keys with suggestions."""
-    lines = []
-    for err in exc.errors():
-        loc = [p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal")))]
-        parts = ["search"]
-        node: Any = data
-        model: Any = SearchSpec
-        for i, part in enumerate(loc):
-            if i == 1 and loc[0] == "params":
-                parts[-1] = f"{parts[-1]}[{part}]"
-            else:
-                parts.append(str(part))
-            try:
-                node = node[part]
-            except (KeyError, IndexError, TypeError):
-                node = "<missing>"
-        path = ".".join(parts)
-        if err["type"] == "extra_forbidden":
-            parent = loc[:-1]
-            model = ParamSpec if parent[:1] == ["params"] else SearchSpec
-            for part in parent:
-                if part == "params" or isinstance(part, int):
-                    continue
-                sub = getattr(model, "model_fields", {}).get(part)
-                annotation = getattr(sub, "annotation", None)
-                found = [a for a in (annotation, *getattr(annotation, "__args__", ())) if isinstance(a, type)
-                         and issubclass(a, BaseModel)]
-                if found:
-                    model = found[0]
-            allowed = list(getattr(model, "model_fields", {}))
-            near = difflib.get_close_matches(str(loc[-1]), allowed, n=2, cutoff=0.5)
-            hint = f"; did you mean {' or '.join(repr(n) for n in near)}?" if near else ""
-            lines.append(f"{path}: unknown key{hint} (allowed here: {', '.join(allowed)})")
-        elif err["type"] == "missing":
-            lines.append(f"{path}: required key is missing")
-        else:
-            lines.append(f"{path}: {err['msg'].removeprefix('Value error, ')}; found {node!r}")
-    return lines
 
 
 def _normalize_raw(raw: Any) -> tuple[dict[str, Any], list[str]]:
@@ -355,7 +322,7 @@ def _direction_of(metric: str, catalog: Catalog | None) -> Direction | None:
 
 
 def _objectives(spec: SearchSpec, base: ExperimentConfig, catalog: Catalog | None) -> tuple[
-        list[Objective], list[str]]:
+        list[SearchObjective], list[str]]:
     problems: list[str] = []
     if spec.objectives is not None and (spec.objective is not None or spec.direction is not None):
         problems.append("search: give either objective (+ direction) or objectives (a list), not both")
@@ -368,7 +335,7 @@ def _objectives(spec: SearchSpec, base: ExperimentConfig, catalog: Catalog | Non
             direction = "maximize" if base.train.monitor_mode == "max" else "minimize"
         items = [("search.objective", metric, direction)]
     computed = computed_metrics(base)
-    out: list[Objective] = []
+    out: list[SearchObjective] = []
     for path, metric, direction in items:
         where = f"{path}.metric" if path.startswith("search.objectives") else path
         if metric not in computed:
@@ -381,7 +348,7 @@ def _objectives(spec: SearchSpec, base: ExperimentConfig, catalog: Catalog | Non
         if direction is None:
             problems.append(f"{path}: the direction of {metric!r} is unknown; add direction: maximize or minimize")
             continue
-        out.append(Objective(metric, direction))
+        out.append(SearchObjective(metric, direction))
     metrics = [o.metric for o in out]
     if len(set(metrics)) != len(metrics):
         problems.append(f"search.objectives: each metric once; found {metrics}")
@@ -399,7 +366,8 @@ def parse_search(raw: Any, base: ExperimentConfig, catalog: Catalog | None = Non
     try:
         spec = SearchSpec.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError("invalid search block:\n  - " + "\n  - ".join(_format_errors(exc, data))) from None
+        lines = format_validation_error(exc, data, SearchSpec, root="search")
+        raise ConfigError("invalid search block:\n  - " + "\n  - ".join(lines)) from None
     base_dict = base.to_dict()
     params: dict[str, Param] = {}
     for key, param_spec in spec.params.items():
