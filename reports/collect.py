@@ -20,26 +20,35 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from losslab.core.names import (
+    BEST_PREFIX,
+    CONFIG_FILE,
+    ERROR_TAG,
+    KIND_RUN,
+    KIND_TAG,
+    OBJECTIVE_METRIC,
+    OPTUNA_DIR,
+    PARENT_ID_TAG,
+    PER_IMAGE_FILE,
+    ROLE_CHILD,
+    ROLE_PARENT,
+    ROLE_TAG,
+    SAMPLES_FILE,
+    SEED_TAG,
+    SEEDS_TAG,
+    STATUS_TAG,
+    SUMMARY_FILE,
+    TOTAL_TIME,
+    TRIAL_STATE_TAG,
+    TRIAL_TAG,
+    VARIANT_TAG,
+    VARIANTS_TAG,
+)
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-ROLE_TAG = "losslab.role"
-KIND_TAG = "losslab.kind"
-VARIANT_TAG = "losslab.variant"
-SEED_TAG = "losslab.seed"
-STATUS_TAG = "losslab.status"
-ERROR_TAG = "losslab.error"
-TRIAL_TAG = "losslab.trial"
-TRIAL_STATE_TAG = "losslab.trial_state"
-PARENT_ID_TAG = "mlflow.parentRunId"
-VERSION_TAGS = ("losslab.version", "losslab.torch", "losslab.cuda", "losslab.git_commit")
-
-PER_IMAGE_FILE = "val_per_image.csv"
-SAMPLES_FILE = "val_samples.npz"
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-OPTUNA_DIR = "optuna"
 #: Columns of ``val_per_image.csv`` that describe the image rather than score it.
 PER_IMAGE_ID_COLUMNS = ("index", "bg", "fg", "flip", "row", "col")
 
@@ -80,7 +89,7 @@ class ChildRun:
 
     def value(self, key: str) -> float | None:
         """The value a report uses for ``key``: ``best/<key>`` if logged, else the last logged value."""
-        for candidate in (f"best/{key}", key):
+        for candidate in (f"{BEST_PREFIX}{key}", key):
             if candidate in self.final and math.isfinite(self.final[candidate]):
                 return float(self.final[candidate])
         return None
@@ -168,7 +177,7 @@ def resolve_parent(client: MlflowClient, ref: str) -> Run:
     if experiment is not None:
         runs = client.search_runs(
             [experiment.experiment_id],
-            filter_string=f"tags.`{ROLE_TAG}` = 'parent'",
+            filter_string=f"tags.`{ROLE_TAG}` = '{ROLE_PARENT}'",
             order_by=["attributes.start_time DESC"],
             max_results=1,
         )
@@ -190,13 +199,13 @@ def resolve_parent(client: MlflowClient, ref: str) -> Run:
             "Pass --tracking-uri if the runs are in another store."
         ) from None
     role = run.data.tags.get(ROLE_TAG)
-    if role == "child":
+    if role == ROLE_CHILD:
         parent_id = run.data.tags.get(PARENT_ID_TAG)
         raise ReportError(
             f"run {ref} is a child run (variant {run.data.tags.get(VARIANT_TAG)!r}); reports are built "
             f"from a parent run: use `lab report {parent_id}`"
         )
-    if role != "parent":
+    if role != ROLE_PARENT:
         raise ReportError(
             f"run {ref} is not a losslab parent run (tag {ROLE_TAG} is {role!r}, expected 'parent'); "
             "pass the id of the run `lab run` or `lab tune` created, or the experiment name"
@@ -265,7 +274,7 @@ def read_per_image(path: Path) -> PerImage:
 def _histories(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
     for key in run.data.metrics:
-        if key.startswith("best/") or key == "time/total_s":
+        if key.startswith(BEST_PREFIX) or key == TOTAL_TIME:
             continue
         points = client.get_metric_history(run.info.run_id, key)
         by_step: dict[int, float] = {}
@@ -311,7 +320,7 @@ def _trial(run: Run) -> Trial:
         number = int(number_raw) if number_raw is not None else None
     except ValueError:
         number = None
-    objectives = {k: float(v) for k, v in run.data.metrics.items() if k.startswith("objective")}
+    objectives = {k: float(v) for k, v in run.data.metrics.items() if k.startswith(OBJECTIVE_METRIC)}
     return Trial(
         run_id=run.info.run_id,
         name=run.info.run_name or "",
@@ -365,15 +374,15 @@ def _collect(ref: str, workdir: Path, tracking_uri: str | None) -> Study:
     parent_id = parent.info.run_id
     tags = dict(parent.data.tags)
     experiment = client.get_experiment(parent.info.experiment_id)
-    variants = [str(v) for v in _json_list(tags.get("losslab.variants"), "losslab.variants", parent_id)]
-    seeds = [int(s) for s in _json_list(tags.get("losslab.seeds"), "losslab.seeds", parent_id)]
+    variants = [str(v) for v in _json_list(tags.get(VARIANTS_TAG), VARIANTS_TAG, parent_id)]
+    seeds = [int(s) for s in _json_list(tags.get(SEEDS_TAG), SEEDS_TAG, parent_id)]
     study = Study(
         tracking_uri=str(client.tracking_uri),
         experiment_name=experiment.name,
         experiment_id=experiment.experiment_id,
         parent_run_id=parent_id,
         parent_name=parent.info.run_name or parent_id,
-        kind=tags.get(KIND_TAG, "run"),
+        kind=tags.get(KIND_TAG, KIND_RUN),
         tags=tags,
         params=dict(parent.data.params),
         variants=variants,
@@ -384,7 +393,7 @@ def _collect(ref: str, workdir: Path, tracking_uri: str | None) -> Study:
         run_tags = run.data.tags
         if TRIAL_TAG in run_tags:
             study.trials.append(_trial(run))
-        elif run_tags.get(ROLE_TAG) == "child" or VARIANT_TAG in run_tags:
+        elif run_tags.get(ROLE_TAG) == ROLE_CHILD or VARIANT_TAG in run_tags:
             study.children.append(_child(client, run, workdir))
     for child in study.children:  # variants that ran but are missing from the tag still count
         if child.variant not in study.variants:
@@ -423,6 +432,6 @@ def _fill_from_summary(study: Study) -> None:
         if not row:
             continue
         for key, value in (row.get("metrics") or {}).items():
-            best_key = f"best/{key}"
+            best_key = f"{BEST_PREFIX}{key}"
             if best_key not in child.final and isinstance(value, int | float):
                 child.final[best_key] = float(value)

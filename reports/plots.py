@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from losslab.core.names import VAL_PREFIX
 from losslab.reports.analysis import MetricResult, metric_label
 from losslab.reports.collect import ChildRun, Study
 
@@ -110,7 +111,7 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
                 if len(histories) > 1:
                     ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
         is_metric = "/" not in panel and panel != "loss"
-        ax.set_title(metric_label(f"val/{panel}") if is_metric else panel, fontsize=10)
+        ax.set_title(metric_label(f"{VAL_PREFIX}{panel}") if is_metric else panel, fontsize=10)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         left, right = ax.get_xlim()

@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import torch
 
+from losslab.core import names
 from losslab.core.data.geometry import DEPTH_PNG_UNITS_PER_METRE
 from losslab.core.data.sources import IMAGE_SUFFIXES, SourceError, read_rgb
 
@@ -124,7 +125,7 @@ def load_checkpoint(checkpoint: Path | None, run_id: str | None, tracking_uri: s
     tmp = Path(tempfile.mkdtemp(prefix="lab-predict-"))
     try:
         try:
-            downloaded = tracker.download(run_id, "checkpoints/best.pt", tmp)
+            downloaded = tracker.download(run_id, f"{names.CHECKPOINT_DIR}/{names.BEST_CHECKPOINT}", tmp)
         except Exception as exc:
             raise PredictError(f"run {run_id} in {tracker.uri} has no checkpoints/best.pt artifact "
                                f"({type(exc).__name__}); pass a child run id of `lab run`") from None

@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from losslab.core import names
 from losslab.core.config import ConfigError, ExperimentConfig, dump_yaml, flatten, load_experiment
 from losslab.core.experiment.floors import apply_floors, study_floors
 from losslab.core.experiment.sequential import SEQUENTIAL_TAG, SequentialPlan
+from losslab.core.experiment.table import render_table
 from losslab.core.paths import check_out_dir, safe_join
 from losslab.core.plugin.manager import load_catalog
 from losslab.core.plugin.registry import Catalog
@@ -106,61 +108,71 @@ def config_hash(configs: list[ExperimentConfig]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _is_metric(key: str) -> bool:
+    """A task metric (``val/mask_iou``), the kind the table compares; losses are not comparable across variants
+    (each variant sums its own terms), so the total and the per-term losses stay in MLflow and the report."""
+    return key.startswith((f"{names.VAL_PREFIX}mask_", f"{names.VAL_PREFIX}depth_"))
+
+
 def summary_table(children: list[ChildResult], monitor: str, mode: str, below_floor: dict[str, list[str]] | None = None,
                   floors: Any = None) -> tuple[str, str | None]:
-    """Variant by metric, mean +/- std over seeds; and the winning variant by ``monitor``.
+    """Variant by metric (mean ± std over seeds; the value alone for one seed), the variant first by the mean of
+    ``monitor`` (a ranking, not a claim), and each (variant, seed)'s run id, for ``lab predict --run``.
 
-    A variant below a floor (``below_floor``: variant -> tasks) is marked and never wins; the floors
+    A variant below a floor (``below_floor``: variant -> tasks) is marked and never first; the floors
     (:class:`~losslab.core.experiment.floors.Floors`) follow as ``[floor]`` rows.
     """
     below = below_floor or {}
     done = [c for c in children if c.status == "finished"]
     if not done:
-        return "no run finished", None
+        return "no run finished\n\n" + "\n".join(_runs_table(children)), None
     variants = list(dict.fromkeys(c.variant for c in done))
-    # metrics and the total loss; per-term losses stay in MLflow and the report, to keep the table readable
-    keys = sorted({k for c in done for k in c.metrics
-                   if k.startswith(("val/mask_", "val/depth_")) or k in ("val/loss", monitor)},
-                  key=lambda k: (k != monitor, "loss" in k, k))
-    stats: dict[str, dict[str, tuple[float, float, int]]] = {}
-    for v in variants:
-        stats[v] = {}
-        for k in keys:
-            values = [c.metrics[k] for c in done if c.variant == v and k in c.metrics]
-            if values:
-                sd = statistics.stdev(values) if len(values) > 1 else 0.0
-                stats[v][k] = (statistics.fmean(values), sd, len(values))
+    keys = sorted({k for c in done for k in c.metrics if _is_metric(k)}, key=lambda k: (k != monitor, k))
+    stats: dict[str, dict[str, list[float]]] = {
+        v: {k: [c.metrics[k] for c in done if c.variant == v and k in c.metrics] for k in [*keys, monitor]}
+        for v in variants
+    }
     sign = 1 if mode == "max" else -1
-    ranked = sorted((v for v in variants if monitor in stats[v]), key=lambda v: -sign * stats[v][monitor][0])
+    ranked = sorted((v for v in variants if stats[v][monitor]),
+                    key=lambda v: -sign * statistics.fmean(stats[v][monitor]))
     winner = next((v for v in ranked if not below.get(v)), None)
-    headers = ["variant", *(k.removeprefix("val/") for k in keys), "seeds"]
-    lines = []
+    seeds = {v: sum(c.variant == v for c in done) for v in variants}
+    rows = []
     for v in ranked + [v for v in variants if v not in ranked]:
         cells = [v + (" *" if v == winner else "") + (f" [below floor: {','.join(below[v])}]" if below.get(v) else "")]
         for k in keys:
-            if k in stats[v]:
-                mean, sd, _ = stats[v][k]
-                cells.append(f"{mean:.4f} ± {sd:.4f}")
+            values = stats[v][k]
+            if not values:
+                cells.append("—")  # a metric this variant does not compute
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.4f}")
             else:
-                cells.append("—")  # a loss term this variant does not use
-        cells.append(str(max((n for _, _, n in stats[v].values()), default=0)))
-        lines.append(cells)
+                cells.append(f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}")
+        cells.append(str(seeds[v]))
+        rows.append(cells)
     for floor in floors.floors if floors is not None else []:
-        lines.append([f"[floor] {floor.name}", *(f"{floor.scores[k]:.4f}" if k in floor.scores else ""
-                                                  for k in keys), "-"])
-    widths = [max(len(h), *(len(r[i]) for r in lines)) for i, h in enumerate(headers)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    out = [fmt.format(*headers), fmt.format(*("-" * w for w in widths))] + [fmt.format(*r) for r in lines]
-    out.append(f"* first by the mean of {monitor} ({mode}), not a claim: the verdict below says what is "
-               "significant; mean ± std over seeds")
+        rows.append([f"[floor] {floor.name}", *(f"{floor.scores[k]:.4f}" if k in floor.scores else "" for k in keys),
+                     "-"])
+    out = render_table(["variant", *(k.removeprefix(names.VAL_PREFIX) for k in keys), "seeds"], rows)
+    spread = "mean ± std over seeds" if any(n > 1 for n in seeds.values()) else "one seed per variant: no spread"
+    shown = "" if monitor in keys else ", a loss: not shown, as losses are not comparable across variants"
+    out.append(f"* first by the mean of {monitor} ({mode}){shown}; not a claim: the verdict below says what "
+               f"is significant; {spread}")
     if floors is not None:
         out.append("[floor]: a baseline fitted on the training split, no gradient training; [below floor]: not "
                    "above that task's best floor (mean and 95% interval over seeds), so it is never first")
-    return "\n".join(out), winner
+    return "\n".join([*out, "", *_runs_table(children)]), winner
+
+
+def _runs_table(children: list[ChildResult]) -> list[str]:
+    """One line per (variant, seed): its MLflow run id, for ``lab predict --run`` and ``lab ui``."""
+    rows = [[c.variant, str(c.seed), c.status, c.run_id] for c in children]
+    return render_table(["variant", "seed", "status", "run id"], rows)
 
 
 def _find_resumable_parent(tracker: Any, name: str, digest: str) -> Any | None:
-    runs = tracker.find_runs(name, f"tags.`losslab.role` = 'parent' and tags.`losslab.config_hash` = '{digest}'")
+    runs = tracker.find_runs(name, f"tags.`{names.ROLE_TAG}` = '{names.ROLE_PARENT}' and "
+                                   f"tags.`{names.CONFIG_HASH_TAG}` = '{digest}'")
     for run in runs:
         if run.info.status != "FINISHED":
             return run
@@ -201,7 +213,8 @@ def check_data(configs: list[ExperimentConfig]) -> None:
 def _fail_run(tracker: Any, run_id: str, exc: BaseException) -> None:
     """End a run as FAILED with the reason as tags; never let a tracking error hide the original one."""
     try:
-        tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": f"{type(exc).__name__}: {exc}"[:5000]})
+        tracker.set_tags(run_id, {names.STATUS_TAG: "failed",
+                                  names.ERROR_TAG: f"{type(exc).__name__}: {exc}"[:5000]})
         tracker.end_run(run_id, "FAILED")
     except Exception:
         pass
@@ -256,24 +269,25 @@ def run_experiment(
     if parent is not None:
         parent_id = parent.info.run_id
         tracker.reopen(parent_id)
-        for child in tracker.find_runs(name, f"tags.`mlflow.parentRunId` = '{parent_id}'"):
-            key = (child.data.tags.get("losslab.variant", ""), int(child.data.tags.get("losslab.seed", -1)))
-            best = {k.removeprefix("best/"): v for k, v in child.data.metrics.items() if k.startswith("best/")}
+        for child in tracker.find_runs(name, f"tags.`{names.PARENT_ID_TAG}` = '{parent_id}'"):
+            key = (child.data.tags.get(names.VARIANT_TAG, ""), int(child.data.tags.get(names.SEED_TAG, -1)))
+            best = {k.removeprefix(names.BEST_PREFIX): v for k, v in child.data.metrics.items()
+                    if k.startswith(names.BEST_PREFIX)}
             existing.setdefault(key, Previous(child.info.run_id, child.info.status, best))
         echo(f"losslab: resuming parent run {parent_id} ({len(existing)} child run(s) found)")
     elif rank.is_main:
         if resume:
             echo("losslab: --resume found no unfinished run of this experiment; starting a new one")
         tags = {
-            "losslab.role": "parent", "losslab.kind": "run", "losslab.config_hash": digest,
-            "losslab.variants": json.dumps([c.variant for c in configs]),
-            "losslab.seeds": json.dumps(configs[0].seeds), **version_tags(),
+            names.ROLE_TAG: names.ROLE_PARENT, names.KIND_TAG: names.KIND_RUN, names.CONFIG_HASH_TAG: digest,
+            names.VARIANTS_TAG: json.dumps([c.variant for c in configs]),
+            names.SEEDS_TAG: json.dumps(configs[0].seeds), **version_tags(),
         }
         if sequential is not None:
             tags[SEQUENTIAL_TAG] = sequential.to_json()
         parent_id = tracker.start_run(name, name, tags)
         tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
-                         "config.yaml")
+                         names.CONFIG_FILE)
     parent_id, existing = distributed.broadcast_object((parent_id, existing))
     result = ExperimentResult(name, parent_id, monitor, mode, is_main=rank.is_main)
     try:
@@ -300,10 +314,11 @@ def run_experiment(
     summary = {
         "monitor": monitor, "mode": mode, "first_by_mean": result.winner,
         "rows": [{"variant": c.variant, "seed": c.seed, "run_id": c.run_id, "status": c.status,
-                  "metrics": {k.removeprefix("best/"): v for k, v in c.metrics.items()}} for c in result.children],
+                  "metrics": {k.removeprefix(names.BEST_PREFIX): v for k, v in c.metrics.items()}}
+                 for c in result.children],
         **floor_summary,
     }
-    tracker.log_json(parent_id, summary, "summary.json")
+    tracker.log_json(parent_id, summary, names.SUMMARY_FILE)
     if finish is not None and rank.is_main:
         finish(result, root, tracker.uri)
     # FAILED (so --resume finds the parent again) when every child failed, or one failed on its checkpoint
@@ -363,47 +378,47 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
         tracker.reopen(run_id)
     else:
         run_id = tracker.start_run(cfg.name, label, {
-            "losslab.role": "child", "losslab.variant": cfg.variant, "losslab.seed": str(seed),
+            names.ROLE_TAG: names.ROLE_CHILD, names.VARIANT_TAG: cfg.variant, names.SEED_TAG: str(seed),
         }, parent_id=parent_id)
         tracker.log_params(run_id, {**flatten(cfg.to_dict()), "seed": seed})
-        tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
+        tracker.log_text(run_id, dump_yaml(cfg), names.CONFIG_FILE)
     try:
         run_dir = safe_join(root, label)
         trainer = Trainer(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
         echo(f"losslab: {label}: {describe_split(trainer.parts.samples, trainer.parts.val_idx, cfg.data.val_split)}")
         outcome = trainer.fit(resume=resume)
     except KeyboardInterrupt:
-        tracker.set_tags(run_id, {"losslab.status": "killed"})
+        tracker.set_tags(run_id, {names.STATUS_TAG: "killed"})
         tracker.end_run(run_id, "KILLED")
         raise
     except (TrainingError, ValueError, RuntimeError, DatasetError, SourceError) as exc:
         message = str(exc)
         echo(f"losslab: {label} failed: {message}")
-        tracker.set_tags(run_id, {"losslab.status": "failed", "losslab.error": message[:5000]})
+        tracker.set_tags(run_id, {names.STATUS_TAG: "failed", names.ERROR_TAG: message[:5000]})
         tracker.end_run(run_id, "FAILED")
         return ChildResult(cfg.variant, seed, run_id, {}, status="failed", error=message,
                            resumable=isinstance(exc, CheckpointError))
     except Exception as exc:  # unexpected: the run is still ended as FAILED before the error goes up
         _fail_run(tracker, run_id, exc)
         raise
-    best = {f"best/{k}": v for k, v in outcome.best.items()}
-    tracker.log_metrics(run_id, {**best, "time/total_s": outcome.total_s, "best/epoch": outcome.best_epoch},
+    best = {f"{names.BEST_PREFIX}{k}": v for k, v in outcome.best.items()}
+    tracker.log_metrics(run_id, {**best, names.TOTAL_TIME: outcome.total_s, names.BEST_EPOCH: outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))
-    tracker.log_artifact(run_id, outcome.best_checkpoint, "checkpoints")
-    for name in ("val_per_image.csv", "val_samples.npz"):
+    tracker.log_artifact(run_id, outcome.best_checkpoint, names.CHECKPOINT_DIR)
+    for name in (names.PER_IMAGE_FILE, names.SAMPLES_FILE):
         if (run_dir / name).exists():
             tracker.log_artifact(run_id, run_dir / name)
-    if (run_dir / "val_samples.npz").exists() and not isinstance(tracker, NullTracker):
+    if (run_dir / names.SAMPLES_FILE).exists() and not isinstance(tracker, NullTracker):
         import numpy as np
 
-        with np.load(run_dir / "val_samples.npz") as data:
+        with np.load(run_dir / names.SAMPLES_FILE) as data:
             samples = {k: data[k] for k in data.files}
         if len(samples.get("fg_bg", [])):
-            tracker.log_artifact(run_id, save_prediction_grid(samples, run_dir / "predictions.png"))
-    tracker.set_tags(run_id, {"losslab.status": "finished"})
+            tracker.log_artifact(run_id, save_prediction_grid(samples, run_dir / names.PREDICTIONS_FILE))
+    tracker.set_tags(run_id, {names.STATUS_TAG: "finished"})
     tracker.end_run(run_id, "FINISHED")
-    shown = ", ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in outcome.best.items()
-                      if not k.startswith("val/mask/") and not k.startswith("val/depth/"))
+    shown = ", ".join(f"{k.removeprefix(names.VAL_PREFIX)}={v:.4f}" for k, v in outcome.best.items()
+                      if not k.startswith((f"{names.VAL_PREFIX}mask/", f"{names.VAL_PREFIX}depth/")))
     # epochs are counted from 1 for people (MLflow's steps and best/epoch stay 0-based, see docs/tracking.md)
     echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch + 1} of "
          f"{cfg.train.epochs}): {shown}")

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from losslab.core import names
+
 DEFAULT_DB = "mlflow.db"
 PARAM_VALUE_LIMIT = 6000
 TIMEOUT_ENV = "LOSSLAB_TRACKING_TIMEOUT"
@@ -145,10 +147,10 @@ def version_tags() -> dict[str, str]:
     from losslab.core.plugin.manager import _losslab_version
 
     return {
-        "losslab.version": _losslab_version(),
-        "losslab.torch": torch.__version__,
-        "losslab.cuda": torch.version.cuda or "none",
-        "losslab.git_commit": git_commit(),
+        names.VERSION_TAG: _losslab_version(),
+        names.TORCH_TAG: torch.__version__,
+        names.CUDA_TAG: torch.version.cuda or "none",
+        names.GIT_COMMIT_TAG: git_commit(),
     }
 
 
@@ -187,7 +189,7 @@ class Tracker:
                   parent_id: str | None = None) -> str:
         all_tags = dict(tags)
         if parent_id:
-            all_tags["mlflow.parentRunId"] = parent_id
+            all_tags[names.PARENT_ID_TAG] = parent_id
         run = self.client.create_run(self.experiment_id(experiment), run_name=run_name, tags=all_tags)
         return run.info.run_id
 

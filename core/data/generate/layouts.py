@@ -1,7 +1,9 @@
 """The writers: one chunk of recipes in, files out, no file ever visible half-written.
 
 Both layouts share :class:`Producer` (compose, then ground truth, in small
-batches) so they hold the same pixels the virtual dataset composes.
+batches) so they hold the same pixels the virtual dataset composes, and its
+:meth:`Producer.misses`: the one loop that composes and runs the ground truth
+only for the samples a writer's cache does not hold yet.
 
 ``seed``
     The documented layout: ``fgbg_K/<stem>.jpg``, ``mask_fgbg_K/mask_<stem>.png``,
@@ -63,6 +65,24 @@ class Producer:
             return [None] * len(batch)
         return [key_of(recipe, self.sources) for recipe in batch]
 
+    def misses(self, batch: Sequence[Recipe],
+               found: Sequence[object | None]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(index in ``batch``, mask, depth) for each sample whose ``found`` entry is None.
+
+        The writers' shared cache-miss step: a writer looks each sample's encoded ground truth up in its own
+        cache (``found``), and only the misses are composed, together in one batch, and given to the mask and
+        depth ground truth; the writer encodes what this yields and remembers it.
+        """
+        missing = [i for i, hit in enumerate(found) if hit is None]
+        if not missing:
+            return
+        sub = [batch[i] for i in missing]
+        composed = self.compose(sub)
+        masks = self.truth("mask", composed, sub)
+        depths = self.truth("depth", composed, sub)
+        for j, i in enumerate(missing):
+            yield i, masks[j], depths[j]
+
     def __call__(self, recipes: Sequence[Recipe]) -> Iterator[tuple[Sequence[Recipe], dict[str, np.ndarray]]]:
         """Yield (batch, arrays): ``bg``, ``fg_bg``, ``alpha``, ``rects``, ``mask`` and ``depth``."""
         for batch in self.batches(recipes):
@@ -79,7 +99,7 @@ class Producer:
 
 
 class LRU:
-    """A bounded mapping, least recently used out first."""
+    """A bounded mapping, least recently used out first: every writer cache (files, stamps, truths, bgs)."""
 
     def __init__(self, capacity: int = 50_000) -> None:
         self.capacity = capacity
@@ -218,20 +238,14 @@ class SeedWriter:
         mask_keys, depth_keys = producer.keys("mask", batch), producer.keys("depth", batch)
         masks = [self._caches["mask"].get(k) for k in mask_keys]
         depths = [self._caches["depth"].get(k) for k in depth_keys]
-        missing = [i for i in range(len(batch)) if masks[i] is None or depths[i] is None]
-        if missing:
-            sub = [batch[i] for i in missing]
-            composed = producer.compose(sub)
-            mask_arrays = producer.truth("mask", composed, sub)
-            depth_arrays = producer.truth("depth", composed, sub)
-            for j, i in enumerate(missing):
-                if masks[i] is None:
-                    masks[i] = _File(formats.encode_mask(mask_arrays[j]), mask_keys[i])
-                    self._caches["mask"].put(mask_keys[i], masks[i])
-                if depths[i] is None:
-                    data = formats.encode_depth(depth_arrays[j], self.depth_format, self.depth_max)
-                    depths[i] = _File(data, depth_keys[i])
-                    self._caches["depth"].put(depth_keys[i], depths[i])
+        both = [m if m is not None and d is not None else None for m, d in zip(masks, depths, strict=True)]
+        for i, mask, depth in producer.misses(batch, both):
+            if masks[i] is None:
+                masks[i] = _File(formats.encode_mask(mask), mask_keys[i])
+                self._caches["mask"].put(mask_keys[i], masks[i])
+            if depths[i] is None:
+                depths[i] = _File(formats.encode_depth(depth, self.depth_format, self.depth_max), depth_keys[i])
+                self._caches["depth"].put(depth_keys[i], depths[i])
         return masks, depths  # type: ignore[return-value]
 
     def _place(self, kind: str, file: _File, rel: str, chunk: int, root: str, staged: bool) -> None:

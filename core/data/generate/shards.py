@@ -52,7 +52,7 @@ import numpy as np
 from losslab.core.data import formats
 from losslab.core.data.batch_compositor import Rect
 from losslab.core.data.formats import RECIPE_FIELDS, SHARD_DIR, SHARD_FORMAT
-from losslab.core.data.generate.layouts import Producer, manifest_line
+from losslab.core.data.generate.layouts import LRU, Producer, manifest_line
 from losslab.core.data.recipes import Recipe
 
 
@@ -136,30 +136,16 @@ class _Placement:
         self.index = (base[:, None] + np.arange(3)).reshape(-1).astype(np.int32)  # < H * W * 3
 
 
-class _Bounded(dict):
-    """A dict that forgets its oldest half when it grows past ``capacity`` (cheap, bounded memory)."""
-
-    def __init__(self, capacity: int) -> None:
-        super().__init__()
-        self.capacity = capacity
-
-    def remember(self, key: Hashable, value: object) -> None:
-        if len(self) >= self.capacity:
-            for old in list(self)[: self.capacity // 2]:
-                del self[old]
-        self[key] = value
-
-
 class ShardWriter:
     """Writes one ``.npz`` shard per chunk (arrays in the module docstring); returns its manifest lines."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
         (self.root / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._stamps: _Bounded = _Bounded(4096)
-        self._placements: _Bounded = _Bounded(16384)
-        self._truths: _Bounded = _Bounded(16384)
-        self._refs: _Bounded = _Bounded(256)
+        self._stamps = LRU(4096)
+        self._placements = LRU(16384)
+        self._truths = LRU(16384)
+        self._refs = LRU(256)
 
     # -- per bg, per placement, per ground truth: computed once, then looked up -------------------------
 
@@ -170,7 +156,7 @@ class ShardWriter:
             metres = producer.reference_depth(recipe)
             depth = formats.depth_to_png16(metres)
             hit = (producer.sources.bg(recipe.bg), depth, hashlib.blake2b(depth.tobytes()).digest(), metres)
-            self._refs.remember(recipe.bg, hit)
+            self._refs.put(recipe.bg, hit)
         return hit
 
     def _placement(self, recipe: Recipe, height: int, width: int, producer: Producer) -> _Placement:
@@ -184,9 +170,9 @@ class ShardWriter:
             if stamp is None:
                 premult, _alpha, one_minus = fit
                 stamp = _Stamp(premult[inside], one_minus[inside])
-                self._stamps.remember(skey, stamp)
+                self._stamps.put(skey, stamp)
             hit = _Placement(box, skey, stamp, width)
-            self._placements.remember(key, hit)
+            self._placements.put(key, hit)
         return hit
 
     def _truth_patches(self, producer: Producer, batch: Sequence[Recipe],
@@ -197,27 +183,19 @@ class ShardWriter:
         for recipe, mk, dk, box in zip(batch, mask_keys, depth_keys, boxes, strict=True):
             ok = mk is not None and dk is not None
             keys.append((mk, dk, self._reference(recipe, producer)[2], box) if ok else None)
-        out = [None if k is None else self._truths.get(k) for k in keys]
-        missing = [i for i, item in enumerate(out) if item is None]
-        if missing:
-            sub = [batch[i] for i in missing]
-            composed = producer.compose(sub)
-            masks = producer.truth("mask", composed, sub)
-            depths = producer.truth("depth", composed, sub)
-            for j, i in enumerate(missing):
-                _bg, ref, _digest, ref_m = self._reference(batch[i], producer)
-                mask = masks[j]
-                # a pixel whose depth in metres equals the empty scene's has the same millimetres: the
-                # rectangle holds every change (millimetres are computed only inside it)
-                y0, x0, h, w = rect = changed_rect(boxes[i], mask != 0, depths[j] != ref_m)
-                box = (slice(y0, y0 + h), slice(x0, x0 + w))
-                depth = formats.depth_to_png16(depths[j][box])
-                moved = depth != ref[box]  # stored as a change against the bg's depth: position-free
-                data = (np.packbits(mask[box], axis=None).tobytes() + np.packbits(moved, axis=None).tobytes()
-                        + depth[moved].astype("<u2").tobytes())
-                out[i] = (rect, data, hashlib.blake2b(data, digest_size=16).digest())
-                if keys[i] is not None:
-                    self._truths.remember(keys[i], out[i])
+        out = [self._truths.get(k) for k in keys]
+        for i, mask, metres in producer.misses(batch, out):
+            _bg, ref, _digest, ref_m = self._reference(batch[i], producer)
+            # a pixel whose depth in metres equals the empty scene's has the same millimetres: the
+            # rectangle holds every change (millimetres are computed only inside it)
+            y0, x0, h, w = rect = changed_rect(boxes[i], mask != 0, metres != ref_m)
+            box = (slice(y0, y0 + h), slice(x0, x0 + w))
+            depth = formats.depth_to_png16(metres[box])
+            moved = depth != ref[box]  # stored as a change against the bg's depth: position-free
+            data = (np.packbits(mask[box], axis=None).tobytes() + np.packbits(moved, axis=None).tobytes()
+                    + depth[moved].astype("<u2").tobytes())
+            out[i] = (rect, data, hashlib.blake2b(data, digest_size=16).digest())
+            self._truths.put(keys[i], out[i])  # a sample without cache keys (None) is not remembered
         return out  # type: ignore[return-value]
 
     # -- one chunk -------------------------------------------------------------------------------------
@@ -242,9 +220,8 @@ class ShardWriter:
         one_minus_parts: list[np.ndarray] = []
         premult_parts: list[np.ndarray] = []
         rows: list[str] = []
-        batch_size = producer.batch_size
-        for start in range(0, n, batch_size):
-            batch = recipes[start : start + batch_size]
+        start = 0
+        for batch in producer.batches(recipes):
             places = []
             for recipe in batch:
                 slot = bg_slot.get(recipe.bg)
@@ -276,6 +253,7 @@ class ShardWriter:
                 one_minus_parts.append(place.stamp.one_minus)
                 premult_parts.append(place.stamp.premult)
                 rows.append(manifest_line(recipe, shard=chunk, slot=k))
+            start += len(batch)
         bg_stack = np.stack(bgs)
         values = self._blend_chunk(bg_stack, slots, counts, index_parts, one_minus_parts, premult_parts)
         stamp_sizes = np.fromiter((len(p) for p in stamp_parts), np.int64, len(stamp_parts))

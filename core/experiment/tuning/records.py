@@ -15,14 +15,15 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from losslab.core import names
 from losslab.core.config import ExperimentConfig, dump_yaml
 from losslab.core.experiment.tuning.space import SearchSpace
+from losslab.core.experiment.tuning.study import RUN_ATTR, WORKER_ATTR
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
     from losslab.core.experiment.tracking import Tracker
-
 
 
 class StudyRecords:
@@ -37,10 +38,10 @@ class StudyRecords:
     # -- the parent ----------------------------------------------------------------------------------
 
     def _parents(self) -> list[Any]:
-        runs = self.tracker.find_runs(self.experiment, "tags.`losslab.role` = 'parent' and "
-                                                       "tags.`losslab.kind` = 'tune'")
-        mine = [r for r in runs if r.data.tags.get("losslab.study") == self.study
-                and r.data.tags.get("losslab.storage") == self.storage]
+        runs = self.tracker.find_runs(self.experiment, f"tags.`{names.ROLE_TAG}` = '{names.ROLE_PARENT}' and "
+                                                       f"tags.`{names.KIND_TAG}` = '{names.KIND_TUNE}'")
+        mine = [r for r in runs if r.data.tags.get(names.STUDY_TAG) == self.study
+                and r.data.tags.get(names.STORAGE_TAG) == self.storage]
         return sorted(mine, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
     def open_parent(self, trials: int) -> tuple[str, bool]:
@@ -51,10 +52,10 @@ class StudyRecords:
         existed = bool(found)
         if not found:
             tags = {
-                "losslab.role": "parent", "losslab.kind": "tune", "losslab.study": self.study,
-                "losslab.storage": self.storage, "losslab.directions": json.dumps(self.space.directions),
-                "losslab.objectives": json.dumps(self.space.metrics), "losslab.seeds": json.dumps([self.seed]),
-                "losslab.variants": json.dumps([]), **version_tags(),
+                names.ROLE_TAG: names.ROLE_PARENT, names.KIND_TAG: names.KIND_TUNE, names.STUDY_TAG: self.study,
+                names.STORAGE_TAG: self.storage, names.DIRECTIONS_TAG: json.dumps(self.space.directions),
+                names.OBJECTIVES_TAG: json.dumps(self.space.metrics), names.SEEDS_TAG: json.dumps([self.seed]),
+                names.VARIANTS_TAG: json.dumps([]), **version_tags(),
             }
             created = self.tracker.start_run(self.experiment, f"tune-{self.study}", tags)
             found = self._parents()
@@ -68,7 +69,7 @@ class StudyRecords:
             if found[0].info.status != "RUNNING":
                 self.tracker.reopen(winner)
         self.parent_id = winner
-        self.tracker.set_tags(winner, {"losslab.trials_target": trials})
+        self.tracker.set_tags(winner, {names.TRIALS_TARGET_TAG: trials})
         return winner, existed
 
     def _describe(self, run_id: str) -> None:
@@ -77,7 +78,7 @@ class StudyRecords:
         params.update({"search.sampler": s.sampler_name, "search.pruner": s.pruner_name,
                        "search.objectives": json.dumps(s.metrics), "search.directions": json.dumps(s.directions)})
         self.tracker.log_params(run_id, params)
-        self.tracker.log_text(run_id, dump_yaml(self.base), "config.yaml")
+        self.tracker.log_text(run_id, dump_yaml(self.base), names.CONFIG_FILE)
 
     def close_parent(self, status: str) -> None:
         if self.parent_id:
@@ -86,37 +87,37 @@ class StudyRecords:
     # -- trials --------------------------------------------------------------------------------------
 
     def start_trial(self, number: int, shown: dict[str, Any], retry_of: int | None) -> str:
-        tags = {"losslab.role": "trial", "losslab.kind": "tune", "losslab.study": self.study,
-                "losslab.trial": str(number), "losslab.trial_state": "running", "losslab.seed": str(self.seed)}
+        tags = {names.ROLE_TAG: names.ROLE_TRIAL, names.KIND_TAG: names.KIND_TUNE, names.STUDY_TAG: self.study,
+                names.TRIAL_TAG: str(number), names.TRIAL_STATE_TAG: "running", names.SEED_TAG: str(self.seed)}
         if retry_of is not None:
-            tags["losslab.retry_of"] = str(retry_of)
+            tags[names.RETRY_OF_TAG] = str(retry_of)
         run_id = self.tracker.start_run(self.experiment, f"trial-{number}", tags, parent_id=self.parent_id)
         self.tracker.log_params(run_id, {k: _param_value(v) for k, v in shown.items()})
         return run_id
 
     def log_config(self, run_id: str, cfg: ExperimentConfig) -> None:
-        self.tracker.log_text(run_id, dump_yaml(cfg), "config.yaml")
+        self.tracker.log_text(run_id, dump_yaml(cfg), names.CONFIG_FILE)
 
     def finish_trial(self, run_id: str, state: str, values: list[float] | None, best: dict[str, float],
                      total_s: float, error: str = "") -> None:
-        metrics: dict[str, float] = {f"best/{k}": v for k, v in best.items() if _finite(v)}
+        metrics: dict[str, float] = {f"{names.BEST_PREFIX}{k}": v for k, v in best.items() if _finite(v)}
         if values is not None:
             if len(values) == 1:
-                metrics["objective"] = values[0]
+                metrics[names.OBJECTIVE_METRIC] = values[0]
             else:
-                metrics.update({f"objective/{i}": v for i, v in enumerate(values)})
+                metrics.update({f"{names.OBJECTIVE_METRIC}/{i}": v for i, v in enumerate(values)})
         metrics = {k: v for k, v in metrics.items() if _finite(v)}
-        metrics["time/total_s"] = total_s
+        metrics[names.TOTAL_TIME] = total_s
         self.tracker.log_metrics(run_id, metrics, step=0)
-        tags = {"losslab.trial_state": state, "losslab.status": "finished" if state != "failed" else "failed"}
+        tags = {names.TRIAL_STATE_TAG: state, names.STATUS_TAG: "finished" if state != "failed" else "failed"}
         if error:
-            tags["losslab.error" if state == "failed" else "losslab.note"] = error[:5000]
+            tags[names.ERROR_TAG if state == "failed" else names.NOTE_TAG] = error[:5000]
         self.tracker.set_tags(run_id, tags)
         self.tracker.end_run(run_id, "FAILED" if state == "failed" else "FINISHED")
 
     def kill_trial(self, run_id: str, reason: str) -> None:
-        self.tracker.set_tags(run_id, {"losslab.trial_state": "failed", "losslab.status": "failed",
-                                       "losslab.error": reason})
+        self.tracker.set_tags(run_id, {names.TRIAL_STATE_TAG: "failed", names.STATUS_TAG: "failed",
+                                       names.ERROR_TAG: reason})
         self.tracker.end_run(run_id, "KILLED")
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
@@ -124,13 +125,13 @@ class StudyRecords:
 
     def on_stale(self, study: Any, trial: FrozenTrial, grace: int) -> str:
         """Close the MLflow run of a trial whose worker died; return the message it records."""
-        worker = trial.user_attrs.get("losslab.worker", "unknown")
+        worker = trial.user_attrs.get(WORKER_ATTR, "unknown")
         reason = (f"worker {worker} sent no heartbeat for more than {grace} s (killed or lost); the trial "
                   "is queued again with the same parameters")
-        run_id = trial.user_attrs.get("mlflow_run_id")
+        run_id = trial.user_attrs.get(RUN_ATTR)
         if run_id:
-            self.tracker.set_tags(run_id, {"losslab.trial_state": "failed", "losslab.status": "failed",
-                                           "losslab.error": reason})
+            self.tracker.set_tags(run_id, {names.TRIAL_STATE_TAG: "failed", names.STATUS_TAG: "failed",
+                                           names.ERROR_TAG: reason})
             self.tracker.end_run(run_id, "FAILED")
         return reason
 

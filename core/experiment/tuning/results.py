@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from losslab.core import names
+from losslab.core.experiment.table import render_table
 from losslab.core.experiment.tuning.space import SearchSpace, build_config
 from losslab.core.experiment.tuning.study import (
     FAIL_REASON_ATTR,
@@ -147,9 +149,7 @@ def trials_table(trials: Sequence[FrozenTrial], space: SearchSpace, target: int,
              f"pruned, {len(failed)} failed" + (f" ({replaced} interrupted or lost trial(s) were run again)"
                                                  if replaced else "")]
     if rows:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        lines += [fmt.format(*headers), fmt.format(*("-" * w for w in widths)), *(fmt.format(*r) for r in rows)]
+        lines += render_table(headers, rows)
         if len(ordered) > limit:
             lines.append(f"... {len(ordered) - limit} more")
     for t in failed:
@@ -340,16 +340,16 @@ def finish_study(ctx: TuneContext, target: int, storage: str, uri: str, stopped:
         result.best_path = path
         records.log_artifact(parent, path, None)
     with tempfile.TemporaryDirectory(prefix="losslab-tune-") as tmp_dir:
-        plots, notes = save_plots(study, space, Path(tmp_dir) / "optuna")
+        plots, notes = save_plots(study, space, Path(tmp_dir) / names.OPTUNA_DIR)
         for plot in plots:
-            records.log_artifact(parent, plot, "optuna")
-        result.plots = [Path("optuna") / p.name for p in plots]
+            records.log_artifact(parent, plot, names.OPTUNA_DIR)
+        result.plots = [Path(names.OPTUNA_DIR) / p.name for p in plots]
         for note in notes:
             echo(f"losslab: plot skipped: {note}")
-        records.tracker.log_json(parent, summary(study, space, trials, target, storage), "summary.json")
+        records.tracker.log_json(parent, summary(study, space, trials, target, storage), names.SUMMARY_FILE)
     busy = running_elsewhere(study.get_trials(deepcopy=False), ctx.worker)
     if on_finished is not None and not busy:
-        result.report = on_finished(parent, ctx.runs_root / "report", uri)
+        result.report = on_finished(parent, ctx.runs_root / names.REPORT_DIR, uri)
     if not busy:
         records.close_parent("FAILED" if gave_up else "FINISHED")
     return result

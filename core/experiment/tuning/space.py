@@ -34,6 +34,7 @@ from losslab.core.config import (
     resolve_variants,
     set_dotted,
 )
+from losslab.core.names import VAL_LOSS, VAL_PREFIX
 
 if TYPE_CHECKING:
     from optuna.trial import Trial
@@ -295,21 +296,21 @@ def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[
 
 def computed_metrics(cfg: ExperimentConfig) -> list[str]:
     """The ``val/...`` keys a trial of ``cfg`` computes each epoch (what an objective may name)."""
-    keys = ["val/loss"]
+    keys = [VAL_LOSS]
     for task in ("mask", "depth"):
         seen: dict[str, int] = {}
         for term in getattr(cfg.loss, task):
             seen[term.name] = seen.get(term.name, 0) + 1
-            keys.append(f"val/{task}/{term.name}" + (f"#{seen[term.name]}" if seen[term.name] > 1 else ""))
-        keys += [f"val/{task}_{m}" for m in getattr(cfg.metrics, task)]
+            keys.append(f"{VAL_PREFIX}{task}/{term.name}" + (f"#{seen[term.name]}" if seen[term.name] > 1 else ""))
+        keys += [f"{VAL_PREFIX}{task}_{m}" for m in getattr(cfg.metrics, task)]
     return keys
 
 
 def _direction_of(metric: str, catalog: Catalog | None) -> Direction | None:
-    if metric == "val/loss" or metric.startswith(("val/mask/", "val/depth/")):
+    if metric == VAL_LOSS or metric.startswith((f"{VAL_PREFIX}mask/", f"{VAL_PREFIX}depth/")):
         return "minimize"
     for task in ("mask", "depth"):
-        prefix = f"val/{task}_"
+        prefix = f"{VAL_PREFIX}{task}_"
         if metric.startswith(prefix) and catalog is not None:
             name = metric[len(prefix):]
             if name in catalog["metric"]:

@@ -26,18 +26,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from losslab.core.experiment.tuning.space import SearchSpace
+from losslab.core.names import CONFIG_HASH_ATTR, SURPLUS_ATTR, WORKER_ATTR
 
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
 DEFAULT_STORAGE_FILE = "optuna.db"
-SURPLUS_ATTR = "losslab.surplus"
-WORKER_ATTR = "losslab.worker"
 RUN_ATTR = "mlflow_run_id"
-OVERRIDES_ATTR = "losslab.overrides"
 FAIL_REASON_ATTR = "fail_reason"
-CONFIG_HASH_ATTR = "losslab.config_hash"
 
 
 class StudyError(Exception):

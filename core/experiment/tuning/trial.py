@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from losslab.core import names
 from losslab.core.config import ExperimentConfig
 from losslab.core.experiment.tuning.records import StudyRecords
 from losslab.core.experiment.tuning.space import SearchSpace, build_config, is_finite, sample
@@ -183,15 +184,15 @@ def _log_artifacts(ctx: TuneContext, run_id: str, run_dir: Path, checkpoint: Pat
     from losslab.core.experiment.visualize import save_prediction_grid
 
     if checkpoint.exists():
-        ctx.records.log_artifact(run_id, checkpoint, "checkpoints")
-    samples_file = run_dir / "val_samples.npz"
+        ctx.records.log_artifact(run_id, checkpoint, names.CHECKPOINT_DIR)
+    samples_file = run_dir / names.SAMPLES_FILE
     if samples_file.exists():
         import numpy as np
 
         with np.load(samples_file) as data:
             samples = {k: data[k] for k in data.files}
         if len(samples.get("fg_bg", [])):
-            ctx.records.log_artifact(run_id, save_prediction_grid(samples, run_dir / "predictions.png"))
+            ctx.records.log_artifact(run_id, save_prediction_grid(samples, run_dir / names.PREDICTIONS_FILE))
 
 
 def _summary(ctx: TuneContext, o: TrialOutcome) -> str:
