@@ -21,6 +21,7 @@ from losslab.core.experiment.tuning.options import TuneOptions
 from losslab.core.experiment.tuning.results import pareto_front, rank
 from losslab.core.experiment.tuning.space import base_dict, build_config, parse_search, sample
 from losslab.core.experiment.tuning.worker import config_hash, run_tune, select_base
+from losslab.core.names import SURPLUS_ATTR, WORKER_ATTR
 from losslab.core.plugin.manager import load_catalog
 from tests.conftest import TINY
 
@@ -191,7 +192,7 @@ def test_budget_skips_replaced_and_surplus_trials():
     study.add_trial(create_trial(state=TrialState.WAITING, params={"x": 0.2}, distributions=dist,
                                  system_attrs={"failed_trial": 1, "retry_history": [1]}))      # its retry
     study.add_trial(create_trial(state=TrialState.PRUNED, value=0.5, params={"x": 0.3}, distributions=dist))
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={st.SURPLUS_ATTR: True}))  # never ran
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={SURPLUS_ATTR: True}))  # never ran
     study.add_trial(create_trial(state=TrialState.FAIL, params={"x": 0.4}, distributions=dist))  # NaN: counts
     trials = study.get_trials(deepcopy=False)
     assert [t.number for t in st.holds_place(trials)] == [0, 2, 3, 5]
@@ -212,7 +213,7 @@ def test_two_workers_asking_at_once_get_exactly_the_budget(tmp_path):
     trials = study.get_trials()
     assert st.places_before(trials, first.number) == 2      # < 3: runs
     assert st.places_before(trials, second.number) == 3     # = 3: surplus
-    second.set_user_attr(st.SURPLUS_ATTR, True)
+    second.set_user_attr(SURPLUS_ATTR, True)
     study.tell(second, state=TrialState.FAIL)
     study.tell(first, 3.0)
     assert len(st.finished(study.get_trials())) == 3
@@ -363,7 +364,7 @@ def test_a_dead_workers_trial_is_retried_with_its_parameters(tmp_path, monkeypat
         trial = ghost.ask()                                # a worker that claimed a trial, then died
     trial.suggest_float("loss.mask.0.weight", 0.1, 10.0, log=True)
     trial.suggest_float("loss.depth.0.weight", 0.1, 10.0, log=True)
-    trial.set_user_attr(st.WORKER_ATTR, "ghost:1")
+    trial.set_user_attr(WORKER_ATTR, "ghost:1")
     storage.record_heartbeat(trial._trial_id)
     time.sleep(2.5)
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from losslab.core import names
 from losslab.core.config import ExperimentConfig, dump_yaml
 from losslab.core.experiment.tuning.space import SearchSpace
-from losslab.core.experiment.tuning.study import RUN_ATTR, WORKER_ATTR
+from losslab.core.experiment.tuning.study import RUN_ATTR
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
@@ -125,7 +125,7 @@ class StudyRecords:
 
     def on_stale(self, study: Any, trial: FrozenTrial, grace: int) -> str:
         """Close the MLflow run of a trial whose worker died; return the message it records."""
-        worker = trial.user_attrs.get(WORKER_ATTR, "unknown")
+        worker = trial.user_attrs.get(names.WORKER_ATTR, "unknown")
         reason = (f"worker {worker} sent no heartbeat for more than {grace} s (killed or lost); the trial "
                   "is queued again with the same parameters")
         run_id = trial.user_attrs.get(RUN_ATTR)

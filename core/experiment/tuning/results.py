@@ -28,7 +28,6 @@ from losslab.core.experiment.table import render_table
 from losslab.core.experiment.tuning.space import SearchSpace, build_config
 from losslab.core.experiment.tuning.study import (
     FAIL_REASON_ATTR,
-    OVERRIDES_ATTR,
     RUN_ATTR,
     finished,
     quiet_optuna,
@@ -163,7 +162,7 @@ def trials_table(trials: Sequence[FrozenTrial], space: SearchSpace, target: int,
 
 def _overrides(t: FrozenTrial, space: SearchSpace) -> dict[str, Any]:
     """The trial's config overrides: recorded at the trial's start, else rebuilt from its labels."""
-    recorded = t.user_attrs.get(OVERRIDES_ATTR)
+    recorded = t.user_attrs.get(names.OVERRIDES_ATTR)
     if isinstance(recorded, dict):
         return recorded
     out: dict[str, Any] = {}

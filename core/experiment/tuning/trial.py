@@ -22,7 +22,6 @@ from losslab.core.experiment.tuning.records import StudyRecords
 from losslab.core.experiment.tuning.space import SearchSpace, build_config, is_finite, sample
 from losslab.core.experiment.tuning.study import (
     FAIL_REASON_ATTR,
-    OVERRIDES_ATTR,
     RUN_ATTR,
     Heartbeat,
     StaleTrialHandler,
@@ -79,7 +78,7 @@ def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcom
     space, number = ctx.space, trial.number
     with Heartbeat(ctx.storage, trial._trial_id, ctx.space.heartbeat.interval):
         overrides, shown = sample(trial, space)
-        trial.set_user_attr(OVERRIDES_ATTR, overrides)
+        trial.set_user_attr(names.OVERRIDES_ATTR, overrides)
         run_id = ctx.records.start_trial(number, shown, retry_of)
         trial.set_user_attr(RUN_ATTR, run_id)
         described = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())

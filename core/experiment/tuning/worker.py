@@ -27,8 +27,6 @@ from losslab.core.experiment.tuning.records import StudyRecords
 from losslab.core.experiment.tuning.results import ReportHook, TuneResult, finish_study
 from losslab.core.experiment.tuning.space import base_dict, parse_search
 from losslab.core.experiment.tuning.study import (
-    SURPLUS_ATTR,
-    WORKER_ATTR,
     StaleTrialHandler,
     StudyError,
     default_storage,
@@ -46,6 +44,7 @@ from losslab.core.experiment.tuning.study import (
     waiting,
 )
 from losslab.core.experiment.tuning.trial import TuneContext, run_trial
+from losslab.core.names import SURPLUS_ATTR, WORKER_ATTR
 from losslab.core.paths import safe_join
 from losslab.core.plugin.registry import Catalog
 
