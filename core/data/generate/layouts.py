@@ -171,7 +171,7 @@ class SeedWriter:
     with ``links`` (default) the identical files of later samples are hard
     links to the first one (no new inode: much cheaper than a new file, and
     stored once). fg_bg JPEGs re-encode only the MCU rows of the fg's box
-    (:mod:`.jpeg`).
+    (:mod:`losslab.core.data.jpeg`).
     """
 
     def __init__(self, root: Path, image_format: str = "jpg", jpeg_quality: int = 95,

@@ -7,8 +7,11 @@ The pieces, each small and testable on its own:
 - ``records``: the MLflow side (one parent run per study, one nested run per trial)
 - ``trial``: one trial: sample, validate, train with per-epoch pruning, record
 - ``worker``: the loop one ``lab tune`` process runs until the study has its trials
+- ``options``: what one ``lab tune`` is asked to do (``TuneOptions``), defined once for the CLI and the worker
 - ``results``: the table of best trials, the best config as a ready-to-run experiment, plots
-- ``cli``: the command, turning every error into one clear message
+
+The command itself, turning every error into one clear message, is ``losslab.core.cli.tune_commands``; the CLI
+also hands the worker the report builder (``on_finished``), as the engine never imports ``losslab.reports``.
 
 Optuna and MLflow are imported inside functions only, so ``lab --help`` stays fast.
 """
