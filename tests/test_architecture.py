@@ -31,6 +31,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = ("hub", "plugin", "data", "data.generate", "train", "experiment", "cli")
@@ -218,11 +220,14 @@ def test_cycle_finder_finds_a_cycle():
     assert find_cycles([edge("a", "b"), edge("b", "c")]) == []
 
 
+def _report(problem: str, lines: list[str]) -> None:
+    if lines:
+        pytest.fail(problem + ":\n" + "\n".join(dict.fromkeys(lines)), pytrace=False)
+
+
 def test_engine_never_imports_plugins_or_reports():
     bad = engine_reaching_out(import_graph())
-    assert not bad, "the engine imports a built-in plugin or the reports (only core/cli/ may):\n" + "\n".join(
-        imp.where() for imp in bad
-    )
+    _report("the engine imports a built-in plugin or the reports (only core/cli/ may)", [i.where() for i in bad])
 
 
 def test_no_import_cycles():
@@ -233,14 +238,13 @@ def test_no_import_cycles():
         members = set(cycle)
         lines.append("cycle: " + ", ".join(cycle))
         lines.extend("  " + i.where() for i in imports if i.source in members and i.target in members)
-    assert not cycles, "import cycles (lazy imports included):\n" + "\n".join(lines)
+    _report("import cycles (lazy imports included)", lines)
 
 
 def test_no_stage_imports_a_later_stage():
     bad = backwards(import_graph())
-    assert not bad, f"an earlier stage imports a later one (order: {' < '.join(STAGES)}):\n" + "\n".join(
-        f"{imp.where()} ({stage(imp.source)} -> {stage(imp.target)})" for imp in bad
-    )
+    _report(f"an earlier stage imports a later one (order: {' < '.join(STAGES)})",
+            [f"{imp.where()} ({stage(imp.source)} -> {stage(imp.target)})" for imp in bad])
 
 
 def test_core_top_level_stays_small():
