@@ -196,7 +196,7 @@ class ShardWriter:
                     + depth[moved].astype("<u2").tobytes())
             out[i] = (rect, data, hashlib.blake2b(data, digest_size=16).digest())
             self._truths.put(keys[i], out[i])  # a sample without cache keys (None) is not remembered
-        return out  # type: ignore[return-value]
+        return out
 
     # -- one chunk -------------------------------------------------------------------------------------
 
