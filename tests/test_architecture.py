@@ -5,8 +5,8 @@ Rules (DESIGN.md, issue 13):
 - the engine (``core/`` outside ``core/cli/``) never imports ``plugins/`` or ``reports/``;
 - no import cycle between modules;
 - no stage imports a later stage. Stages, in data-flow order: hub (``core/__init__``, ``config``, ``device``,
-  ``names``) < plugin (``core/plugin/``) < data < data.generate < train < experiment < cli. The hub may import
-  the plugin stage (the config checks names against the registry), nothing later.
+  ``names``, ``paths``, ``progress``) < plugin (``core/plugin/``) < data < data.generate < train < experiment
+  < cli. The hub may import the plugin stage (the config checks names against the registry), nothing later.
 - ``core/`` keeps at most 8 modules at its top, no two module files of the same name, one class per name.
 
 How imports are read:
@@ -36,7 +36,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 STAGES = ("hub", "plugin", "data", "data.generate", "train", "experiment", "cli")
-HUB_MODULES = {"losslab.core", "losslab.core.config", "losslab.core.device", "losslab.core.names"}
+HUB_MODULES = {
+    "losslab.core", "losslab.core.config", "losslab.core.device", "losslab.core.names", "losslab.core.paths",
+    "losslab.core.progress",
+}
 FACADE = "losslab.core"
 
 

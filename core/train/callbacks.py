@@ -68,8 +68,11 @@ class EpochEnd:
     samples: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-class TrainLoop(Protocol):
-    """What a callback sees of the loop (``loop.TrainLoop``); a protocol, so this module does not import the loop."""
+class LoopView(Protocol):
+    """What a callback sees of the loop (``loop.TrainLoop``); a protocol, so this module does not import the loop.
+
+    Not named ``TrainLoop`` itself: one class per name across core/ (tests/test_architecture.py).
+    """
 
     parts: Parts
     run_dir: Path
@@ -85,19 +88,19 @@ class TrainLoop(Protocol):
 class Callback:
     """Does nothing at every point; subclasses implement the points they need."""
 
-    def before_fit(self, loop: TrainLoop) -> None:
+    def before_fit(self, loop: LoopView) -> None:
         pass
 
-    def after_step(self, loop: TrainLoop) -> None:
+    def after_step(self, loop: LoopView) -> None:
         pass
 
-    def after_epoch(self, loop: TrainLoop, end: EpochEnd) -> None:
+    def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         pass
 
-    def after_fit(self, loop: TrainLoop) -> None:
+    def after_fit(self, loop: LoopView) -> None:
         pass
 
-    def close(self, loop: TrainLoop) -> None:
+    def close(self, loop: LoopView) -> None:
         pass
 
 
@@ -115,22 +118,22 @@ class Checkpointer(Callback):
     def best_path(self) -> Path:
         return self.run_dir / "best.pt"
 
-    def before_fit(self, loop: TrainLoop) -> None:
+    def before_fit(self, loop: LoopView) -> None:
         if self.resume and self.last_path.exists():
             self.restore(loop, self.last_path)
 
-    def after_epoch(self, loop: TrainLoop, end: EpochEnd) -> None:
+    def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         if loop.parts.dist.is_main:
             if end.improved:
                 checkpoint.save(loop.checkpoint_state(), self.best_path)
             checkpoint.save(loop.checkpoint_state(), self.last_path)
         distributed.barrier()
 
-    def after_fit(self, loop: TrainLoop) -> None:
+    def after_fit(self, loop: LoopView) -> None:
         if loop.parts.dist.is_main and not self.best_path.exists():
             checkpoint.save(loop.checkpoint_state(), self.best_path)
 
-    def restore(self, loop: TrainLoop, path: Path) -> None:
+    def restore(self, loop: LoopView, path: Path) -> None:
         fix = ("delete it to train this run again from epoch 0 (`lab run ... --resume` then continues the "
                "other runs), or restore it from a backup")
         state = checkpoint.load(path, loop.parts.device, fix=fix)
@@ -147,7 +150,7 @@ class EvalArtifacts(Callback):
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
 
-    def after_epoch(self, loop: TrainLoop, end: EpochEnd) -> None:
+    def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         if not end.improved or not loop.parts.dist.is_main:
             return
         if end.rows:
@@ -181,7 +184,7 @@ class MetricLogger(Callback):
         except (OSError, ValueError):
             return 0
 
-    def _log(self, loop: TrainLoop, entries: list[dict[str, float]]) -> None:
+    def _log(self, loop: LoopView, entries: list[dict[str, float]]) -> None:
         if not loop.parts.dist.is_main or not entries:
             return
         for entry in entries:
@@ -190,10 +193,10 @@ class MetricLogger(Callback):
         tmp.write_text(str(len(loop.state.history)))
         os.replace(tmp, self.marker)
 
-    def before_fit(self, loop: TrainLoop) -> None:
+    def before_fit(self, loop: LoopView) -> None:
         self._log(loop, loop.state.history[self._logged():])  # what a kill after last.pt left unlogged
 
-    def after_epoch(self, loop: TrainLoop, end: EpochEnd) -> None:
+    def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         self._log(loop, [loop.state.history[-1]])
 
 
@@ -204,7 +207,7 @@ class Progress(Callback):
     def __init__(self) -> None:
         self.bar: Any = None
 
-    def before_fit(self, loop: TrainLoop) -> None:
+    def before_fit(self, loop: LoopView) -> None:
         from losslab.core.progress import progress_bar  # tqdm on a terminal, plain lines in a log
 
         p, per_epoch = loop.parts, len(loop.parts.train_loader)
@@ -212,15 +215,15 @@ class Progress(Callback):
                                 unit="step", desc=f"{p.cfg.variant} seed {p.seed}", leave=False,
                                 dynamic_ncols=True, disable=not p.cfg.train.progress or not p.dist.is_main)
 
-    def after_step(self, loop: TrainLoop) -> None:
+    def after_step(self, loop: LoopView) -> None:
         self.bar.update(1)
 
-    def after_epoch(self, loop: TrainLoop, end: EpochEnd) -> None:
+    def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         shown = (loop.parts.cfg.train.monitor, "val/loss")
         self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in end.metrics.items()
                               if k.startswith("val/") and k in shown})
 
-    def close(self, loop: TrainLoop) -> None:
+    def close(self, loop: LoopView) -> None:
         if self.bar is not None:
             self.bar.close()
 
@@ -231,7 +234,7 @@ class EpochHook(Callback):
     def __init__(self, fn: EpochCallback) -> None:
         self.fn = fn
 
-    def after_epoch(self, loop: TrainLoop, end: EpochEnd) -> None:
+    def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         self.fn(end.epoch, end.metrics)
 
 

@@ -28,7 +28,7 @@ from typing import Any
 from losslab.core.data.formats import DATASET_FILE, NAME_BASE
 from losslab.core.data.generate.layouts import Producer, SeedWriter
 from losslab.core.data.generate.plan import GenerationError, GenerationPlan, Prepared, prepare
-from losslab.core.data.generate.resume import Progress
+from losslab.core.data.generate.resume import GenerationProgress
 from losslab.core.data.generate.shards import ShardWriter, recipe_table
 from losslab.core.data.recipes import Recipe
 from losslab.core.data.sources import SourceProblem
@@ -78,7 +78,7 @@ class ChunkJob:
             )
         else:
             self.writer = ShardWriter(root)
-        self.progress = Progress(root)
+        self.progress = GenerationProgress(root)
 
     def run(self, chunk: int, recipes: Sequence[Recipe], whole_bg: bool = False) -> tuple[int, int, str | None]:
         """(chunk, samples written, error message or None); an error costs this chunk only."""
@@ -184,7 +184,7 @@ def generate(
     if workers < 1:
         raise GenerationError(f"--workers must be at least 1, got {workers}")
     prepared = prepare(plan, load_catalog())
-    store = Progress(out)
+    store = GenerationProgress(out)
     done = store.start(prepared.resolved, resume)
     removed = store.clean() if resume else 0
     if removed:

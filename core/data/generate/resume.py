@@ -10,7 +10,7 @@ whose ``fgbg_K``, ``mask_fgbg_K`` and ``depth_fgbg_K`` folders are then
 renamed into place, each in one step (far fewer file-system operations than
 a rename per file, with the same guarantee). A run killed at any instant
 (Ctrl-C, ``kill -9``) therefore leaves no truncated file under a final name;
-:meth:`Progress.clean` removes its hidden ``.*.part`` temp files and staging
+:meth:`GenerationProgress.clean` removes its hidden ``.*.part`` temp files and staging
 folder, and ``--resume`` redoes the chunks without a record. When every
 chunk is done, the records are concatenated into ``manifest.jsonl``, then
 ``dataset.json`` is written (its presence means the dataset is complete) and
@@ -51,7 +51,7 @@ def _differences(old: Any, new: Any, path: str = "") -> list[str]:
     return [] if old == new else [f"{path or '<plan>'}: was {old!r}, now {new!r}"]
 
 
-class Progress:
+class GenerationProgress:
     """The ``.progress`` folder of an output directory."""
 
     def __init__(self, root: Path) -> None:
