@@ -366,10 +366,11 @@ def test_a_loss_nan_only_in_validation_fails_the_run_naming_term_and_plugin(tmp_
     exp = write_experiment(tmp_path / "n.yaml", train={"epochs": 1},
                            loss={"mask": [{"name": "bce"}], "depth": [{"name": "evalnan"}]})
     configs = load_experiment(exp, None, catalog)
-    result = run_experiment(configs=configs, tracking_uri=tracking_uri, runs_dir=tmp_path / "runs", report=False,
+    result = run_experiment(configs=configs, tracking_uri=tracking_uri, runs_dir=tmp_path / "runs",
                             catalog=catalog, echo=lambda m: None)
     (child,) = result.children
-    assert child.status == "failed" and result.winner is None and result.table == "no run finished"
+    assert child.status == "failed" and result.winner is None and result.table.startswith("no run finished\n")
+    assert f"base     0     failed  {child.run_id}" in result.table  # the failed run's id, to look it up
     assert "validation loss term depth/evalnan from plugin 'nanplug' (nan-dist 9) is nan at epoch 1" in child.error
     run = _client(tracking_uri).get_run(child.run_id)
     assert run.info.status == "FAILED" and run.data.tags["losslab.status"] == "failed"

@@ -170,12 +170,13 @@ def test_names_outside_the_safe_set_are_refused(tmp_path: Path, name: str) -> No
 
 
 def test_study_name_is_checked_and_the_tune_folder_stays_under_the_runs_root(tmp_path: Path) -> None:
+    from losslab.core.experiment.tuning.options import TuneOptions
     from losslab.core.experiment.tuning.study import StudyError
     from losslab.core.experiment.tuning.worker import run_tune
 
     exp = write_experiment(tmp_path / "e.yaml", search={"params": {"train.lr": {"low": 0.001, "high": 0.1}}})
     with pytest.raises(StudyError, match=r"study name '\.\./\.\./x': use letters, digits"):
-        run_tune(exp, trials=1, study_name="../../x", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+        run_tune(exp, TuneOptions(trials=1, study="../../x", tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}"))
     assert not (tmp_path / "mlflow.db").exists()
 
 
@@ -420,7 +421,7 @@ def test_failure_after_runs_exist_ends_them_failed_with_the_reason(tmp_path: Pat
     monkeypatch.setattr(trainer.Trainer, "fit", fit)
     with pytest.raises(DiskVanished):
         run_experiment(write_experiment(tmp_path / "e.yaml", name="vanished"), tracking_uri=store,
-                       runs_dir=tmp_path / "r", report=False, echo=lambda _m: None)
+                       runs_dir=tmp_path / "r", echo=lambda _m: None)
     runs = _runs(store, "vanished")
     assert len(runs) == 2 and {r.info.status for r in runs} == {"FAILED"}
     for run in runs:
