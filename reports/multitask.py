@@ -24,6 +24,7 @@ import io
 import math
 from dataclasses import dataclass, field
 
+from losslab.core.names import BEST_PREFIX, VAL_PREFIX
 from losslab.reports.collect import ChildRun, Study
 from losslab.reports.render import Block, Heading, Image, Paragraph, Table
 
@@ -107,8 +108,8 @@ def analyze(study: Study) -> MultiTask | None:
     def common(task: str) -> list[str]:
         keys = None
         for c in children:
-            have = {k[len("best/"):] if k.startswith("best/") else k for k in c.final}
-            mine = {k for k in have if k.startswith(f"val/{task}_") and c.value(k) is not None}
+            have = {k.removeprefix(BEST_PREFIX) for k in c.final}
+            mine = {k for k in have if k.startswith(f"{VAL_PREFIX}{task}_") and c.value(k) is not None}
             keys = mine if keys is None else keys & mine
         return sorted(keys or [])
 
