@@ -55,6 +55,12 @@ TORCH_TAG = "losslab.torch"
 CUDA_TAG = "losslab.cuda"
 GIT_COMMIT_TAG = "losslab.git_commit"
 VERSION_TAGS = (VERSION_TAG, TORCH_TAG, CUDA_TAG, GIT_COMMIT_TAG)
+#: Set at the end of ``lab run`` from the report's analysis: its verdict in words, and the variant significantly
+#: ahead of every other (else ``tied``, ``exploratory`` or ``none``).
+VERDICT_TAG = "losslab.verdict"
+WINNER_TAG = "losslab.winner"
+#: ``lab run --until-decisive``: the sequential plan as JSON.
+SEQUENTIAL_TAG = "losslab.sequential"
 #: MLflow's own tag linking a nested run to its parent.
 PARENT_ID_TAG = "mlflow.parentRunId"
 

@@ -18,6 +18,15 @@ from typing import Any
 import numpy as np
 
 from losslab.core.experiment.sequential import SEQUENTIAL_TAG, SequentialPlan
+from losslab.core.names import (
+    BEST_PREFIX,
+    DIRECTIONS_TAG,
+    LEGACY_DIRECTION_TAG,
+    SAMPLES_PER_S,
+    TIME_PREFIX,
+    TOTAL_TIME,
+    VAL_PREFIX,
+)
 from losslab.reports.collect import ChildRun, Study, Trial
 from losslab.reports.stats import (
     ALPHA,
@@ -55,7 +64,7 @@ _ACRONYMS = {
 def metric_task(key: str) -> str | None:
     """``mask`` for ``val/mask_iou``, ``depth`` for ``val/depth_rmse``, else None."""
     for task in TASKS:
-        if key.startswith(f"val/{task}_"):
+        if key.startswith(f"{VAL_PREFIX}{task}_"):
             return task
     return None
 
@@ -63,7 +72,7 @@ def metric_task(key: str) -> str | None:
 def metric_name(key: str) -> str:
     """The registry name of a metric key: ``val/mask_iou`` -> ``iou``."""
     task = metric_task(key)
-    return key[len(f"val/{task}_"):] if task else key.rsplit("/", 1)[-1]
+    return key[len(f"{VAL_PREFIX}{task}_"):] if task else key.rsplit("/", 1)[-1]
 
 
 def metric_label(key: str) -> str:
@@ -97,7 +106,7 @@ def higher_is_better(key: str) -> bool:
                 if isinstance(flag, bool):
                     return flag
     lowered = key.lower()
-    if lowered.startswith("time/"):
+    if lowered.startswith(TIME_PREFIX):
         return False
     return not any(hint in lowered for hint in LOWER_IS_BETTER_HINTS)
 
@@ -323,7 +332,7 @@ def analyze_metric(study: Study, key: str, n_boot: int = N_BOOT) -> MetricResult
         logged = {c.seed: c.value(key) for c in children}
         per_seed[variant] = {s: v for s, v in sorted(logged.items()) if v is not None}
     variants = [v for v in by_variant if per_seed.get(v)]
-    column = key[len("val/"):] if key.startswith("val/") else key
+    column = key.removeprefix(VAL_PREFIX)
 
     summaries: dict[str, Summary] = {}
     iqm: dict[str, float] = {}
@@ -490,7 +499,7 @@ def metric_keys(study: Study) -> list[str]:
     keys: set[str] = set()
     for child in study.ok_children:
         for k in child.final:
-            base = k[len("best/"):] if k.startswith("best/") else k
+            base = k.removeprefix(BEST_PREFIX)
             if metric_task(base):
                 keys.add(base)
     return sorted(keys, key=lambda k: (TASKS.index(metric_task(k) or "mask"), k))
@@ -529,20 +538,20 @@ def perf_rows(study: Study) -> list[PerfRow]:
         children = [c for c in study.ok_children if c.variant == variant]
         if not children:
             continue
-        total = [c.final["time/total_s"] for c in children if "time/total_s" in c.final]
+        total = [c.final[TOTAL_TIME] for c in children if TOTAL_TIME in c.final]
         speed = []
         for c in children:
-            history = c.histories.get("perf/samples_per_s")
+            history = c.histories.get(SAMPLES_PER_S)
             if history:
                 speed.append(float(np.mean([v for _, v in history])))
-            elif "perf/samples_per_s" in c.final:
-                speed.append(c.final["perf/samples_per_s"])
+            elif SAMPLES_PER_S in c.final:
+                speed.append(c.final[SAMPLES_PER_S])
         rows.append(PerfRow(variant, summarize(total), summarize(speed), total, speed))
     return rows
 
 
 def _directions(study: Study, n: int) -> tuple[list[str], str]:
-    raw = study.tags.get("losslab.directions") or study.tags.get("losslab.direction")
+    raw = study.tags.get(DIRECTIONS_TAG) or study.tags.get(LEGACY_DIRECTION_TAG)
     found: list[str] = []
     if raw:
         try:

@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from losslab.core import names
 from losslab.reports.collect import ReportError
 
 FORMATS = ("html", "md")
 REPORT_STEM = "report"
 REPORT_ARTIFACT_DIR = "report"
 #: Parent-run tags and metric prefix of the study's conclusion (docs/tracking.md).
-VERDICT_TAG = "losslab.verdict"
-WINNER_TAG = "losslab.winner"
+VERDICT_TAG = names.VERDICT_TAG
+WINNER_TAG = names.WINNER_TAG
 MEAN_PREFIX = "mean"
 _TAG_LIMIT = 5000
 

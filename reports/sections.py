@@ -9,9 +9,10 @@ from __future__ import annotations
 import datetime as _dt
 import math
 
+from losslab.core.names import TAG_PREFIX, VAL_PREFIX, VERSION_TAGS
 from losslab.reports import multitask, plots, words
 from losslab.reports.analysis import EXPLORATORY, NOT_TESTED, Analysis, MetricResult, TuneResult
-from losslab.reports.collect import VERSION_TAGS, Study
+from losslab.reports.collect import Study
 from losslab.reports.floors import floor_blocks
 from losslab.reports.render import Code, Details, Document, EmbeddedHtml, Heading, Image, Paragraph, Table
 from losslab.reports.stats import MIN_SEEDS_FOR_CLAIM, Summary, format_p, format_value
@@ -219,7 +220,7 @@ def build_document(study: Study, analysis: Analysis) -> Document:
         doc.add(Heading("Wall time and throughput"), table)
 
     lead = analysis.verdict_metric
-    column = lead.key.removeprefix("val/") if lead else None
+    column = lead.key.removeprefix(VAL_PREFIX) if lead else None
     grids = plots.sample_grids(study, best=lead.best if lead else None, score_column=column,
                                higher_is_better=lead.higher_is_better if lead else True)
     if grids:
@@ -255,7 +256,7 @@ def build_document(study: Study, analysis: Analysis) -> Document:
     ))
     doc.add(Table(
         ["", "value"],
-        [[tag.removeprefix("losslab."), study.tags.get(tag, "not recorded")] for tag in VERSION_TAGS],
+        [[tag.removeprefix(TAG_PREFIX), study.tags.get(tag, "not recorded")] for tag in VERSION_TAGS],
         caption="Versions",
     ))
     first = _first_config(study.config_text)

@@ -103,7 +103,7 @@ def test_lab_run_counts_epochs_from_one_and_prints_the_split(tmp_path, tracking_
 
     said: list[str] = []
     exp = write_experiment(tmp_path / "tiny.yaml", train={"epochs": 2})
-    result = run_experiment(exp, [], tracking_uri=tracking_uri, runs_dir=tmp_path / "runs", report=False,
+    result = run_experiment(exp, [], tracking_uri=tracking_uri, runs_dir=tmp_path / "runs",
                             echo=said.append)
     done = next(m for m in said if " done in " in m)
     best = re.search(r"best epoch (\d+) of 2", done)

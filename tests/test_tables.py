@@ -67,7 +67,7 @@ def test_a_loss_monitor_still_ranks_but_is_not_shown():
     table, winner = summary_table(_children(), "val/loss", "min")
     assert winner == "dice"  # mean val/loss 0.4 < 3.25
     assert "loss" not in table.splitlines()[0]
-    assert "best by val/loss (min), a loss: not shown" in table
+    assert "first by the mean of val/loss (min), a loss: not shown" in table
 
 
 def test_no_finished_run_still_lists_the_runs():

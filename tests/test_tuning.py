@@ -460,7 +460,7 @@ def test_never_pruned_at_its_last_epoch_and_a_pruned_trial_keeps_its_checkpoint(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     said: list[str] = []
     two = _write(tmp_path / "two.yaml", SEARCH, name="two", train={"epochs": 2})
-    result = run_tune(two, trials=2, tracking_uri=uri, report=False, catalog=catalog, echo=said.append)
+    result = run_tune(two, TuneOptions(trials=2, tracking_uri=uri), catalog=catalog, echo=said.append)
     assert (result.pruned, result.complete) == (2, 0)
     assert sum("pruned after epoch 1 of 2 (val/mask_iou = " in m for m in said) == 2
     client, _, trial_runs = _runs(uri, "two")
@@ -469,7 +469,7 @@ def test_never_pruned_at_its_last_epoch_and_a_pruned_trial_keeps_its_checkpoint(
         assert "checkpoints/best.pt" in {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
 
     one = _write(tmp_path / "one.yaml", SEARCH, name="one", train={"epochs": 1})
-    result = run_tune(one, trials=2, tracking_uri=uri, report=False, catalog=catalog, echo=lambda m: None)
+    result = run_tune(one, TuneOptions(trials=2, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
     assert (result.pruned, result.complete) == (0, 2)
     head = result.best_path.read_text().split("\nname:")[0]
     assert "Each trial trained one seed (0)" in head and "seeds [0], fewer than 3" in head

@@ -48,7 +48,7 @@ def choose_child(client: Any, run_id: str, variant: str | None = None, seed: int
     if not children:
         if variant is not None or seed is not None:
             tags = run.data.tags
-            found = (tags.get("losslab.variant"), tags.get("losslab.seed"))
+            found = (tags.get(names.VARIANT_TAG), tags.get(names.SEED_TAG))
             if (variant is not None and found[0] != variant) or (seed is not None and found[1] != str(seed)):
                 raise PredictError(f"run {run_id} is the child of variant {found[0]!r}, seed {found[1]}; "
                                    "--variant/--seed choose among a parent run's children: pass the parent's id")
@@ -56,11 +56,11 @@ def choose_child(client: Any, run_id: str, variant: str | None = None, seed: int
     finished = [c for c in children if c.info.status == "FINISHED"]
     params = (finished or children)[0].data.params
     monitor, mode = params.get("train.monitor", "val/mask_iou"), params.get("train.monitor_mode", "max")
-    key, sign = f"best/{monitor}", (1 if mode == "max" else -1)
+    key, sign = f"{names.BEST_PREFIX}{monitor}", (1 if mode == "max" else -1)
     scored = [c for c in finished if key in c.data.metrics]
-    variants = sorted({c.data.tags.get("losslab.variant", "") for c in children})
+    variants = sorted({c.data.tags.get(names.VARIANT_TAG, "") for c in children})
     if variant is not None:
-        scored = [c for c in scored if c.data.tags.get("losslab.variant") == variant]
+        scored = [c for c in scored if c.data.tags.get(names.VARIANT_TAG) == variant]
         if not scored:
             raise PredictError(f"run {run_id} has no finished child of variant {variant!r}; its variants: "
                                f"{', '.join(variants)}")
@@ -71,23 +71,23 @@ def choose_child(client: Any, run_id: str, variant: str | None = None, seed: int
         winner = _summary_winner(client, run_id)
         by_variant: dict[str, list[float]] = {}
         for c in scored:
-            by_variant.setdefault(c.data.tags.get("losslab.variant", ""), []).append(c.data.metrics[key])
+            by_variant.setdefault(c.data.tags.get(names.VARIANT_TAG, ""), []).append(c.data.metrics[key])
         if winner not in by_variant:
             winner = max(by_variant, key=lambda v: sign * _mean(by_variant[v]))
             reason = f"best mean {monitor} over seeds"
         else:
             reason = "the run's winner"
-        scored = [c for c in scored if c.data.tags.get("losslab.variant", "") == winner]
+        scored = [c for c in scored if c.data.tags.get(names.VARIANT_TAG, "") == winner]
     if seed is not None:
-        seeds = sorted({c.data.tags.get("losslab.seed", "") for c in scored}, key=lambda x: int(x or -1))
-        scored = [c for c in scored if c.data.tags.get("losslab.seed") == str(seed)]
+        seeds = sorted({c.data.tags.get(names.SEED_TAG, "") for c in scored}, key=lambda x: int(x or -1))
+        scored = [c for c in scored if c.data.tags.get(names.SEED_TAG) == str(seed)]
         if not scored:
             raise PredictError(f"run {run_id} has no finished child with seed {seed}"
                                + (f" in variant {variant!r}" if variant else "") + f"; seeds: {', '.join(seeds)}")
     best = max(scored, key=lambda c: sign * c.data.metrics[key])
     tags = best.data.tags
-    note = (f"run {best.info.run_id}: variant {tags.get('losslab.variant')!r} ({reason}), seed "
-            f"{tags.get('losslab.seed')} ({'best ' + monitor + ' of its seeds' if seed is None else 'chosen'}: "
+    note = (f"run {best.info.run_id}: variant {tags.get(names.VARIANT_TAG)!r} ({reason}), seed "
+            f"{tags.get(names.SEED_TAG)} ({'best ' + monitor + ' of its seeds' if seed is None else 'chosen'}: "
             f"{best.data.metrics[key]:.4f})")
     return best.info.run_id, note
 
@@ -98,7 +98,7 @@ def _summary_winner(client: Any, parent_id: str) -> str | None:
 
     try:
         with tempfile.TemporaryDirectory(prefix="lab-predict-") as tmp:
-            path = client.download_artifacts(parent_id, "summary.json", tmp)
+            path = client.download_artifacts(parent_id, names.SUMMARY_FILE, tmp)
             return json.loads(Path(path).read_text()).get("winner")
     except Exception:  # no summary (an interrupted run): fall back to the metric
         return None

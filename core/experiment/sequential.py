@@ -32,8 +32,10 @@ from dataclasses import asdict, dataclass
 from itertools import pairwise
 from statistics import NormalDist
 
+from losslab.core import names
+
 #: Parent-run tag holding the plan as JSON (see docs/tracking.md).
-SEQUENTIAL_TAG = "losslab.sequential"
+SEQUENTIAL_TAG = names.SEQUENTIAL_TAG
 PROCEDURE = "group-sequential, O'Brien-Fleming-type alpha spending (Lan-DeMets), Bonferroni over looks"
 MAX_LOOKS = 4
 

@@ -23,6 +23,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from losslab.core.names import BEST_PREFIX, SEED_TAG, VAL_PREFIX, VARIANT_TAG
+
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 TRAINING_KIND = "custom_model_development"
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
@@ -45,8 +47,9 @@ class RunsView:
 def headline_metrics(children: list[Any], monitor: str) -> list[str]:
     """The children's comparable metrics (best value of each task metric), the monitored one first."""
     keys = {k for c in children for k in c.data.metrics
-            if k.startswith(("best/val/mask_", "best/val/depth_")) or k == f"best/{monitor}"}
-    return sorted(keys, key=lambda k: (k != f"best/{monitor}", k))
+            if k.startswith((f"{BEST_PREFIX}{VAL_PREFIX}mask_", f"{BEST_PREFIX}{VAL_PREFIX}depth_"))
+            or k == f"{BEST_PREFIX}{monitor}"}
+    return sorted(keys, key=lambda k: (k != f"{BEST_PREFIX}{monitor}", k))
 
 
 def _column(kind: str, key: str) -> str:
@@ -75,11 +78,11 @@ def prepare_view(client: Any, experiment: str | None = None) -> RunsView | None:
         monitor = params.get("train.monitor", "val/mask_iou")
         mode = params.get("train.monitor_mode", "max")
         metrics = headline_metrics(children, monitor)
-        columns = [_column("tags", "losslab.variant"), _column("tags", "losslab.seed"),
+        columns = [_column("tags", VARIANT_TAG), _column("tags", SEED_TAG),
                    *(_column("metrics", m) for m in metrics)]
         view = {
             "searchFilter": f"tags.`mlflow.parentRunId` = '{parent_id}'",
-            "orderByKey": _column("metrics", f"best/{monitor}") if f"best/{monitor}" in metrics
+            "orderByKey": _column("metrics", f"{BEST_PREFIX}{monitor}") if f"{BEST_PREFIX}{monitor}" in metrics
             else "attributes.start_time",
             "orderByAsc": mode == "min",
             "selectedColumns": columns,

@@ -100,7 +100,7 @@ class SearchSpec(StrictModel):
 
 
 @dataclass
-class Param:
+class SearchParam:
     """One searched key, resolved: bounds for numbers, label -> value for choices."""
 
     key: str
@@ -136,7 +136,7 @@ class SearchObjective:
 class SearchSpace:
     """The validated ``search:`` block."""
 
-    params: list[Param]
+    params: list[SearchParam]
     objectives: list[SearchObjective]
     sampler: SamplerSpec
     pruner: PrunerSpec
@@ -226,8 +226,8 @@ def _choices(key: str, spec: ParamSpec) -> tuple[list[Any], dict[Any, Any], list
     return labels, dict(zip(labels, choices, strict=True)), []
 
 
-def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[str, Param]) -> tuple[
-        Param | None, list[str]]:
+def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[str, SearchParam]) -> tuple[
+        SearchParam | None, list[str]]:
     path = _param_path(key)
     root = key.split(".")[0]
     if not key or any(not part for part in key.split(".")):
@@ -247,7 +247,7 @@ def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[
         else:
             return None, [f"{path}: give low and high (a number range) or choices (a list); found neither"]
     problems: list[str] = []
-    param = Param(key=key, kind=kind)
+    param = SearchParam(key=key, kind=kind)
     if kind == "categorical":
         if spec.low is not None or spec.high is not None or spec.step is not None or spec.log:
             problems.append(f"{path}: a categorical parameter takes choices only, not low/high/step/log")
@@ -370,7 +370,7 @@ def parse_search(raw: Any, base: ExperimentConfig, catalog: Catalog | None = Non
         lines = format_validation_error(exc, data, SearchSpec, root="search")
         raise ConfigError("invalid search block:\n  - " + "\n  - ".join(lines)) from None
     base_dict = base.to_dict()
-    params: dict[str, Param] = {}
+    params: dict[str, SearchParam] = {}
     for key, param_spec in spec.params.items():
         param, found = _build_param(key, param_spec, base_dict, params)
         problems += found
@@ -455,7 +455,7 @@ def sample(trial: Trial, space: SearchSpace) -> tuple[dict[str, Any], dict[str, 
     return overrides, shown
 
 
-def _probe_values(p: Param) -> list[Any]:
+def _probe_values(p: SearchParam) -> list[Any]:
     if p.kind == "categorical":
         return [p.values[label] for label in p.labels]
     if p.kind == "int":

@@ -129,7 +129,7 @@ def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcom
             outcome.values = [reported[-1]] if reported else None
             best = dict(trainer.best_metrics) if trainer is not None else {}
             if trainer is not None:  # its best checkpoint so far: `lab predict --run` works on a pruned trial
-                _log_artifacts(ctx, run_id, run_dir, run_dir / "best.pt")
+                _log_artifacts(ctx, run_id, run_dir, run_dir / names.BEST_CHECKPOINT)
         except KeyboardInterrupt:
             _interrupted(ctx, trial, run_id)
             raise
