@@ -59,6 +59,12 @@ VERSION_TAGS = (VERSION_TAG, TORCH_TAG, CUDA_TAG, GIT_COMMIT_TAG)
 #: ahead of every other (else ``tied``, ``exploratory`` or ``none``).
 VERDICT_TAG = "losslab.verdict"
 WINNER_TAG = "losslab.winner"
+#: Per task on the parent: ``losslab.winner.mask`` = the variant first above that task's floors.
+WINNER_TAG_PREFIX = "losslab.winner."
+#: JSON: the variants below a floor, with the tasks.
+BELOW_FLOOR_TAG = "losslab.below_floor"
+#: The backgrounds held out for validation (the floors are scored on the same images).
+VAL_BGS_TAG = "losslab.val_bgs"
 #: ``lab run --until-decisive``: the sequential plan as JSON.
 SEQUENTIAL_TAG = "losslab.sequential"
 #: MLflow's own tag linking a nested run to its parent.

@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
+from losslab.core.names import VAL_PREFIX
 from losslab.reports.collect import Study
 from losslab.reports.render import Block, Heading, Paragraph, Table
 
@@ -46,7 +47,7 @@ def floor_blocks(study: Study) -> list[Block]:
         table_rows.append([f"[floor] {row.get('name')}", *(_cell(scores.get(k)) for k in keys),
                            f"{row.get('task')} floor"])
     blocks.append(Table(
-        ["", *(k.removeprefix("val/") for k in keys), ""], table_rows,
+        ["", *(k.removeprefix(VAL_PREFIX) for k in keys), ""], table_rows,
         caption=(f"Variants (mean over seeds) beside the floors: baselines fitted on the training split "
                  f"({floors.get('n_train')} samples, no gradient training), scored on the same "
                  f"{floors.get('n_val')} held-out samples (bgs {floors.get('val_bgs')}) by the same metrics. "

@@ -26,15 +26,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from losslab.core import names
 from losslab.core.config import ExperimentConfig
 from losslab.core.plugin.registry import Catalog
 
-#: MLflow names (to move into core/names.py with the others).
+#: MLflow names (core/names.py).
 FLOOR_METRIC_PREFIX = "floor"
-VAL_BGS_TAG = "losslab.val_bgs"
-BELOW_FLOOR_TAG = "losslab.below_floor"
-WINNER_TAG_PREFIX = "losslab.winner."
-FLOORS_FILE = "floors.json"
+VAL_BGS_TAG = names.VAL_BGS_TAG
+BELOW_FLOOR_TAG = names.BELOW_FLOOR_TAG
+WINNER_TAG_PREFIX = names.WINNER_TAG_PREFIX
+FLOORS_FILE = "floors.json"  # not logged yet
 
 #: Each task's headline metrics, the first of which ranks the task's variants.
 HEADLINES: dict[str, tuple[str, ...]] = {"mask": ("iou",), "depth": ("delta1", "absrel")}
@@ -144,7 +145,7 @@ def measure_floors(cfg: ExperimentConfig, catalog: Catalog, echo: Echo | None = 
                   device=torch.device("cpu"), shuffle=False)
     metrics = {task: {n: catalog.create("metric", n) for n in _metric_names(cfg, catalog, task)}
                for task in ("mask", "depth")}
-    higher = {f"val/{task}_{n}": bool(getattr(m, "higher_is_better", True))
+    higher = {f"{names.VAL_PREFIX}{task}_{n}": bool(getattr(m, "higher_is_better", True))
               for task, ms in metrics.items() for n, m in ms.items()}
     built = []
     for name, params in chosen_baselines(cfg, catalog):
@@ -176,7 +177,7 @@ def measure_floors(cfg: ExperimentConfig, catalog: Catalog, echo: Echo | None = 
     val_bgs = sorted({int(b) for b in np.asarray(samples.bg_ids())[val_idx]})
     result = Floors(floors, val_bgs, len(train_idx), len(val_idx), time.perf_counter() - started, higher)
     if echo is not None and floors:
-        shown = "; ".join(f"{f.name} " + ", ".join(f"{k.removeprefix('val/')}={v:.4f}" for k, v in f.scores.items())
+        shown = "; ".join(f"{f.name} " + ", ".join(f"{k.removeprefix(names.VAL_PREFIX)}={v:.4f}" for k, v in f.scores.items())
                           for f in floors)
         echo(f"losslab: floors (fitted on {len(train_idx)} training samples, scored on {len(val_idx)} held-out "
              f"samples of bgs {val_bgs}, {result.seconds:.1f}s): {shown}")
@@ -205,7 +206,7 @@ def _fit_and_score(name: str, task: str, baseline: Any, component: Any, train: _
                              f"{tuple(truth.shape)}, one (B, 1, H, W) map per held-out image")
         for n, metric in metrics.items():
             per_image[n].append(metric(pred.float(), truth).double().numpy())
-    scores = {f"val/{task}_{n}": float(np.nanmean(np.concatenate(v))) for n, v in per_image.items() if v}
+    scores = {f"{names.VAL_PREFIX}{task}_{n}": float(np.nanmean(np.concatenate(v))) for n, v in per_image.items() if v}
     fitted = {k: float(v) for k in ("threshold", "level", "value") if isinstance(v := getattr(baseline, k, None),
                                                                                  int | float)}
     return Floor(name, task, scores, fitted)
@@ -277,7 +278,7 @@ def judge(per_seed: dict[str, dict[str, list[float]]], floors: Floors, trained: 
     below: dict[str, list[str]] = {v: [] for v in per_seed}
     verdicts: dict[str, TaskVerdict] = {}
     for task in trained:
-        keys = [f"val/{task}_{n}" for n in HEADLINES[task]]
+        keys = [f"{names.VAL_PREFIX}{task}_{n}" for n in HEADLINES[task]]
         bests = {k: floors.best(k) for k in keys}
         if not any(bests.values()):
             continue  # no floor of this task was scored: nothing to judge against
@@ -320,7 +321,7 @@ def _none_sentence(task: str, per_seed: dict[str, dict[str, list[float]]], means
         values = per_seed[best].get(key, [])
         if floor is None:
             continue
-        metric = key.removeprefix(f"val/{task}_")
+        metric = key.removeprefix(f"{names.VAL_PREFIX}{task}_")
         if not values:
             return f"no claim on {noun}: {best} was not scored on {metric}; add it to metrics.{task}"
         higher = floors.higher_is_better.get(key, True)
@@ -348,7 +349,7 @@ def per_seed_values(children: Sequence[Any]) -> dict[str, dict[str, list[float]]
         if child.status != "finished":
             continue
         for key, value in child.metrics.items():
-            values.setdefault(key.removeprefix("best/"), []).append(float(value))
+            values.setdefault(key.removeprefix(names.BEST_PREFIX), []).append(float(value))
     return out
 
 
