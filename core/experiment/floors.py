@@ -177,7 +177,8 @@ def measure_floors(cfg: ExperimentConfig, catalog: Catalog, echo: Echo | None = 
     val_bgs = sorted({int(b) for b in np.asarray(samples.bg_ids())[val_idx]})
     result = Floors(floors, val_bgs, len(train_idx), len(val_idx), time.perf_counter() - started, higher)
     if echo is not None and floors:
-        shown = "; ".join(f"{f.name} " + ", ".join(f"{k.removeprefix(names.VAL_PREFIX)}={v:.4f}" for k, v in f.scores.items())
+        shown = "; ".join(f"{f.name} " + ", ".join(f"{k.removeprefix(names.VAL_PREFIX)}={v:.4f}"
+                                                   for k, v in f.scores.items())
                           for f in floors)
         echo(f"losslab: floors (fitted on {len(train_idx)} training samples, scored on {len(val_idx)} held-out "
              f"samples of bgs {val_bgs}, {result.seconds:.1f}s): {shown}")
