@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from losslab.core import names
 from losslab.core.train import checkpoint, distributed
 from losslab.core.train.builder import Parts
 from losslab.core.train.errors import CheckpointError
@@ -112,11 +113,11 @@ class Checkpointer(Callback):
 
     @property
     def last_path(self) -> Path:
-        return self.run_dir / "last.pt"
+        return self.run_dir / names.LAST_CHECKPOINT
 
     @property
     def best_path(self) -> Path:
-        return self.run_dir / "best.pt"
+        return self.run_dir / names.BEST_CHECKPOINT
 
     def before_fit(self, loop: LoopView) -> None:
         if self.resume and self.last_path.exists():
@@ -159,16 +160,16 @@ class EvalArtifacts(Callback):
                 writer = csv.DictWriter(handle, fieldnames=list(end.rows[0]))
                 writer.writeheader()
                 writer.writerows(end.rows)
-            os.replace(tmp, self.run_dir / "val_per_image.csv")
+            os.replace(tmp, self.run_dir / names.PER_IMAGE_FILE)
         if end.samples:
             tmp = self.run_dir / "val_samples.tmp.npz"
             np.savez_compressed(tmp, **end.samples)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays
-            os.replace(tmp, self.run_dir / "val_samples.npz")
+            os.replace(tmp, self.run_dir / names.SAMPLES_FILE)
 
 
 def read_per_image(run_dir: Path) -> list[dict[str, Any]]:
     """The rows :class:`EvalArtifacts` wrote (a resumed run whose best epoch came before the kill)."""
-    path = Path(run_dir) / "val_per_image.csv"
+    path = Path(run_dir) / names.PER_IMAGE_FILE
     return list(csv.DictReader(io.StringIO(path.read_text()))) if path.exists() else []
 
 
@@ -219,9 +220,9 @@ class Progress(Callback):
         self.bar.update(1)
 
     def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
-        shown = (loop.parts.cfg.train.monitor, "val/loss")
+        shown = (loop.parts.cfg.train.monitor, names.VAL_LOSS)
         self.bar.set_postfix({k.split("/")[-1]: f"{v:.3f}" for k, v in end.metrics.items()
-                              if k.startswith("val/") and k in shown})
+                              if k.startswith(names.VAL_PREFIX) and k in shown})
 
     def close(self, loop: LoopView) -> None:
         if self.bar is not None:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from losslab.core import names
 from losslab.core.train import distributed
 from losslab.core.train.builder import Parts
 from losslab.core.train.errors import TrainingError
@@ -53,10 +54,10 @@ def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[s
     count = int(totals.pop("#count"))
     if parts.dist.enabled:
         rows = sorted((r for part in distributed.gather_objects(rows) for r in part), key=lambda r: r["index"])
-    result = {f"val/{k}": v / max(count, 1) for k, v in totals.items()}
+    result = {f"{names.VAL_PREFIX}{k}": v / max(count, 1) for k, v in totals.items()}
     for name in parts.metrics:
         column = np.array([r[name] for r in rows], dtype=np.float64)
-        result[f"val/{name}"] = float(np.nanmean(column)) if (~np.isnan(column)).any() else float("nan")
+        result[f"{names.VAL_PREFIX}{name}"] = float(np.nanmean(column)) if (~np.isnan(column)).any() else float("nan")
     return result, rows, kept_images(parts, rows, keep)
 
 
@@ -72,7 +73,7 @@ def choose_kept(rows: list[dict[str, Any]], keep: int, monitor: str, mode: str,
     """
     if keep <= 0 or not rows:
         return [], []
-    key = monitor.removeprefix("val/")
+    key = monitor.removeprefix(names.VAL_PREFIX)
     higher = mode == "max"
     if key not in rows[0]:  # e.g. val/loss: rank by the first mask metric, in that metric's own direction
         key = next((k for k in rows[0] if k.startswith("mask_")), "")
@@ -152,18 +153,18 @@ def check_finite(parts: Parts, result: dict[str, float], rows: list[dict[str, An
     """
     where = f"at epoch {epoch + 1} on the {len(rows)} validation images"  # 1-based for people
     for term in parts.objective.terms:
-        key = f"val/{term.task}/{term.key}"
+        key = f"{names.VAL_PREFIX}{term.task}/{term.key}"
         if key in result and not math.isfinite(result[key]):
             raise TrainingError(f"validation loss term {term.task}/{term.key} from {term.origin} is "
                                 f"{result[key]} {where}; the run has failed and is not ranked. Check the loss "
                                 "for log(0) or division by zero on held-out data")
     for name, component in parts.metric_components.items():
         bad = [r["index"] for r in rows if not math.isfinite(r[name])]
-        if bad or not math.isfinite(result.get(f"val/{name}", 0.0)):
+        if bad or not math.isfinite(result.get(f"{names.VAL_PREFIX}{name}", 0.0)):
             shown = ", ".join(map(str, bad[:5])) + (" ..." if len(bad) > 5 else "")
             raise TrainingError(f"validation metric {name} ({component.kind} {component.name!r} from "
                                 f"{component.origin}) is not finite {where} (images {shown or 'all'}); the run "
                                 "has failed and is not ranked. Check the metric for division by zero")
-    if "val/loss" in result and not math.isfinite(result["val/loss"]):
-        raise TrainingError(f"validation loss is {result['val/loss']} {where} although every term is finite; a "
+    if names.VAL_LOSS in result and not math.isfinite(result[names.VAL_LOSS]):
+        raise TrainingError(f"validation loss is {result[names.VAL_LOSS]} {where} although every term is finite; a "
                             "weight times a large term overflows. Lower the weights or check the terms' scale")

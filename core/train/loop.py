@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from losslab.core import names
 from losslab.core.train import checkpoint, distributed
 from losslab.core.train import weighting as weighting_glue
 from losslab.core.train.builder import Parts
@@ -67,7 +68,7 @@ class LoopState:
         self.epoch += 1
         if improved:
             self.best_value, self.best_epoch = metrics[monitor], epoch
-            self.best_metrics = {k: v for k, v in metrics.items() if k.startswith("val/")}
+            self.best_metrics = {k: v for k, v in metrics.items() if k.startswith(names.VAL_PREFIX)}
         return EpochEnd(epoch, metrics, improved)
 
 
@@ -147,8 +148,8 @@ class TrainLoop:
                                             p.device)
         count = int(totals.pop("#count"))
         elapsed = time.perf_counter() - started
-        result = {f"train/{k}": v / max(count, 1) for k, v in totals.items()}
-        result["perf/samples_per_s"] = count / max(elapsed, 1e-9)
+        result = {f"{names.TRAIN_PREFIX}{k}": v / max(count, 1) for k, v in totals.items()}
+        result[names.SAMPLES_PER_S] = count / max(elapsed, 1e-9)
         result["lr"] = float(p.optimizer.param_groups[0]["lr"])
         terms = [(t.task, t.key, t.weight) for t in p.objective.terms]
         result.update(weighting_glue.end_epoch(p.weighting, terms, result))  # weighting/<task>, then its epoch end
@@ -163,9 +164,9 @@ class TrainLoop:
             val_metrics, rows, samples = evaluate(self.parts, keep=train.val_samples)
         except LossFault as exc:
             raise TrainingError(str(exc)) from None
-        metrics = {**train_metrics, **val_metrics, "time/epoch_s": time.perf_counter() - t0}
+        metrics = {**train_metrics, **val_metrics, names.EPOCH_TIME: time.perf_counter() - t0}
         if train.monitor not in metrics:
-            known = ", ".join(sorted(k for k in metrics if k.startswith("val/")))
+            known = ", ".join(sorted(k for k in metrics if k.startswith(names.VAL_PREFIX)))
             raise TrainingError(f"train.monitor is {train.monitor!r}, which this run does not compute; "
                                 f"choose one of: {known}")
         check_finite(self.parts, val_metrics, rows, self.state.epoch)
@@ -196,7 +197,7 @@ class TrainLoop:
         s = self.state
         return TrainResult(best=dict(s.best_metrics), best_epoch=s.best_epoch, history=s.history,
                            total_s=time.perf_counter() - started, run_dir=self.run_dir,
-                           best_checkpoint=self.run_dir / "best.pt",
+                           best_checkpoint=self.run_dir / names.BEST_CHECKPOINT,
                            per_image=self.best_rows or read_per_image(self.run_dir))
 
     # -- checkpoint state ----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from losslab.core import names
 from losslab.core.config import ComponentSpec
 from losslab.core.plugin.contracts import Weighting
 from losslab.core.plugin.registry import Catalog
@@ -73,7 +74,7 @@ def epoch_task_losses(terms: Sequence[tuple[str, str, float]], means: dict[str, 
     """Each task's epoch-mean loss, ``sum(weight * mean(term))``, from ``(task, key, weight)`` and ``train/`` means."""
     out: dict[str, float] = {}
     for task, key, weight in terms:
-        value = means.get(f"train/{task}/{key}")
+        value = means.get(f"{names.TRAIN_PREFIX}{task}/{key}")
         if weight and value is not None:
             out[task] = out.get(task, 0.0) + weight * value
     return out
