@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import cv2
 import numpy as np
@@ -304,7 +304,7 @@ class BatchLoader:
             yield self._indexed(chunk)
 
     def _indexed(self, chunk: np.ndarray) -> dict[str, torch.Tensor]:
-        batch = self.load(chunk)
+        batch = self.load(cast(Sequence[int], chunk))  # an int array indexes like a sequence of ints
         batch["index"] = torch.from_numpy(chunk.astype(np.int64))
         return batch
 

@@ -379,8 +379,8 @@ class OriginalSamples(_Materialized):
                     self.skipped.append(f"{path}: names bg {parts['bg']} but lies in {folder.name}")
                     continue
                 if path.stem not in masks or path.stem not in depths:
-                    missing = "mask" if path.stem not in masks else "depth"
-                    self.skipped.append(f"{path}: no {missing} file for it")
+                    absent = "mask" if path.stem not in masks else "depth"
+                    self.skipped.append(f"{path}: no {absent} file for it")
                     continue
                 key = (k, int(parts["fg"]), bool(parts["flip"]), int(parts["row"]), int(parts["col"]))
                 entries.append((key, path, masks[path.stem], depths[path.stem]))

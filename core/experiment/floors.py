@@ -141,8 +141,8 @@ def measure_floors(cfg: ExperimentConfig, catalog: Catalog, echo: Echo | None = 
     data = cfg.data
     samples = build_samples(data, catalog)
     train_idx, val_idx = held_out_split(samples, data)
-    common = dict(batch_size=FIT_BATCH, image_size=data.image_size, max_depth=data.max_depth,
-                  device=torch.device("cpu"), shuffle=False)
+    common: dict[str, Any] = dict(batch_size=FIT_BATCH, image_size=data.image_size, max_depth=data.max_depth,
+                                  device=torch.device("cpu"), shuffle=False)
     metrics = {task: {n: catalog.create("metric", n) for n in _metric_names(cfg, catalog, task)}
                for task in ("mask", "depth")}
     higher = {f"{names.VAL_PREFIX}{task}_{n}": bool(getattr(m, "higher_is_better", True))

@@ -152,7 +152,7 @@ def _autocast_unless_meta(original: Callable[..., Any]) -> Callable[..., Any]:
 def autocast_allowed_on_meta() -> Iterator[None]:
     """Let code that enters ``torch.autocast(device_type=x.device.type)`` run on meta tensors (not thread-safe)."""
     original = torch.autocast
-    torch.autocast = _autocast_unless_meta(original)  # type: ignore[assignment]
+    torch.autocast = _autocast_unless_meta(original)  # type: ignore[assignment,misc]  # patched back below
     try:
         yield
     finally:

@@ -163,7 +163,7 @@ class LabPlugins:
                 if not attr.startswith("lab_") or not callable(getattr(plugin, attr, None)):
                     continue
                 opts = self.pm.parse_hookimpl_opts(plugin, attr)
-                hook_name = (opts or {}).get("specname") or attr
+                hook_name = (opts.get("specname") if opts else None) or attr
                 if hook_name in known and opts is not None:
                     continue
                 if hook_name in known:

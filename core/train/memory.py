@@ -226,7 +226,8 @@ def estimate_step_memory(
     if not isinstance(net, nn.Module):
         raise TypeError(f"estimate_step_memory: model() must return a torch.nn.Module, got {type(net).__name__}")
     if channels_last:
-        net = net.to(memory_format=torch.channels_last)  # on meta; to_empty keeps each tensor's strides
+        # on meta; to_empty keeps each tensor's strides (Module.to accepts memory_format; torch's stubs omit it)
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     if isinstance(objective, nn.Module):
         objective = objective.to(dev)
     # the caller's random stream is left as it was: the warm-up draws real random numbers

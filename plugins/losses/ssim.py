@@ -181,7 +181,7 @@ class _SSIMLossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, window_size: int,  # type: ignore[override]
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, window_size: int,
                 padding: str) -> torch.Tensor:
         h, w = pred.shape[-2:]
         op_h, op_w = _axis(h, window_size, padding, pred), _axis(w, window_size, padding, pred)
@@ -200,7 +200,7 @@ class _SSIMLossFunction(torch.autograd.Function):
         return half.clamp(0, 1).mean()
 
     @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+    def backward(ctx, grad_out: torch.Tensor):
         pred, target, mu_p, mu_t, l_n, l_d, c_n, c_d, den, ssim = ctx.saved_tensors
         op_h, op_w = ctx.ops
         need_p, need_t = ctx.needs_input_grad[0], ctx.needs_input_grad[1]

@@ -246,7 +246,7 @@ class SeedWriter:
             if depths[i] is None:
                 depths[i] = _File(formats.encode_depth(depth, self.depth_format, self.depth_max), depth_keys[i])
                 self._caches["depth"].put(depth_keys[i], depths[i])
-        return masks, depths  # type: ignore[return-value]
+        return masks, depths
 
     def _place(self, kind: str, file: _File, rel: str, chunk: int, root: str, staged: bool) -> None:
         """Put ``file`` at ``root/rel``: a hard link to its first copy when possible, else written."""

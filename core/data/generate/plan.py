@@ -171,7 +171,7 @@ def chunk_bounds(recipes: list[Recipe], layout: str, chunk_size: int | None) -> 
     runs_per_bg: dict[int, int] = {}
     for a, _b in runs:
         runs_per_bg[recipes[a].bg] = runs_per_bg.get(recipes[a].bg, 0) + 1
-    out = []
+    out: list[tuple[int, int, bool]] = []
     for a, b in runs:
         size = chunk_size or (b - a)
         pieces = [(s, min(b, s + size)) for s in range(a, b, size)]

@@ -179,7 +179,7 @@ def open_study(storage: Any, name: str, space: SearchSpace, epochs: int, seed: i
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(storage=storage, study_name=name, directions=list(space.directions),
+    study = optuna.create_study(storage=storage, study_name=name, directions=list(space.directions),  # type: ignore[arg-type]  # validated as 'maximize'/'minimize' in space
                                 sampler=make_sampler(space, seed), pruner=make_pruner(space, epochs),
                                 load_if_exists=True)
     found = [d.name.lower() for d in study.directions]
