@@ -357,7 +357,7 @@ def test_a_dead_workers_trial_is_retried_with_its_parameters(tmp_path, monkeypat
     space = parse_search(raw, cfg, catalog)
     storage_url = f"sqlite:///{tmp_path / 'optuna.db'}"
     handler = st.StaleTrialHandler(space.heartbeat.max_retry)
-    storage = st.open_storage(storage_url, space, handler)
+    storage = st.open_storage(storage_url, space.heartbeat, handler)
     base = base_dict(cfg, space)
     ghost = st.open_study(storage, "tiny", space, cfg.train.epochs, 0, config_hash(base, 0))
     with st.quiet_optuna():

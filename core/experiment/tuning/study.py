@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from losslab.core.experiment.tuning.space import SearchSpace
+from losslab.core.experiment.tuning.space import HeartbeatSpec, SearchSpace
 from losslab.core.names import CONFIG_HASH_ATTR, SURPLUS_ATTR, WORKER_ATTR
 
 if TYPE_CHECKING:
@@ -109,13 +109,12 @@ class StaleTrialHandler:
             self.on_stale(study, trial)
 
 
-def open_storage(url: str, space: SearchSpace, handler: StaleTrialHandler) -> Any:
-    """An ``RDBStorage`` with heartbeats; any SQLAlchemy URL (sqlite, postgresql, mysql) works."""
+def open_storage(url: str, hb: HeartbeatSpec, handler: StaleTrialHandler) -> Any:
+    """An ``RDBStorage`` with heartbeats (``lab tune``'s trials, ``lab run``'s cells); any SQLAlchemy URL works."""
     import inspect
 
     from optuna.storages import RDBStorage
 
-    hb = space.heartbeat
     kwargs: dict[str, Any] = {"heartbeat_interval": hb.interval, "grace_period": hb.grace}
     if "heartbeat_stale_trial_callback" in inspect.signature(RDBStorage).parameters:
         kwargs["heartbeat_stale_trial_callback"] = handler

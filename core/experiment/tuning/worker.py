@@ -122,7 +122,7 @@ def run_tune(
     url = normalize_storage(options.storage or default_storage(uri))
     shown_url = public_storage(url)
     handler = StaleTrialHandler(space.heartbeat.max_retry)
-    rdb = open_storage(url, space, handler)
+    rdb = open_storage(url, space.heartbeat, handler)
     study = open_study(rdb, name, space, cfg.train.epochs, sampler_seed, config_hash(base, seed))
     tracker = Tracker(uri)
     records = StudyRecords(tracker, cfg.name, name, shown_url, space, cfg, seed)
