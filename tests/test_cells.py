@@ -27,8 +27,8 @@ def _store(tmp_path, cells=CELLS, **kwargs) -> CellStore:
 
 
 def test_cells_are_variant_major_with_running_indices():
-    assert CELLS == [Cell(0, "bce", 0), Cell(1, "bce", 1), Cell(2, "dice", 0), Cell(3, "dice", 1),
-                     Cell(4, "dice", 2)]
+    assert [Cell(0, "bce", 0), Cell(1, "bce", 1), Cell(2, "dice", 0), Cell(3, "dice", 1),
+                     Cell(4, "dice", 2)] == CELLS
 
 
 def test_one_worker_runs_every_cell_once_in_order_then_claims_the_report_once(tmp_path):
