@@ -101,6 +101,10 @@ WORKER_ATTR = "losslab.worker"
 OVERRIDES_ATTR = "losslab.overrides"
 #: A study attribute: its base config and seed, hashed; a study resumed with another config is refused.
 CONFIG_HASH_ATTR = "losslab.config_hash"
+#: The cell queue of a study's (variant, seed) cells (``core/experiment/cells.py``): the MLflow parent run's
+#: id, a study attribute; and a finished cell's result (JSON), a trial attribute.
+CELL_PARENT_ATTR = "losslab.parent_run_id"
+CELL_RESULT_ATTR = "losslab.cell_result"
 
 # -- metrics -------------------------------------------------------------------------------------------
 

@@ -31,16 +31,17 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from losslab.core import names
 from losslab.core.experiment.tuning.space import HeartbeatSpec
 from losslab.core.experiment.tuning.study import Heartbeat, StaleTrialHandler, open_storage, quiet_optuna
 
 CELL_PARAM = "cell"
 REPORT_CELL = -1
-PARENT_ATTR = "losslab.parent_run_id"
-RESULT_ATTR = "losslab.cell_result"
-VARIANT_ATTR = "losslab.variant"
-SEED_ATTR = "losslab.seed"
-WORKER_ATTR = "losslab.worker"
+PARENT_ATTR = names.CELL_PARENT_ATTR
+RESULT_ATTR = names.CELL_RESULT_ATTR
+VARIANT_ATTR = names.VARIANT_TAG
+SEED_ATTR = names.SEED_TAG
+WORKER_ATTR = names.WORKER_ATTR
 
 
 class CellStoreError(Exception):
