@@ -103,6 +103,13 @@ class DataSpec(_Strict):
         default="auto", description="compose batches on the device (auto: on CUDA, for virtual data)")
 
 
+class DiagnosticsSpec(_Strict):
+    """Per-epoch training diagnostics (core/train/diagnostics.py): gradient norms, task cosine, loss shares."""
+
+    every: int = Field(default=1, ge=1, description="measure every N-th epoch (the first, then every N)")
+    batches: int = Field(default=2, ge=1, le=64, description="fixed training batches measured each time")
+
+
 class TrainSpec(_Strict):
     epochs: int = Field(default=5, ge=1)
     batch_size: int | Literal["auto"] = 32
@@ -121,6 +128,8 @@ class TrainSpec(_Strict):
     monitor_mode: Literal["max", "min"] = "max"
     val_samples: int = Field(default=8, ge=0, description="held-out images kept for the prediction grid")
     progress: bool = True
+    diagnostics: DiagnosticsSpec | Literal[False] = Field(
+        default_factory=DiagnosticsSpec, description="per-epoch gradient diagnostics, or false (off) for none")
 
     @field_validator("batch_size")
     @classmethod

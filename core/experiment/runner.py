@@ -395,7 +395,7 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     tracker.log_metrics(run_id, {**best, "time/total_s": outcome.total_s, "best/epoch": outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))
     tracker.log_artifact(run_id, outcome.best_checkpoint, "checkpoints")
-    for name in ("val_per_image.csv", "val_samples.npz"):
+    for name in ("val_per_image.csv", "val_samples.npz", "val_calibration.json"):
         if (run_dir / name).exists():
             tracker.log_artifact(run_id, run_dir / name)
     if (run_dir / "val_samples.npz").exists() and not isinstance(tracker, NullTracker):

@@ -1,0 +1,106 @@
+"""What the per-epoch training diagnostics cost: training with them against the same training without.
+
+Trains one variant of an experiment (default: experiments/bce_vs_dice.yaml's first variant)
+twice per repeat in this process, once with ``train.diagnostics`` off and once with the
+experiment's setting (or ``--batches``), alternating so both see the same machine load, and
+prints
+
+- the ratio of the fit's wall time with diagnostics to the one without (the target: at most 1.05),
+- the diagnostics' own share: the time spent in ``Diagnostics.measure`` over the fit's time
+  without diagnostics (less noisy on a shared machine).
+
+Usage::
+
+    python benchmarks/diagnostics.py                       # the experiment as shipped, 1 epoch
+    python benchmarks/diagnostics.py --train-limit 640 --repeats 3 --threads 2
+
+A shorter epoch (``--train-limit``) makes the per-epoch diagnostics a larger share; the
+shipped experiment's epoch length is the one the 5% target is about.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from losslab.core.config import DiagnosticsSpec, load_experiment
+from losslab.core.plugin.manager import load_catalog
+from losslab.core.train import diagnostics as diag_module
+from losslab.core.train.trainer import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--experiment", type=Path, default=ROOT / "experiments" / "bce_vs_dice.yaml")
+    parser.add_argument("--variant", default=None, help="variant to train (default: the first)")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--train-limit", type=int, default=None, help="samples per epoch (default: the experiment's)")
+    parser.add_argument("--val-limit", type=int, default=None)
+    parser.add_argument("--batches", type=int, default=None, help="diagnostic batches (default: the experiment's)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+
+    catalog = load_catalog()
+    sets = [f"train.epochs={args.epochs}", "train.progress=false"]
+    if args.train_limit:
+        sets.append(f"data.train_limit={args.train_limit}")
+    if args.val_limit:
+        sets.append(f"data.val_limit={args.val_limit}")
+    if args.threads:
+        sets.append(f"train.num_threads={args.threads}")
+    configs = load_experiment(args.experiment, sets, catalog)
+    cfg = next((c for c in configs if c.variant == args.variant), configs[0]) if args.variant else configs[0]
+    on = cfg.model_copy(deep=True)
+    if args.batches:
+        on.train.diagnostics = DiagnosticsSpec(batches=args.batches)
+    if on.train.diagnostics is False:
+        raise SystemExit("the experiment turns train.diagnostics off; pass --batches N to measure them")
+    off = cfg.model_copy(deep=True)
+    off.train.diagnostics = False
+
+    spent = [0.0]
+    original = diag_module.Diagnostics.measure
+
+    def timed(self):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        try:
+            return original(self)
+        finally:
+            spent[0] += time.perf_counter() - t0
+
+    diag_module.Diagnostics.measure = timed  # type: ignore[method-assign]
+    times: dict[str, list[float]] = {"off": [], "on": []}
+    measured: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.repeats):
+            for label, c in (("off", off), ("on", on)):
+                trainer = Trainer(c, 0, catalog, Path(tmp) / f"{label}{r}")
+                spent[0] = 0.0
+                t0 = time.perf_counter()
+                trainer.fit()
+                times[label].append(time.perf_counter() - t0)
+                if label == "on":
+                    measured.append(spent[0])
+    steps = len(trainer.parts.train_loader)
+    t_off, t_on = statistics.median(times["off"]), statistics.median(times["on"])
+    share = statistics.median(measured) / t_off
+    spec = on.train.diagnostics
+    print(f"experiment {args.experiment.name}, variant {cfg.variant}: {args.epochs} epoch(s) of {steps} steps, "
+          f"batch {trainer.parts.batch_size}, image {cfg.data.image_size} px, {torch.get_num_threads()} thread(s); "
+          f"diagnostics every {spec.every} epoch(s) on {spec.batches} batch(es); {args.repeats} repeat(s)")
+    print(f"fit without diagnostics: {t_off:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times['off'])})")
+    print(f"fit with diagnostics:    {t_on:.2f} s (runs: {', '.join(f'{t:.2f}' for t in times['on'])})")
+    print(f"ratio with / without: {t_on / t_off:.3f}   (target <= 1.05)")
+    print(f"time in Diagnostics.measure / fit without: {share:.3%}")
+
+
+if __name__ == "__main__":
+    main()
