@@ -1,9 +1,9 @@
 """What the per-epoch training diagnostics cost: training with them against the same training without.
 
 Trains one variant of an experiment (default: experiments/bce_vs_dice.yaml's first variant)
-twice per repeat in this process, once with ``train.diagnostics`` off and once with the
-experiment's setting (or ``--batches``), alternating so both see the same machine load, and
-prints
+twice per repeat in this process (after one untimed warm-up fit), once with
+``train.diagnostics`` off and once with the experiment's setting (or ``--batches``), alternating
+so both see the same machine load, and prints (medians over the repeats)
 
 - the ratio of the fit's wall time with diagnostics to the one without (the target: at most 1.05),
 - the diagnostics' own share: the time spent in ``Diagnostics.measure`` over the fit's time
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--train-limit", type=int, default=None, help="samples per epoch (default: the experiment's)")
     parser.add_argument("--val-limit", type=int, default=None)
     parser.add_argument("--batches", type=int, default=None, help="diagnostic batches (default: the experiment's)")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args()
 
@@ -80,6 +80,8 @@ def main() -> None:
     times: dict[str, list[float]] = {"off": [], "on": []}
     measured: list[float] = []
     with tempfile.TemporaryDirectory() as tmp:
+        # untimed warm-up: the first fit in a process pays one-off costs (scene synthesis, caches, allocator)
+        Trainer(off, 0, catalog, Path(tmp) / "warmup").fit()
         for r in range(args.repeats):
             for label, c in (("off", off), ("on", on)):
                 trainer = Trainer(c, 0, catalog, Path(tmp) / f"{label}{r}")
