@@ -374,6 +374,9 @@ class SurfaceDice(_MaskMetric):
     ``tolerance`` pixels (2 by default), as Nikolov et al. (2021) define it
     with pixel counts in place of surface areas. Both empty -> 1; exactly one
     empty -> 0. Higher is better.
+
+    Args:
+        tolerance: distance in px (Euclidean, inclusive) within which a contour pixel counts as matched (>= 0).
     """
 
     name = "nsd"
