@@ -106,6 +106,13 @@ class DataSpec(StrictModel):
         default="auto", description="compose batches on the device (auto: on CUDA, for virtual data)")
 
 
+class DiagnosticsSpec(StrictModel):
+    """Per-epoch training diagnostics (core/train/diagnostics.py): gradient norms, task cosine, loss shares."""
+
+    every: int = Field(default=1, ge=1, description="measure every N-th epoch (the first, then every N)")
+    batches: int = Field(default=2, ge=1, le=64, description="fixed training batches measured each time")
+
+
 class TrainSpec(StrictModel):
     epochs: int = Field(default=5, ge=1)
     batch_size: int | Literal["auto"] = 32
@@ -124,6 +131,8 @@ class TrainSpec(StrictModel):
     monitor_mode: Literal["max", "min"] = "max"
     val_samples: int = Field(default=8, ge=0, description="held-out images kept for the prediction grid")
     progress: bool = True
+    diagnostics: DiagnosticsSpec | Literal[False] = Field(
+        default_factory=DiagnosticsSpec, description="per-epoch gradient diagnostics, or false (off) for none")
 
     @field_validator("batch_size")
     @classmethod

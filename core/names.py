@@ -80,6 +80,8 @@ SUMMARY_FILE = "summary.json"
 PER_IMAGE_FILE = "val_per_image.csv"
 #: A few validation images with the best epoch's predictions, for the report's grid.
 SAMPLES_FILE = "val_samples.npz"
+#: The best epoch's mask calibration: 15 equal-width probability bins (counts, mean confidence, accuracy).
+CALIBRATION_FILE = "val_calibration.json"
 #: Those samples drawn as a PNG grid.
 PREDICTIONS_FILE = "predictions.png"
 #: Where a child's best checkpoint is logged, and the checkpoint files a run folder holds.
@@ -120,5 +122,9 @@ VAL_LOSS = "val/loss"
 BEST_EPOCH = "best/epoch"
 EPOCH_TIME = "time/epoch_s"
 TOTAL_TIME = "time/total_s"
+#: The held-out mask's expected calibration error (15 equal-width bins), each epoch.
+CALIBRATION_ECE = "calib/mask_ece"
+#: Per-epoch training diagnostics: ``diag/grad_norm/<task>/<term>``, ``diag/task_cosine``, ``diag/loss_share/...``.
+DIAG_PREFIX = "diag/"
 #: A trial's objective value: ``objective``, or ``objective/0``, ``objective/1``, ... with several objectives.
 OBJECTIVE_METRIC = "objective"

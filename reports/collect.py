@@ -22,6 +22,7 @@ import numpy as np
 
 from losslab.core.names import (
     BEST_PREFIX,
+    CALIBRATION_FILE,
     CONFIG_FILE,
     ERROR_TAG,
     KIND_RUN,
@@ -49,6 +50,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+#: A calibration record is a few hundred bytes; anything far larger is not one.
+CALIBRATION_MAX_BYTES = 1_000_000
 #: Columns of ``val_per_image.csv`` that describe the image rather than score it.
 PER_IMAGE_ID_COLUMNS = ("index", "bg", "fg", "flip", "row", "col")
 
@@ -82,6 +85,8 @@ class ChildRun:
     histories: dict[str, list[tuple[int, float]]]
     per_image: PerImage | None = None
     samples_path: Path | None = None
+    #: The best epoch's ``val_calibration.json`` (core/train/calibration.py), where the run wrote one.
+    calibration: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -271,6 +276,26 @@ def read_per_image(path: Path) -> PerImage:
     return PerImage(index=index, columns=columns, ids=ids)
 
 
+def read_calibration(path: Path) -> dict[str, Any] | None:
+    """A run's calibration record, or None when the file is missing, oversized or not one (never an error:
+    calibration is evidence beside the verdict, and an old run without it still reports)."""
+    try:
+        if not path.is_file() or path.stat().st_size > CALIBRATION_MAX_BYTES:
+            return None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keys = ("count", "confidence_sum", "positive_sum")
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), list) for k in keys):
+        return None
+    if len({len(record[k]) for k in keys}) != 1:
+        return None
+    try:
+        return {k: [float(v) for v in record[k]] for k in keys}
+    except (TypeError, ValueError):
+        return None
+
+
 def _histories(client: MlflowClient, run: Run) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
     for key in run.data.metrics:
@@ -310,6 +335,8 @@ def _child(client: MlflowClient, run: Run, workdir: Path) -> ChildRun:
         child.per_image = read_per_image(_download(client, run_id, PER_IMAGE_FILE, here))
     if SAMPLES_FILE in names:
         child.samples_path = _download(client, run_id, SAMPLES_FILE, here)
+    if CALIBRATION_FILE in names:
+        child.calibration = read_calibration(_download(client, run_id, CALIBRATION_FILE, here))
     return child
 
 

@@ -405,7 +405,7 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     tracker.log_metrics(run_id, {**best, names.TOTAL_TIME: outcome.total_s, names.BEST_EPOCH: outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))
     tracker.log_artifact(run_id, outcome.best_checkpoint, names.CHECKPOINT_DIR)
-    for name in (names.PER_IMAGE_FILE, names.SAMPLES_FILE):
+    for name in (names.PER_IMAGE_FILE, names.SAMPLES_FILE, names.CALIBRATION_FILE):
         if (run_dir / name).exists():
             tracker.log_artifact(run_id, run_dir / name)
     if (run_dir / names.SAMPLES_FILE).exists() and not isinstance(tracker, NullTracker):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,6 +68,7 @@ class EpochEnd:
     improved: bool
     rows: list[dict[str, Any]] = field(default_factory=list)
     samples: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None  # the mask's calibration bins (core/train/calibration.py)
 
 
 class LoopView(Protocol):
@@ -146,7 +148,7 @@ class Checkpointer(Callback):
 
 
 class EvalArtifacts(Callback):
-    """The best epoch's ``val_per_image.csv`` and ``val_samples.npz``, replaced atomically."""
+    """The best epoch's ``val_per_image.csv``, ``val_samples.npz`` and ``val_calibration.json``, replaced atomically."""
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
@@ -165,6 +167,10 @@ class EvalArtifacts(Callback):
             tmp = self.run_dir / "val_samples.tmp.npz"
             np.savez_compressed(tmp, **end.samples)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays
             os.replace(tmp, self.run_dir / names.SAMPLES_FILE)
+        if end.calibration is not None:
+            tmp = self.run_dir / f"{names.CALIBRATION_FILE}.tmp"
+            tmp.write_text(json.dumps(end.calibration))
+            os.replace(tmp, self.run_dir / names.CALIBRATION_FILE)
 
 
 def read_per_image(run_dir: Path) -> list[dict[str, Any]]:

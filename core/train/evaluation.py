@@ -18,19 +18,28 @@ import torch
 from losslab.core import names
 from losslab.core.train import distributed
 from losslab.core.train.builder import Parts
+from losslab.core.train.calibration import CalibrationCounts
+from losslab.core.train.calibration import summarize as summarize_calibration
 from losslab.core.train.errors import TrainingError
+from losslab.core.train.regions import region_scores
 from losslab.core.train.step import model_inputs, run_model
 
 
 @torch.no_grad()
-def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Held-out losses and metrics (per image, then mean); the per-image rows; ``keep`` sample images."""
+def evaluate(parts: Parts, keep: int = 0, extras: dict[str, Any] | None = None
+             ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Held-out losses and metrics (per image, then mean); the per-image rows; ``keep`` sample images.
+
+    The rows also carry the region-restricted scores (``core/train/regions.py``); the mask's
+    calibration bins (``core/train/calibration.py``) go into ``extras["calibration"]`` when given.
+    """
     parts.model.eval()
     max_depth = parts.cfg.data.max_depth
     sums: dict[str, torch.Tensor] = {}
     count = 0
     indices: list[torch.Tensor] = []
     per_image: dict[str, list[torch.Tensor]] = {name: [] for name in parts.metrics}
+    calibration = CalibrationCounts(parts.device)
     for batch in parts.val_batches:
         x = model_inputs(batch, parts.precision)
         out = {k: v.float() for k, v in run_model(parts.forward, x, parts.precision, parts.device).items()}
@@ -46,9 +55,13 @@ def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[s
         for name, metric in parts.metrics.items():
             pair = (prob, batch["mask"]) if name.startswith("mask_") else (pred_depth, true_depth)
             per_image[name].append(metric(*pair).float())
+        for name, value in region_scores(prob, batch["mask"], pred_depth, true_depth, max_depth).items():
+            per_image.setdefault(name, []).append(value)  # extra columns: where a score comes from
+        calibration.update(prob, batch["mask"])
     # the one read-back: loss sums and per-image metrics
     totals = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True)) if sums else {}
     metric_values = {name: torch.cat(p).cpu().numpy() for name, p in per_image.items() if p}
+    bins = _all_reduce_rows(calibration.sums.tolist(), parts.device)
     rows = per_image_rows(parts.samples, torch.cat(indices).tolist() if indices else [], metric_values)
     totals = distributed.all_reduce_sum({**totals, "#count": count}, parts.device)
     count = int(totals.pop("#count"))
@@ -58,7 +71,18 @@ def evaluate(parts: Parts, keep: int = 0) -> tuple[dict[str, float], list[dict[s
     for name in parts.metrics:
         column = np.array([r[name] for r in rows], dtype=np.float64)
         result[f"{names.VAL_PREFIX}{name}"] = float(np.nanmean(column)) if (~np.isnan(column)).any() else float("nan")
+    record = summarize_calibration(bins)
+    result[names.CALIBRATION_ECE] = float(record["ece"])
+    if extras is not None:
+        extras["calibration"] = record
     return result, rows, kept_images(parts, rows, keep)
+
+
+def _all_reduce_rows(rows: list[list[float]], device: torch.device) -> list[list[float]]:
+    """Per-bin sums added over ranks (unchanged on one process)."""
+    flat = {f"{i}/{j}": v for i, row in enumerate(rows) for j, v in enumerate(row)}
+    summed = distributed.all_reduce_sum(flat, device)
+    return [[summed[f"{i}/{j}"] for j in range(len(row))] for i, row in enumerate(rows)]
 
 
 def choose_kept(rows: list[dict[str, Any]], keep: int, monitor: str, mode: str,

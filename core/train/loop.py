@@ -26,6 +26,7 @@ from losslab.core.train import checkpoint, distributed
 from losslab.core.train import weighting as weighting_glue
 from losslab.core.train.builder import Parts
 from losslab.core.train.callbacks import Callback, EpochEnd, read_per_image
+from losslab.core.train.diagnostics import Diagnostics, build_diagnostics
 from losslab.core.train.errors import CheckpointError, TrainingError
 from losslab.core.train.evaluation import check_finite, evaluate
 from losslab.core.train.objective import LossFault
@@ -81,6 +82,7 @@ class TrainLoop:
         self.state = LoopState()
         self.best_rows: list[dict[str, Any]] = []
         self._outputs_checked = False
+        self.diagnostics: Diagnostics | None = build_diagnostics(parts)  # train.diagnostics; None when off
 
     # -- one step ------------------------------------------------------------------------------------
 
@@ -161,7 +163,10 @@ class TrainLoop:
         t0 = time.perf_counter()
         try:
             train_metrics = self.train_epoch()
-            val_metrics, rows, samples = evaluate(self.parts, keep=train.val_samples)
+            if self.diagnostics is not None and self.diagnostics.due(self.state.epoch):
+                train_metrics.update(self.diagnostics.measure())
+            extras: dict[str, Any] = {}
+            val_metrics, rows, samples = evaluate(self.parts, keep=train.val_samples, extras=extras)
         except LossFault as exc:
             raise TrainingError(str(exc)) from None
         metrics = {**train_metrics, **val_metrics, names.EPOCH_TIME: time.perf_counter() - t0}
@@ -171,7 +176,7 @@ class TrainLoop:
                                 f"choose one of: {known}")
         check_finite(self.parts, val_metrics, rows, self.state.epoch)
         end = self.state.record(metrics, train.monitor, train.monitor_mode)
-        end.rows, end.samples = rows, samples
+        end.rows, end.samples, end.calibration = rows, samples, extras.get("calibration")
         if end.improved:
             self.best_rows = rows
         for callback in self.callbacks:

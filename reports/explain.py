@@ -1,0 +1,52 @@
+"""The report's "where" and "why" sections as document blocks, for ``sections.build_document``.
+
+Kept in its own module so the report's main flow needs one line to include them:
+breakdowns by grid row, region and true-depth bin (:mod:`losslab.reports.breakdown`), then the
+training diagnostics and the mask's calibration (:mod:`losslab.reports.why`).
+"""
+
+from __future__ import annotations
+
+from losslab.reports import breakdown, why
+from losslab.reports.collect import Study
+from losslab.reports.render import Block, Heading, Image, Paragraph, Table
+
+
+def where_blocks(study: Study) -> list[Block]:
+    found = breakdown.breakdowns(study)
+    if not found:
+        return []
+    blocks: list[Block] = [Heading("Where the differences lie"), Paragraph(
+        "Each score per variant, restricted to part of the held-out set: each seed's mean over the images "
+        "(an image without pixels of a region does not count there), then the mean over seeds and its 95% "
+        "interval. Regions come from the true mask and the scene's depth (docs/tracking.md, "
+        "core/train/regions.py); the last column is the leading variant's gain over the runner-up "
+        "(positive: the leader is better).", css="note")]
+    for b in found:
+        headers, rows = breakdown.table_rows(b)
+        blocks += [Table(headers, rows, caption=b.title), Paragraph(breakdown.sentence(b))]
+    return blocks
+
+
+def why_blocks(study: Study) -> list[Block]:
+    blocks: list[Block] = []
+    plot = why.diagnostics_plot(study)
+    if plot is not None:
+        blocks += [Heading("Why: gradients during training"), Image(plot.name, plot.png, plot.caption)]
+        text = why.cosine_sentence(study)
+        if text:
+            blocks.append(Paragraph(text))
+    cals = why.calibrations(study)
+    if cals:
+        headers, rows = why.calibration_table(cals)
+        reliability = why.reliability_plot(cals, study.variants)
+        blocks += [Heading("Mask calibration"),
+                   Table(headers, rows, caption="Expected calibration error of the mask (15 bins; lower is better)")]
+        if reliability is not None:
+            blocks.append(Image(reliability.name, reliability.png, reliability.caption))
+    return blocks
+
+
+def blocks(study: Study) -> list[Block]:
+    """Both sections, empty for a study whose runs recorded neither."""
+    return where_blocks(study) + why_blocks(study)
