@@ -243,7 +243,7 @@ def run_experiment(
     :mod:`losslab.core.experiment.sequential`.
     """
     from losslab.core.device import resolve_device
-    from losslab.core.experiment.tracking import Tracker, version_tags
+    from losslab.core.experiment.tracking import Tracker
     from losslab.core.train import distributed
 
     catalog = catalog or load_catalog()
@@ -252,7 +252,6 @@ def run_experiment(
             raise ValueError("run_experiment needs an experiment path or resolved configs")
         configs = load_experiment(Path(path), sets, catalog)
     name = configs[0].name
-    monitor, mode = configs[0].train.monitor, configs[0].train.monitor_mode
     digest = config_hash(configs)
     check_data(configs)
     check_out_dir(runs_dir, "--runs-dir")
@@ -262,37 +261,86 @@ def run_experiment(
     tracker: Any = Tracker(tracking_uri) if rank.is_main else NullTracker()
     echo(f"losslab: experiment {name!r}: {len(configs)} variant(s) x {len(configs[0].seeds)} seed(s); "
          f"tracking at {tracker.uri}" + (f"; {rank.world_size} processes" if rank.enabled else ""))
+    parent_id, existing = _open_parent(tracker, configs, digest, resume, rank.is_main, sequential, echo)
+    parent_id, existing = distributed.broadcast_object((parent_id, existing))
+    result = ExperimentResult(name, parent_id, configs[0].train.monitor, configs[0].train.monitor_mode,
+                              is_main=rank.is_main)
+    root, floors = _train_all(configs, tracker, parent_id, existing, runs_dir, catalog, resume, echo,
+                              rank.is_main, result, sequential, decide)
+    _log_summary(result, floors, configs, tracker)
+    if finish is not None and rank.is_main:
+        finish(result, root, tracker.uri)
+    _end_parent(result, tracker)
+    return result
 
-    parent = _find_resumable_parent(tracker, name, digest) if resume and rank.is_main else None
-    existing: dict[tuple[str, int], Previous] = {}
-    parent_id = ""
+
+def _open_parent(tracker: Any, configs: list[ExperimentConfig], digest: str, resume: bool, is_main: bool,
+                 sequential: SequentialPlan | None, echo: Echo) -> tuple[str, dict[tuple[str, int], Previous]]:
+    """The parent run to log under: the unfinished one ``--resume`` finds (with its children), else a new one.
+
+    Only rank 0 talks to MLflow; the others get ``("", {})`` and receive the real answer by broadcast.
+    """
+    name = configs[0].name
+    parent = _find_resumable_parent(tracker, name, digest) if resume and is_main else None
     if parent is not None:
         parent_id = parent.info.run_id
         tracker.reopen(parent_id)
-        for child in tracker.find_runs(name, f"tags.`{names.PARENT_ID_TAG}` = '{parent_id}'"):
-            key = (child.data.tags.get(names.VARIANT_TAG, ""), int(child.data.tags.get(names.SEED_TAG, -1)))
-            best = {k.removeprefix(names.BEST_PREFIX): v for k, v in child.data.metrics.items()
-                    if k.startswith(names.BEST_PREFIX)}
-            existing.setdefault(key, Previous(child.info.run_id, child.info.status, best))
+        existing = _previous_children(tracker, name, parent_id)
         echo(f"losslab: resuming parent run {parent_id} ({len(existing)} child run(s) found)")
-    elif rank.is_main:
-        if resume:
-            echo("losslab: --resume found no unfinished run of this experiment; starting a new one")
-        tags = {
-            names.ROLE_TAG: names.ROLE_PARENT, names.KIND_TAG: names.KIND_RUN, names.CONFIG_HASH_TAG: digest,
-            names.VARIANTS_TAG: json.dumps([c.variant for c in configs]),
-            names.SEEDS_TAG: json.dumps(configs[0].seeds), **version_tags(),
-        }
-        if sequential is not None:
-            tags[SEQUENTIAL_TAG] = sequential.to_json()
-        parent_id = tracker.start_run(name, name, tags)
-        tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
-                         names.CONFIG_FILE)
-    parent_id, existing = distributed.broadcast_object((parent_id, existing))
-    result = ExperimentResult(name, parent_id, monitor, mode, is_main=rank.is_main)
+        return parent_id, existing
+    if not is_main:
+        return "", {}
+    if resume:
+        echo("losslab: --resume found no unfinished run of this experiment; starting a new one")
+    return _start_parent(tracker, configs, digest, sequential), {}
+
+
+def _previous_children(tracker: Any, name: str, parent_id: str) -> dict[tuple[str, int], Previous]:
+    """What each (variant, seed) of a resumed parent already did, so finished children are not trained twice.
+
+    The first run found for a key wins, as MLflow lists the newest first.
+    """
+    existing: dict[tuple[str, int], Previous] = {}
+    for child in tracker.find_runs(name, f"tags.`{names.PARENT_ID_TAG}` = '{parent_id}'"):
+        key = (child.data.tags.get(names.VARIANT_TAG, ""), int(child.data.tags.get(names.SEED_TAG, -1)))
+        best = {k.removeprefix(names.BEST_PREFIX): v for k, v in child.data.metrics.items()
+                if k.startswith(names.BEST_PREFIX)}
+        existing.setdefault(key, Previous(child.info.run_id, child.info.status, best))
+    return existing
+
+
+def _start_parent(tracker: Any, configs: list[ExperimentConfig], digest: str,
+                  sequential: SequentialPlan | None) -> str:
+    """Start a new parent run, tagged so ``--resume`` and the report can find and read it, with the resolved configs."""
+    from losslab.core.experiment.tracking import version_tags
+
+    name = configs[0].name
+    tags = {
+        names.ROLE_TAG: names.ROLE_PARENT, names.KIND_TAG: names.KIND_RUN, names.CONFIG_HASH_TAG: digest,
+        names.VARIANTS_TAG: json.dumps([c.variant for c in configs]),
+        names.SEEDS_TAG: json.dumps(configs[0].seeds), **version_tags(),
+    }
+    if sequential is not None:
+        tags[SEQUENTIAL_TAG] = sequential.to_json()
+    parent_id: str = tracker.start_run(name, name, tags)
+    tracker.log_text(parent_id, "".join(f"# variant: {c.variant}\n{dump_yaml(c)}---\n" for c in configs),
+                     names.CONFIG_FILE)
+    return parent_id
+
+
+def _train_all(configs: list[ExperimentConfig], tracker: Any, parent_id: str,
+               existing: dict[tuple[str, int], Previous], runs_dir: Path, catalog: Catalog, resume: bool,
+               echo: Echo, is_main: bool, result: ExperimentResult, sequential: SequentialPlan | None,
+               decide: Callable[[str, str], list[str]] | None) -> tuple[Path, Any]:
+    """Train every child into ``result.children``; returns the run folder and the study's floors.
+
+    Whatever goes wrong, the parent run is closed (KILLED on Ctrl-C, FAILED otherwise) before the
+    error propagates, so nothing stays RUNNING in MLflow.
+    """
     try:
-        root = safe_join(runs_dir, name, parent_id)  # names are validated; this holds even if a check was missed
-        floors = study_floors(configs, catalog, tracker, parent_id, echo) if rank.is_main else None
+        # names are validated; this holds even if a check was missed
+        root = safe_join(runs_dir, configs[0].name, parent_id)
+        floors = study_floors(configs, catalog, tracker, parent_id, echo) if is_main else None
         for cfg in configs:
             for seed in cfg.seeds:
                 result.children.append(
@@ -301,7 +349,7 @@ def run_experiment(
                 )
         if sequential is not None and decide is not None:
             _extend_until_decisive(configs, sequential, decide, result, tracker, existing, root, catalog,
-                                   resume, echo, rank.is_main)
+                                   resume, echo, is_main)
     except KeyboardInterrupt:
         tracker.end_run(parent_id, "KILLED")
         echo(f"losslab: interrupted; continue with `lab run ... --resume` (parent run {parent_id})")
@@ -309,22 +357,32 @@ def run_experiment(
     except Exception as exc:  # nothing may stay RUNNING in MLflow after a failure
         _fail_run(tracker, parent_id, exc)
         raise
+    return root, floors
+
+
+def _log_summary(result: ExperimentResult, floors: Any, configs: list[ExperimentConfig], tracker: Any) -> None:
+    """Rank the children (after the floors), fill ``result.table``/``winner`` and log the summary JSON.
+
+    The table, the winner and the JSON come from this one computation, so they cannot disagree.
+    """
     floor_summary = apply_floors(result, floors, configs, tracker)
-    result.table, result.winner = summary_table(result.children, monitor, mode, result.below_floor, floors)
+    result.table, result.winner = summary_table(result.children, result.monitor, result.mode,
+                                                result.below_floor, floors)
     summary = {
-        "monitor": monitor, "mode": mode, "first_by_mean": result.winner,
+        "monitor": result.monitor, "mode": result.mode, "first_by_mean": result.winner,
         "rows": [{"variant": c.variant, "seed": c.seed, "run_id": c.run_id, "status": c.status,
                   "metrics": {k.removeprefix(names.BEST_PREFIX): v for k, v in c.metrics.items()}}
                  for c in result.children],
         **floor_summary,
     }
-    tracker.log_json(parent_id, summary, names.SUMMARY_FILE)
-    if finish is not None and rank.is_main:
-        finish(result, root, tracker.uri)
-    # FAILED (so --resume finds the parent again) when every child failed, or one failed on its checkpoint
+    tracker.log_json(result.parent_run_id, summary, names.SUMMARY_FILE)
+
+
+def _end_parent(result: ExperimentResult, tracker: Any) -> None:
+    """Close the parent: FAILED (so ``--resume`` finds it again) when every child failed, or one failed on
+    its checkpoint; FINISHED otherwise."""
     stuck = len(result.failed) == len(result.children) or any(c.resumable for c in result.failed)
-    tracker.end_run(parent_id, "FAILED" if result.failed and stuck else "FINISHED")
-    return result
+    tracker.end_run(result.parent_run_id, "FAILED" if result.failed and stuck else "FINISHED")
 
 
 def _extend_until_decisive(configs: list[ExperimentConfig], plan: SequentialPlan,
