@@ -136,6 +136,74 @@ class _Placement:
         self.index = (base[:, None] + np.arange(3)).reshape(-1).astype(np.int32)  # < H * W * 3
 
 
+class _ChunkParts:
+    """What one shard accumulates while its samples are placed: deduplicated stamps and truth patches,
+    per-sample ids and offsets, and the manifest rows; :meth:`arrays` turns it into the shard's arrays."""
+
+    def __init__(self, n: int) -> None:
+        self.bg_slot: dict[int, int] = {}
+        self.bgs: list[np.ndarray] = []
+        self.depth_refs: list[np.ndarray] = []
+        self.boxes = np.zeros((n, 4), dtype=np.int32)
+        self.stamp_ids = np.empty(n, dtype=np.int32)
+        self.truth_ids = np.empty(n, dtype=np.int32)
+        self.counts = np.empty(n, dtype=np.int64)
+        self.slots = np.empty(n, dtype=np.int64)
+        self.stamp_local: dict[Hashable, int] = {}
+        self.stamp_parts: list[bytes] = []
+        self.truth_local: dict[tuple[int, int, bytes], int] = {}
+        self.truth_parts: list[bytes] = []
+        self.rects = np.zeros((n, 4), dtype=np.int32)
+        self.index_parts: list[np.ndarray] = []
+        self.one_minus_parts: list[np.ndarray] = []
+        self.premult_parts: list[np.ndarray] = []
+        self.rows: list[str] = []
+
+    def add(self, k: int, recipe: Recipe, chunk: int, slot: int, place: _Placement,
+            truth: tuple[Rect, bytes, bytes]) -> None:
+        """Record sample ``k``: a stamp or truth patch already in the shard is referenced, not stored again."""
+        rect, data, digest = truth
+        sid = self.stamp_local.get(place.stamp_key)
+        if sid is None:
+            sid = self.stamp_local[place.stamp_key] = len(self.stamp_parts)
+            self.stamp_parts.append(place.stamp.data)
+        tkey = (rect[2], rect[3], digest)
+        tid = self.truth_local.get(tkey)
+        if tid is None:
+            tid = self.truth_local[tkey] = len(self.truth_parts)
+            self.truth_parts.append(data)
+        self.boxes[k], self.rects[k] = place.box, rect
+        self.stamp_ids[k], self.truth_ids[k], self.slots[k] = sid, tid, slot
+        self.counts[k] = place.index.size
+        self.index_parts.append(place.index)
+        self.one_minus_parts.append(place.stamp.one_minus)
+        self.premult_parts.append(place.stamp.premult)
+        self.rows.append(manifest_line(recipe, shard=chunk, slot=k))
+
+    def arrays(self, recipes: Sequence[Recipe], bg_stack: np.ndarray) -> dict[str, np.ndarray]:
+        """The shard's named arrays; the offsets index the flat ``pixels`` blob (stamps, values, truths)."""
+        stamp_sizes = np.fromiter((len(p) for p in self.stamp_parts), np.int64, len(self.stamp_parts))
+        truth_sizes = np.fromiter((len(p) for p in self.truth_parts), np.int64, len(self.truth_parts))
+        stamp_offsets = _offsets(0, stamp_sizes)
+        value_offsets = _offsets(int(stamp_offsets[-1]), self.counts)
+        truth_offsets = _offsets(int(value_offsets[-1]), truth_sizes)
+        ids = sorted(self.bg_slot, key=self.bg_slot.get)  # type: ignore[arg-type]
+        return {
+            "format": np.asarray(SHARD_FORMAT, dtype=np.int32),
+            "recipes": recipe_table(recipes),
+            "bg_ids": np.asarray(ids, dtype=np.int32),
+            "bg": bg_stack,
+            "depth_ref": np.stack(self.depth_refs),
+            "boxes": self.boxes,
+            "stamp": self.stamp_ids,
+            "stamp_offsets": stamp_offsets,
+            "value_offsets": value_offsets,
+            "truth": self.truth_ids,
+            "rects": self.rects,
+            "truth_offsets": truth_offsets,
+        }
+
+
 class ShardWriter:
     """Writes one ``.npz`` shard per chunk (arrays in the module docstring); returns its manifest lines."""
 
@@ -189,10 +257,10 @@ class ShardWriter:
             # a pixel whose depth in metres equals the empty scene's has the same millimetres: the
             # rectangle holds every change (millimetres are computed only inside it)
             y0, x0, h, w = rect = changed_rect(boxes[i], mask != 0, metres != ref_m)
-            box = (slice(y0, y0 + h), slice(x0, x0 + w))
-            depth = formats.depth_to_png16(metres[box])
-            moved = depth != ref[box]  # stored as a change against the bg's depth: position-free
-            data = (np.packbits(mask[box], axis=None).tobytes() + np.packbits(moved, axis=None).tobytes()
+            region = (slice(y0, y0 + h), slice(x0, x0 + w))
+            depth = formats.depth_to_png16(metres[region])
+            moved = depth != ref[region]  # stored as a change against the bg's depth: position-free
+            data = (np.packbits(mask[region], axis=None).tobytes() + np.packbits(moved, axis=None).tobytes()
                     + depth[moved].astype("<u2").tobytes())
             out[i] = (rect, data, hashlib.blake2b(data, digest_size=16).digest())
             self._truths.put(keys[i], out[i])  # a sample without cache keys (None) is not remembered
@@ -202,85 +270,40 @@ class ShardWriter:
 
     def write_chunk(self, chunk: int, recipes: Sequence[Recipe], producer: Producer,
                     whole_bg: bool = False) -> list[str]:
-        n = len(recipes)
-        bg_slot: dict[int, int] = {}
-        bgs: list[np.ndarray] = []
-        depth_refs: list[np.ndarray] = []
-        boxes = np.zeros((n, 4), dtype=np.int32)
-        stamp_ids = np.empty(n, dtype=np.int32)
-        truth_ids = np.empty(n, dtype=np.int32)
-        counts = np.empty(n, dtype=np.int64)
-        slots = np.empty(n, dtype=np.int64)
-        stamp_local: dict[Hashable, int] = {}
-        stamp_parts: list[bytes] = []
-        truth_local: dict[tuple[int, int, bytes], int] = {}
-        truth_parts: list[bytes] = []
-        rects = np.zeros((n, 4), dtype=np.int32)
-        index_parts: list[np.ndarray] = []
-        one_minus_parts: list[np.ndarray] = []
-        premult_parts: list[np.ndarray] = []
-        rows: list[str] = []
+        """Write shard ``chunk`` (via a temp file, so a kill never leaves half a shard) and return its
+        manifest rows; samples are placed batch by batch, as ``producer`` yields them."""
+        parts = _ChunkParts(len(recipes))
         start = 0
         for batch in producer.batches(recipes):
-            places = []
-            for recipe in batch:
-                slot = bg_slot.get(recipe.bg)
-                if slot is None:
-                    bg, depth_ref, _digest, _metres = self._reference(recipe, producer)
-                    if bgs and bg.shape != bgs[0].shape:
-                        raise ValueError(f"bg {recipe.bg} is {bg.shape}, the shard's first bg {bgs[0].shape}")
-                    slot = bg_slot[recipe.bg] = len(bgs)
-                    bgs.append(bg)
-                    depth_refs.append(depth_ref)
-                places.append((slot, self._placement(recipe, bgs[0].shape[0], bgs[0].shape[1], producer)))
-            truths = self._truth_patches(producer, batch, [p.box for _s, p in places])
-            for k, recipe, (slot, place), (rect, data, digest) in zip(
-                range(start, start + len(batch)), batch, places, truths, strict=True
+            placements = [self._place(recipe, producer, parts) for recipe in batch]
+            truths = self._truth_patches(producer, batch, [p.box for _s, p in placements])
+            for k, recipe, (slot, place), truth in zip(
+                range(start, start + len(batch)), batch, placements, truths, strict=True
             ):
-                sid = stamp_local.get(place.stamp_key)
-                if sid is None:
-                    sid = stamp_local[place.stamp_key] = len(stamp_parts)
-                    stamp_parts.append(place.stamp.data)
-                tkey = (rect[2], rect[3], digest)
-                tid = truth_local.get(tkey)
-                if tid is None:
-                    tid = truth_local[tkey] = len(truth_parts)
-                    truth_parts.append(data)
-                boxes[k], rects[k] = place.box, rect
-                stamp_ids[k], truth_ids[k], slots[k] = sid, tid, slot
-                counts[k] = place.index.size
-                index_parts.append(place.index)
-                one_minus_parts.append(place.stamp.one_minus)
-                premult_parts.append(place.stamp.premult)
-                rows.append(manifest_line(recipe, shard=chunk, slot=k))
+                parts.add(k, recipe, chunk, slot, place, truth)
             start += len(batch)
-        bg_stack = np.stack(bgs)
-        values = self._blend_chunk(bg_stack, slots, counts, index_parts, one_minus_parts, premult_parts)
-        stamp_sizes = np.fromiter((len(p) for p in stamp_parts), np.int64, len(stamp_parts))
-        truth_sizes = np.fromiter((len(p) for p in truth_parts), np.int64, len(truth_parts))
-        stamp_offsets = _offsets(0, stamp_sizes)
-        value_offsets = _offsets(int(stamp_offsets[-1]), counts)
-        truth_offsets = _offsets(int(value_offsets[-1]), truth_sizes)
-        ids = sorted(bg_slot, key=bg_slot.get)  # type: ignore[arg-type]
-        arrays = {
-            "format": np.asarray(SHARD_FORMAT, dtype=np.int32),
-            "recipes": recipe_table(recipes),
-            "bg_ids": np.asarray(ids, dtype=np.int32),
-            "bg": bg_stack,
-            "depth_ref": np.stack(depth_refs),
-            "boxes": boxes,
-            "stamp": stamp_ids,
-            "stamp_offsets": stamp_offsets,
-            "value_offsets": value_offsets,
-            "truth": truth_ids,
-            "rects": rects,
-            "truth_offsets": truth_offsets,
-        }
+        bg_stack = np.stack(parts.bgs)
+        values = self._blend_chunk(bg_stack, parts.slots, parts.counts, parts.index_parts,
+                                   parts.one_minus_parts, parts.premult_parts)
         path = self.root / shard_name(chunk)
         tmp = formats.temp_name(path)
-        write_npz(tmp, arrays, "pixels", [*stamp_parts, values, *truth_parts])
+        write_npz(tmp, parts.arrays(recipes, bg_stack), "pixels",
+                  [*parts.stamp_parts, values, *parts.truth_parts])
         os.replace(tmp, path)
-        return rows
+        return parts.rows
+
+    def _place(self, recipe: Recipe, producer: Producer, parts: _ChunkParts) -> tuple[int, _Placement]:
+        """``recipe``'s bg slot in the shard (loading the bg on first use: a shard stores each bg once)
+        and its fg placement on that bg."""
+        slot = parts.bg_slot.get(recipe.bg)
+        if slot is None:
+            bg, depth_ref, _digest, _metres = self._reference(recipe, producer)
+            if parts.bgs and bg.shape != parts.bgs[0].shape:
+                raise ValueError(f"bg {recipe.bg} is {bg.shape}, the shard's first bg {parts.bgs[0].shape}")
+            slot = parts.bg_slot[recipe.bg] = len(parts.bgs)
+            parts.bgs.append(bg)
+            parts.depth_refs.append(depth_ref)
+        return slot, self._placement(recipe, parts.bgs[0].shape[0], parts.bgs[0].shape[1], producer)
 
     @staticmethod
     def _blend_chunk(bg_stack: np.ndarray, slots: np.ndarray, counts: np.ndarray, index_parts: list[np.ndarray],
@@ -325,7 +348,11 @@ def write_npz(path: Path | str, arrays: dict[str, np.ndarray], flat_name: str,
             batch: list[bytes | memoryview] = []
             size = 0
             for part in parts:  # joined into writes of a few MB: one zip write (and CRC call) per part is slow
-                batch.append(part if isinstance(part, bytes) else memoryview(np.ascontiguousarray(part)).cast("B"))
+                # numpy's stubs do not declare ndarray a Buffer, though it implements the buffer protocol
+                if isinstance(part, bytes):
+                    batch.append(part)
+                else:
+                    batch.append(memoryview(np.ascontiguousarray(part)).cast("B"))  # type: ignore[arg-type]
                 size += len(batch[-1])
                 if size >= 4 << 20:
                     member.write(b"".join(batch))
