@@ -69,78 +69,113 @@ def _fmt(value: Any) -> str:
 
 def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcome:
     """Run one claimed trial to its end; return what happened (re-raise only KeyboardInterrupt)."""
-    import optuna
-
-    from losslab.core.experiment.runner import MlflowRunLogger
-    from losslab.core.train.trainer import Trainer, TrainingError
-
     started = time.perf_counter()
-    space, number = ctx.space, trial.number
+    number = trial.number
     with Heartbeat(ctx.storage, trial._trial_id, ctx.space.heartbeat.interval):
-        overrides, shown = sample(trial, space)
-        trial.set_user_attr(names.OVERRIDES_ATTR, overrides)
-        run_id = ctx.records.start_trial(number, shown, retry_of)
-        trial.set_user_attr(RUN_ATTR, run_id)
-        described = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
-        again = f" (retry of trial {retry_of})" if retry_of is not None else ""
-        ctx.echo(f"losslab: trial {number}{again}: {described}")
+        overrides, shown, run_id = _open_trial(ctx, trial, retry_of)
         outcome = TrialOutcome(number, "failed", None, shown, 0.0, run_id)
         run_dir = ctx.runs_root / f"trial-{number}"
-        reported: list[float] = []
-        best: dict[str, float] = {}
-        trainer: Any = None
-
-        planned: list[int] = []  # the trial's epochs, once its config is built
-
-        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
-            outcome.epochs = epoch + 1
-            if space.multi:
-                return
-            metric = space.objectives[0].metric
-            value = metrics.get(metric)
-            if value is None:
-                return
-            reported.append(float(value))
-            trial.report(float(value), epoch)
-            if planned and epoch + 1 >= planned[0]:
-                return  # it ran all its epochs: a complete trial, ranked by its result, never "pruned"
-            if trial.should_prune():
-                of = f" of {planned[0]}" if planned else ""
-                raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}{of} ({metric} = {value:.4f})")
-
-        try:
-            cfg = build_config(ctx.base, overrides, ctx.catalog, f"trial-{number}")
-            ctx.records.log_config(run_id, cfg)
-            planned.append(cfg.train.epochs)
-            trainer = Trainer(cfg, ctx.seed, ctx.catalog, run_dir, MlflowRunLogger(ctx.records.tracker, run_id))
-            result = trainer.fit(on_epoch=on_epoch)
-            best = dict(result.best)
-            values = [best.get(m) for m in space.metrics]
-            missing = [m for m, v in zip(space.metrics, values, strict=True) if not is_finite(v)]
-            if missing:
-                found = ", ".join(f"{m} = {best.get(m)}" for m in missing)
-                raise TrainingError(f"objective {', '.join(missing)} is missing or not finite at the best epoch "
-                                    f"({found}); the trial cannot be ranked")
-            outcome.values = [float(v) for v in values]  # type: ignore[arg-type]
-            outcome.state = "complete"
-            _log_artifacts(ctx, run_id, run_dir, result.best_checkpoint)
-        except optuna.TrialPruned as exc:
-            outcome.state, outcome.error = "pruned", str(exc)
-            outcome.values = [reported[-1]] if reported else None
-            best = dict(trainer.best_metrics) if trainer is not None else {}
-            if trainer is not None:  # its best checkpoint so far: `lab predict --run` works on a pruned trial
-                _log_artifacts(ctx, run_id, run_dir, run_dir / names.BEST_CHECKPOINT)
-        except KeyboardInterrupt:
-            _interrupted(ctx, trial, run_id)
-            raise
-        except Exception as exc:
-            outcome.state, outcome.error = "failed", _reason(exc)
+        best = _train_trial(ctx, trial, overrides, outcome, run_dir)
         outcome.seconds = time.perf_counter() - started
         _tell(ctx, trial, outcome)
         ctx.records.finish_trial(run_id, outcome.state, outcome.values, best, outcome.seconds, outcome.error)
     shutil.rmtree(run_dir, ignore_errors=True)
     ctx.echo(_summary(ctx, outcome))
     return outcome
+
+
+def _open_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """Sample the trial's parameters and start its MLflow run; the overrides and run id are stored on the
+    trial so a retry or ``lab tune --resume`` can find them. Returns (overrides, shown, run id)."""
+    overrides, shown = sample(trial, ctx.space)
+    trial.set_user_attr(names.OVERRIDES_ATTR, overrides)
+    run_id = ctx.records.start_trial(trial.number, shown, retry_of)
+    trial.set_user_attr(RUN_ATTR, run_id)
+    described = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+    again = f" (retry of trial {retry_of})" if retry_of is not None else ""
+    ctx.echo(f"losslab: trial {trial.number}{again}: {described}")
+    return overrides, shown, run_id
+
+
+def _train_trial(ctx: TuneContext, trial: Any, overrides: dict[str, Any], outcome: TrialOutcome,
+                 run_dir: Path) -> dict[str, float]:
+    """Train the trial, filling ``outcome`` (complete, pruned or failed); returns the best metrics to record.
+
+    A failure is recorded, not raised, so one bad trial does not stop the study; Ctrl-C marks the trial
+    interrupted and propagates.
+    """
+    import optuna
+
+    from losslab.core.experiment.runner import MlflowRunLogger
+    from losslab.core.train.trainer import Trainer
+
+    reported: list[float] = []
+    planned: list[int] = []  # the trial's epochs, once its config is built
+    best: dict[str, float] = {}
+    trainer: Any = None
+    try:
+        cfg = build_config(ctx.base, overrides, ctx.catalog, f"trial-{trial.number}")
+        ctx.records.log_config(outcome.run_id, cfg)
+        planned.append(cfg.train.epochs)
+        trainer = Trainer(cfg, ctx.seed, ctx.catalog, run_dir, MlflowRunLogger(ctx.records.tracker, outcome.run_id))
+        result = trainer.fit(on_epoch=_epoch_hook(ctx.space, trial, outcome, reported, planned))
+        best = dict(result.best)
+        outcome.values = _objective_values(ctx.space, best)
+        outcome.state = "complete"
+        _log_artifacts(ctx, outcome.run_id, run_dir, result.best_checkpoint)
+    except optuna.TrialPruned as exc:
+        outcome.state, outcome.error = "pruned", str(exc)
+        outcome.values = [reported[-1]] if reported else None
+        best = dict(trainer.best_metrics) if trainer is not None else {}
+        if trainer is not None:  # its best checkpoint so far: `lab predict --run` works on a pruned trial
+            _log_artifacts(ctx, outcome.run_id, run_dir, run_dir / names.BEST_CHECKPOINT)
+    except KeyboardInterrupt:
+        _interrupted(ctx, trial, outcome.run_id)
+        raise
+    except Exception as exc:
+        outcome.state, outcome.error = "failed", _reason(exc)
+    return best
+
+
+def _epoch_hook(space: SearchSpace, trial: Any, outcome: TrialOutcome, reported: list[float],
+                planned: list[int]) -> Callable[[int, dict[str, float]], None]:
+    """The trainer's per-epoch callback: count epochs, report the objective to Optuna and prune when told.
+
+    A multi-objective study is never pruned (Optuna cannot), and a trial that ran all ``planned`` epochs
+    is complete, ranked by its result, never "pruned".
+    """
+    import optuna
+
+    def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+        outcome.epochs = epoch + 1
+        if space.multi:
+            return
+        metric = space.objectives[0].metric
+        value = metrics.get(metric)
+        if value is None:
+            return
+        reported.append(float(value))
+        trial.report(float(value), epoch)
+        if planned and epoch + 1 >= planned[0]:
+            return  # it ran all its epochs: a complete trial, ranked by its result, never "pruned"
+        if trial.should_prune():
+            of = f" of {planned[0]}" if planned else ""
+            raise optuna.TrialPruned(f"pruned after epoch {epoch + 1}{of} ({metric} = {value:.4f})")
+
+    return on_epoch
+
+
+def _objective_values(space: SearchSpace, best: dict[str, float]) -> list[float]:
+    """The objectives at the best epoch; a trial missing one (or with a NaN) cannot be ranked and fails."""
+    from losslab.core.train.trainer import TrainingError
+
+    values = [best.get(m) for m in space.metrics]
+    missing = [m for m, v in zip(space.metrics, values, strict=True) if not is_finite(v)]
+    if missing:
+        found = ", ".join(f"{m} = {best.get(m)}" for m in missing)
+        raise TrainingError(f"objective {', '.join(missing)} is missing or not finite at the best epoch "
+                            f"({found}); the trial cannot be ranked")
+    return [float(v) for v in values]  # type: ignore[arg-type]
 
 
 def _reason(exc: Exception) -> str:
