@@ -25,7 +25,7 @@ from losslab.core.config import ConfigError, ExperimentConfig, load_yaml, resolv
 from losslab.core.experiment.tuning.options import TuneOptions
 from losslab.core.experiment.tuning.records import StudyRecords
 from losslab.core.experiment.tuning.results import ReportHook, TuneResult, finish_study
-from losslab.core.experiment.tuning.space import base_dict, parse_search
+from losslab.core.experiment.tuning.space import SearchSpace, base_dict, parse_search
 from losslab.core.experiment.tuning.study import (
     StaleTrialHandler,
     StudyError,
@@ -98,25 +98,14 @@ def run_tune(
     from losslab.core.experiment.tracking import Tracker, check_tracking_uri, default_tracking_uri
     from losslab.core.plugin.manager import load_catalog
 
-    trials, timeout, study_name = options.trials, options.timeout, options.study
-
-    if trials < 1:
-        raise StudyError(f"--trials must be at least 1; found {trials}")
-    if timeout is not None and timeout <= 0:
-        raise StudyError(f"--timeout must be a positive number of seconds; found {timeout}")
+    trials = options.trials
+    _check_budget(trials, options.timeout)
     catalog = catalog or load_catalog()
-    cfg, raw_search = select_base(Path(path), list(options.sets), catalog)
-    try:
-        space = parse_search(raw_search if raw_search else None, cfg, catalog)
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+    cfg, space = _load_space(Path(path), options, catalog)
     base = base_dict(cfg, space)
     seed = cfg.seeds[0]
     sampler_seed = space.sampler.seed if space.sampler.seed is not None else seed
-    name = study_name or cfg.name
-    if not STUDY_NAME.match(name):
-        raise StudyError(f"study name {name!r}: use letters, digits, space and _ . + - (at most 120 characters); "
-                         "pass --study NAME")
+    name = _study_name(options.study, cfg)
     uri = default_tracking_uri(options.tracking_uri)
     check_tracking_uri(uri)  # before the Optuna study exists: a bad URI leaves nothing behind
     url = normalize_storage(options.storage or default_storage(uri))
@@ -136,6 +125,41 @@ def run_tune(
     done = len(finished(study.get_trials(deepcopy=False)))
     echo(f"losslab: study {name!r} ({'resumed' if done or existed else 'new'}, {done} of {trials} trial(s) done) "
          f"in {shown_url}; MLflow parent run {parent_id} in {tracker.uri}")
+    _announce_plan(ctx, trials)
+    stopped, gave_up = _loop_or_close(ctx, trials, options.timeout)
+    return finish_study(ctx, trials, shown_url, uri, stopped, gave_up, on_finished, best_dir)
+
+
+def _check_budget(trials: int, timeout: float | None) -> None:
+    """Refuse a trial count or timeout that could not run a study, before anything is opened."""
+    if trials < 1:
+        raise StudyError(f"--trials must be at least 1; found {trials}")
+    if timeout is not None and timeout <= 0:
+        raise StudyError(f"--timeout must be a positive number of seconds; found {timeout}")
+
+
+def _load_space(path: Path, options: TuneOptions, catalog: Catalog) -> tuple[ExperimentConfig, SearchSpace]:
+    """The base config and its ``search:`` space; a bad space's message names the file it came from."""
+    cfg, raw_search = select_base(path, list(options.sets), catalog)
+    try:
+        space = parse_search(raw_search if raw_search else None, cfg, catalog)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg, space
+
+
+def _study_name(study_name: str | None, cfg: ExperimentConfig) -> str:
+    """``--study`` or the experiment's name, checked: it becomes a folder name and a storage key."""
+    name = study_name or cfg.name
+    if not STUDY_NAME.match(name):
+        raise StudyError(f"study name {name!r}: use letters, digits, space and _ . + - (at most 120 characters); "
+                         "pass --study NAME")
+    return name
+
+
+def _announce_plan(ctx: TuneContext, trials: int) -> None:
+    """Say what is optimized, how, and on which seed, and warn when TPE would sample every trial at random."""
+    space, cfg, seed, echo = ctx.space, ctx.base_cfg, ctx.seed, ctx.echo
     echo(f"losslab: {', '.join(f'{o.direction} {o.metric}' for o in space.objectives)}; sampler "
          f"{space.sampler_name}, pruner {space.pruner_name}; each trial trains seed {seed}"
          + (f" (the experiment lists seeds {cfg.seeds}; `lab run` on the best config repeats them)"
@@ -143,15 +167,17 @@ def run_tune(
     if space.sampler_name == "tpe" and (space.sampler.n_startup_trials or 10) >= trials:
         echo(f"losslab: note: TPE samples its first {space.sampler.n_startup_trials or 10} trials at random; "
              f"with --trials {trials} set search.sampler.n_startup_trials lower to let it model")
-    stopped, gave_up = "", False
+
+
+def _loop_or_close(ctx: TuneContext, trials: int, timeout: float | None) -> tuple[str, bool]:
+    """:func:`_loop`, closing the MLflow parent as KILLED on Ctrl-C unless another worker still runs trials."""
     try:
-        stopped, gave_up = _loop(ctx, trials, timeout)
+        return _loop(ctx, trials, timeout)
     except KeyboardInterrupt:
-        others = running_elsewhere(study.get_trials(deepcopy=False), worker)
+        others = running_elsewhere(ctx.study.get_trials(deepcopy=False), ctx.worker)
         if not others:
-            records.close_parent("KILLED")
+            ctx.records.close_parent("KILLED")
         raise
-    return finish_study(ctx, trials, shown_url, uri, stopped, gave_up, on_finished, best_dir)
 
 
 def _loop(ctx: TuneContext, trials: int, timeout: float | None) -> tuple[str, bool]:
