@@ -77,8 +77,11 @@ class HeartbeatSpec(StrictModel):
     max_retry: int = Field(default=2, ge=0, description="times a dead worker's trial is run again")
 
 
+ParamKind = Literal["float", "int", "categorical"]
+
+
 class ParamSpec(StrictModel):
-    type: Literal["float", "int", "categorical"] | None = None
+    type: ParamKind | None = None
     low: float | None = None
     high: float | None = None
     log: bool = False
@@ -104,7 +107,7 @@ class SearchParam:
     """One searched key, resolved: bounds for numbers, label -> value for choices."""
 
     key: str
-    kind: Literal["float", "int", "categorical"]
+    kind: ParamKind
     low: float = 0.0
     high: float = 0.0
     log: bool = False
@@ -228,6 +231,8 @@ def _choices(key: str, spec: ParamSpec) -> tuple[list[Any], dict[Any, Any], list
 
 def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[str, SearchParam]) -> tuple[
         SearchParam | None, list[str]]:
+    """One ``search.params`` entry as a :class:`SearchParam`, or None with every problem found in it
+    (all of them at once, so one edit fixes the file)."""
     path = _param_path(key)
     root = key.split(".")[0]
     if not key or any(not part for part in key.split(".")):
@@ -235,17 +240,9 @@ def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[
     if root in FORBIDDEN_ROOTS:
         return None, [f"{path}: {root!r} identifies the experiment and cannot be searched; search keys of "
                       "data, model, augment, train, loss or metrics"]
-    kind = spec.type
+    kind = spec.type or _infer_kind(key, spec, base)
     if kind is None:
-        if spec.choices is not None:
-            kind = "categorical"
-        elif spec.low is not None and spec.high is not None:
-            # YAML's 1 and 1.0 both arrive as floats here: whole bounds make an int unless the config holds a float
-            current = _lookup(base, key)
-            integral = float(spec.low).is_integer() and float(spec.high).is_integer()
-            kind = "int" if integral and not isinstance(current, float) else "float"
-        else:
-            return None, [f"{path}: give low and high (a number range) or choices (a list); found neither"]
+        return None, [f"{path}: give low and high (a number range) or choices (a list); found neither"]
     problems: list[str] = []
     param = SearchParam(key=key, kind=kind)
     if kind == "categorical":
@@ -259,21 +256,49 @@ def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[
         if spec.low is None or spec.high is None:
             problems.append(f"{path}: a {kind} parameter needs both low and high")
             return None, problems
-        low, high = float(spec.low), float(spec.high)
-        if kind == "int" and not (low.is_integer() and high.is_integer()):
-            problems.append(f"{path}: an int parameter needs whole-number bounds; found low={spec.low}, "
-                            f"high={spec.high}")
-        if low > high or (kind == "float" and low == high):
-            problems.append(f"{path}: low must be below high; found low={spec.low}, high={spec.high}")
-        if spec.log and low <= 0:
-            problems.append(f"{path}.low: a log-scale range must start above 0; found {spec.low}")
-        if spec.log and spec.step is not None:
-            problems.append(f"{path}: step and log cannot be combined (Optuna samples either on a grid or "
-                            "on a log scale); drop one")
-        if spec.step is not None and (spec.step <= 0 or (kind == "int" and not float(spec.step).is_integer())):
-            problems.append(f"{path}.step: expected a positive {'whole ' if kind == 'int' else ''}number; "
-                            f"found {spec.step}")
-        param.low, param.high, param.log, param.step = low, high, spec.log, spec.step
+        problems += _set_range(path, kind, spec, float(spec.low), float(spec.high), param)
+    problems += _set_conditions(path, spec, earlier, param)
+    return (param if not problems else None), problems
+
+
+def _infer_kind(key: str, spec: ParamSpec, base: dict[str, Any]) -> ParamKind | None:
+    """The kind of a parameter without ``type:``: categorical with choices, else int or float from its
+    bounds; None when it has neither."""
+    if spec.choices is not None:
+        return "categorical"
+    if spec.low is not None and spec.high is not None:
+        # YAML's 1 and 1.0 both arrive as floats here: whole bounds make an int unless the config holds a float
+        current = _lookup(base, key)
+        integral = float(spec.low).is_integer() and float(spec.high).is_integer()
+        return "int" if integral and not isinstance(current, float) else "float"
+    return None
+
+
+def _set_range(path: str, kind: str, spec: ParamSpec, low: float, high: float, param: SearchParam) -> list[str]:
+    """Check a numeric parameter's bounds (``low``/``high``: ``spec``'s, as floats), step and log, and store
+    them on ``param``; returns the problems, each saying how to fix it."""
+    problems: list[str] = []
+    if kind == "int" and not (low.is_integer() and high.is_integer()):
+        problems.append(f"{path}: an int parameter needs whole-number bounds; found low={spec.low}, "
+                        f"high={spec.high}")
+    if low > high or (kind == "float" and low == high):
+        problems.append(f"{path}: low must be below high; found low={spec.low}, high={spec.high}")
+    if spec.log and low <= 0:
+        problems.append(f"{path}.low: a log-scale range must start above 0; found {spec.low}")
+    if spec.log and spec.step is not None:
+        problems.append(f"{path}: step and log cannot be combined (Optuna samples either on a grid or "
+                        "on a log scale); drop one")
+    if spec.step is not None and (spec.step <= 0 or (kind == "int" and not float(spec.step).is_integer())):
+        problems.append(f"{path}.step: expected a positive {'whole ' if kind == 'int' else ''}number; "
+                        f"found {spec.step}")
+    param.low, param.high, param.log, param.step = low, high, spec.log, spec.step
+    return problems
+
+
+def _set_conditions(path: str, spec: ParamSpec, earlier: dict[str, SearchParam], param: SearchParam) -> list[str]:
+    """Check ``when:`` (each names a categorical parameter declared earlier and some of its choices) and
+    store the conditions on ``param``; returns the problems."""
+    problems: list[str] = []
     for other, labels in (spec.when or {}).items():
         wanted = labels if isinstance(labels, list) else [labels]
         parent = earlier.get(other)
@@ -291,7 +316,7 @@ def _build_param(key: str, spec: ParamSpec, base: dict[str, Any], earlier: dict[
             problems.append(f"{path}.when.{other}: unknown choice(s) {', '.join(map(repr, unknown))} "
                             f"(choices: {', '.join(map(str, parent.labels))})")
         param.when[other] = wanted
-    return (param if not problems else None), problems
+    return problems
 
 
 def computed_metrics(cfg: ExperimentConfig) -> list[str]:
@@ -450,8 +475,7 @@ def sample(trial: Trial, space: SearchSpace) -> tuple[dict[str, Any], dict[str, 
             value = trial.suggest_int(p.key, int(p.low), int(p.high), step=step, log=p.log)
             overrides[p.key] = shown[p.key] = value
         else:
-            value = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
-            overrides[p.key] = shown[p.key] = value
+            overrides[p.key] = shown[p.key] = trial.suggest_float(p.key, p.low, p.high, step=p.step, log=p.log)
     return overrides, shown
 
 
