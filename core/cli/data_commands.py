@@ -16,15 +16,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from losslab.core.data.generate import GenerationReport, InputSpec
 
 data_app = typer.Typer(no_args_is_help=True, help="Generate and inspect datasets.", add_completion=False,
                        pretty_exceptions_enable=False)
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = 1) -> NoReturn:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code)
 
@@ -111,42 +114,18 @@ def generate(
     progress: Annotated[bool, Opt(help="Show a progress bar with ETA.")] = True,
 ) -> None:
     """Generate a dataset: every bg x every fg and its flip x the generator's placements."""
-    from losslab.core.data.generate import (
-        GenerationError,
-        GenerationInterrupted,
-        GenerationPlan,
-        InputSpec,
-        generate,
-    )
-    from losslab.core.data.readers import dataset_bytes
+    from losslab.core.data.generate import GenerationError, GenerationInterrupted, GenerationPlan, generate
     from losslab.core.paths import UnsafePathError, check_out_dir
 
     try:
         check_out_dir(out)
     except UnsafePathError as exc:
         _fail(str(exc))
-    gen_params = parse_params(gen_param, "--gen-param")
-    if rows is not None or cols is not None or sizes is not None:
-        if generator != "grid":
-            _fail("--rows, --cols and --sizes are for --generator grid; use --gen-param for other generators")
-        if sizes is not None:
-            gen_params["sizes"] = _sizes(sizes)
-            gen_params.setdefault("rows", len(gen_params["sizes"]))
-        if rows is not None:
-            gen_params["rows"] = rows
-        if cols is not None:
-            gen_params["cols"] = cols
+    gen_params = _generator_params(generator, gen_param, rows, cols, sizes)
     try:
-        if synthetic is not None:
-            if bg_dir is not None or fg_dir is not None:
-                _fail("give either --synthetic N_BG N_FG or --bg-dir and --fg-dir, not both")
-            inputs = InputSpec.synthetic(synthetic[0], synthetic[1], seed=seed, image_size=image_size)
-        else:
-            if bg_dir is None or fg_dir is None:
-                _fail("give --bg-dir and --fg-dir (or --synthetic N_BG N_FG for the built-in scenes)")
-            inputs = InputSpec.folders(bg_dir, fg_dir, image_size=image_size, bg_fit=bg_fit)
         plan = GenerationPlan(
-            inputs=inputs, generator=generator, generator_params=gen_params,
+            inputs=_inputs(synthetic, bg_dir, fg_dir, seed, image_size, bg_fit),
+            generator=generator, generator_params=gen_params,
             mask=mask, mask_params=parse_params(mask_param, "--mask-param"),
             depth=depth, depth_params=parse_params(depth_param, "--depth-param"),
             layout=layout, image_format=image_format, jpeg_quality=jpeg_quality,
@@ -160,6 +139,45 @@ def generate(
         _fail(f"interrupted; rerun the same command with --resume to continue in {out}", code=130)
     except GenerationError as exc:
         _fail(str(exc))
+    _print_report(report, out, layout)
+
+
+def _generator_params(generator: str, gen_param: list[str] | None, rows: int | None, cols: int | None,
+                      sizes: str | None) -> dict[str, Any]:
+    """``--gen-param`` with the grid shortcuts (``--rows``/``--cols``/``--sizes``) folded in; the
+    shortcuts win, and are refused for another generator rather than silently ignored."""
+    gen_params = parse_params(gen_param, "--gen-param")
+    if rows is not None or cols is not None or sizes is not None:
+        if generator != "grid":
+            _fail("--rows, --cols and --sizes are for --generator grid; use --gen-param for other generators")
+        if sizes is not None:
+            gen_params["sizes"] = _sizes(sizes)
+            gen_params.setdefault("rows", len(gen_params["sizes"]))
+        if rows is not None:
+            gen_params["rows"] = rows
+        if cols is not None:
+            gen_params["cols"] = cols
+    return gen_params
+
+
+def _inputs(synthetic: tuple[int, int] | None, bg_dir: Path | None, fg_dir: Path | None, seed: int,
+            image_size: int, bg_fit: str) -> InputSpec:
+    """The built-in synthetic scenes or the user's two folders: exactly one of them, or a clear message."""
+    from losslab.core.data.generate import InputSpec
+
+    if synthetic is not None:
+        if bg_dir is not None or fg_dir is not None:
+            _fail("give either --synthetic N_BG N_FG or --bg-dir and --fg-dir, not both")
+        return InputSpec.synthetic(synthetic[0], synthetic[1], seed=seed, image_size=image_size)
+    if bg_dir is None or fg_dir is None:
+        _fail("give --bg-dir and --fg-dir (or --synthetic N_BG N_FG for the built-in scenes)")
+    return InputSpec.folders(bg_dir, fg_dir, image_size=image_size, bg_fit=bg_fit)
+
+
+def _print_report(report: GenerationReport, out: Path, layout: str) -> None:
+    """Warn about what was skipped, fail on failed chunks (they can be redone with --resume), else sum up."""
+    from losslab.core.data.readers import dataset_bytes
+
     if report.skipped:
         _warn(f"skipped {len(report.skipped)} file(s) that could not be used:")
         for problem in report.skipped:
