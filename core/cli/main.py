@@ -9,14 +9,18 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from losslab.core.cli.data_commands import data_app
 from losslab.core.experiment.tuning.options import TuneOptions
 from losslab.core.plugin.scaffold import new_plugin
+
+if TYPE_CHECKING:
+    import subprocess
 
 app = typer.Typer(
     name="lab",
@@ -114,9 +118,41 @@ def run(
 
     if until_decisive != (max_seeds is not None):
         fail("--until-decisive and --max-seeds N go together, e.g. --until-decisive --max-seeds 8")
-    conclusion: list = []
+    conclusion: list[Any] = []
+    try:
+        from losslab.core.experiment.runner import run_experiment
+        from losslab.core.experiment.sequential import PlanError
 
-    def finish(result, root: Path, uri: str) -> None:
+        sequential, decide = _sequential_plan(experiment, set_, max_seeds) if until_decisive else (None, None)
+        result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
+                                runs_dir=runs_dir, finish=_report_finisher(report, conclusion),
+                                sequential=sequential, decide=decide)
+    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError, FloorError) as exc:
+        fail(str(exc))
+        return
+    except KeyboardInterrupt:
+        fail("interrupted; run the same command with --resume to continue", code=130)
+        return
+    if result.is_main:  # under torchrun only rank 0 reports
+        _print_outcome(result, conclusion[0] if conclusion else None)
+
+
+def _sequential_plan(experiment: str, set_: list[str] | None, max_seeds: int | None) -> tuple[Any, Any]:
+    """``--until-decisive``'s plan of looks (from the experiment's seeds and ``--max-seeds``) and the report's
+    test of which variants are still undecided."""
+    from losslab.core.config import load_experiment
+    from losslab.core.experiment.sequential import make_plan
+    from losslab.reports.build import undecided_variants
+
+    configs = load_experiment(experiment_path(experiment), set_ or [])
+    return make_plan(configs[0].seeds, max_seeds or 0), undecided_variants
+
+
+def _report_finisher(report: bool, conclusion: list[Any]) -> Callable[[Any, Path, str], None]:
+    """The runner's ``finish`` hook: conclude the experiment (verdict tags, and the report unless
+    ``--no-report``) before the parent run ends, keeping the conclusion in ``conclusion`` for printing."""
+
+    def finish(result: Any, root: Path, uri: str) -> None:
         from losslab.reports.build import conclude
 
         def warn(message: str) -> None:
@@ -124,34 +160,15 @@ def run(
 
         conclusion.append(conclude(result.parent_run_id, root / "report" if report else None, uri, warn))
 
-    try:
-        from losslab.core.experiment.runner import run_experiment
-        from losslab.core.experiment.sequential import PlanError, make_plan
+    return finish
 
-        sequential = decide = None
-        if until_decisive:
-            from losslab.core.config import load_experiment
-            from losslab.reports.build import undecided_variants
 
-            configs = load_experiment(experiment_path(experiment), set_ or [])
-            sequential = make_plan(configs[0].seeds, max_seeds or 0)
-            decide = undecided_variants
-        result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
-                                runs_dir=runs_dir, finish=finish, sequential=sequential,
-                                decide=decide)
-    except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError, FloorError) as exc:
-        fail(str(exc))
-        return
-    except KeyboardInterrupt:
-        fail("interrupted; run the same command with --resume to continue", code=130)
-        return
-    if not result.is_main:
-        return  # under torchrun only rank 0 reports
+def _print_outcome(result: Any, done: Any) -> None:
+    """Print the table, the floor verdicts and the report's conclusion; exit 1 when any run failed."""
     typer.echo("")
     typer.echo(result.table)
     for sentence in result.verdicts.values():  # each task against its floors (core/experiment/floors.py)
         typer.echo(sentence)
-    done = conclusion[0] if conclusion else None
     if done is not None:
         for fmt, path in done.report.items():
             typer.echo(f"report ({fmt}): {path}")
@@ -313,9 +330,6 @@ def ui(
     with the headline metrics as columns. Exits non-zero when it cannot serve (e.g. the port is busy).
     """
     import signal
-    import subprocess
-    import time
-    import urllib.request
     import webbrowser
 
     busy = _port_busy(port)
@@ -332,27 +346,10 @@ def ui(
         fail(str(exc))
         return
     base = f"http://127.0.0.1:{port}"
-    # one worker and no GenAI job runner (a dozen background processes): browsing runs needs neither, and
-    # the server answers in seconds instead of a minute on a small machine
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracker.uri, "--host", "127.0.0.1",
-               "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    server = subprocess.Popen(command, env=env, start_new_session=True)  # its own group: stopped as a whole
+    server = _start_server(tracker.uri, port)
     signal.signal(signal.SIGTERM, _interrupt)  # stopped by a scheduler or a test: still stop the server
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            if server.poll() is not None:
-                fail(f"the MLflow server exited with code {server.returncode} before serving {base}", code=1)
-            try:
-                with urllib.request.urlopen(base + "/health", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                fail(f"the MLflow server did not answer at {base} within {startup_timeout:.0f} s", code=1)
-            time.sleep(0.3)
+        _wait_until_serving(server, base, startup_timeout)
         url = base + (view.path if view else "/")
         where = f"experiment {view.experiment!r}" + (f", run {view.parent_id}" if view and view.parent_id else "") \
             if view else "no experiment yet"
@@ -366,6 +363,38 @@ def ui(
         _stop_group(server)
     if code:
         fail(f"the MLflow server stopped with code {code}", code=1)
+
+
+def _start_server(uri: str, port: int) -> subprocess.Popen[bytes]:
+    """Start ``mlflow ui`` on ``uri`` in its own process group, so it is stopped as a whole."""
+    import subprocess
+
+    # one worker and no GenAI job runner (a dozen background processes): browsing runs needs neither, and
+    # the server answers in seconds instead of a minute on a small machine
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+               "--port", str(port), "--workers", "1"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    return subprocess.Popen(command, env=env, start_new_session=True)
+
+
+def _wait_until_serving(server: subprocess.Popen[bytes], base: str, startup_timeout: float) -> None:
+    """Poll ``/health`` until the server answers; fail if it exits first or stays silent past the timeout."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + startup_timeout
+    while True:
+        if server.poll() is not None:
+            fail(f"the MLflow server exited with code {server.returncode} before serving {base}", code=1)
+        try:
+            with urllib.request.urlopen(base + "/health", timeout=2) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            fail(f"the MLflow server did not answer at {base} within {startup_timeout:.0f} s", code=1)
+        time.sleep(0.3)
 
 
 def _interrupt(signum, frame) -> None:
