@@ -419,10 +419,11 @@ def _extend_until_decisive(configs: list[ExperimentConfig], plan: SequentialPlan
 
 def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
                root: Path, catalog: Catalog, resume: bool, echo: Echo) -> ChildResult:
+    """Train one (variant, seed) as a child run (reusing the run ``existing`` names, skipping it when
+    finished); a training failure is recorded in the result, so the other children still run."""
     from losslab.core.data.datasets import describe_split
     from losslab.core.data.formats import DatasetError
     from losslab.core.data.sources import SourceError
-    from losslab.core.experiment.visualize import save_prediction_grid
 
     # torch-heavy: loaded when a run starts
     from losslab.core.train.trainer import CheckpointError, Trainer, TrainingError
@@ -459,6 +460,22 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
     except Exception as exc:  # unexpected: the run is still ended as FAILED before the error goes up
         _fail_run(tracker, run_id, exc)
         raise
+    _log_child_outcome(tracker, run_id, run_dir, outcome)
+    tracker.set_tags(run_id, {names.STATUS_TAG: "finished"})
+    tracker.end_run(run_id, "FINISHED")
+    shown = ", ".join(f"{k.removeprefix(names.VAL_PREFIX)}={v:.4f}" for k, v in outcome.best.items()
+                      if not k.startswith((f"{names.VAL_PREFIX}mask/", f"{names.VAL_PREFIX}depth/")))
+    # epochs are counted from 1 for people (MLflow's steps and best/epoch stay 0-based, see docs/tracking.md)
+    echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch + 1} of "
+         f"{cfg.train.epochs}): {shown}")
+    return ChildResult(cfg.variant, seed, run_id, dict(outcome.best))
+
+
+def _log_child_outcome(tracker: Any, run_id: str, run_dir: Path, outcome: Any) -> None:
+    """Log a finished child's best metrics, best checkpoint, per-image and sample files, and (when samples
+    were kept and the run is tracked) the prediction grid drawn from them."""
+    from losslab.core.experiment.visualize import save_prediction_grid
+
     best = {f"{names.BEST_PREFIX}{k}": v for k, v in outcome.best.items()}
     tracker.log_metrics(run_id, {**best, names.TOTAL_TIME: outcome.total_s, names.BEST_EPOCH: outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))
@@ -473,11 +490,3 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
             samples = {k: data[k] for k in data.files}
         if len(samples.get("fg_bg", [])):
             tracker.log_artifact(run_id, save_prediction_grid(samples, run_dir / names.PREDICTIONS_FILE))
-    tracker.set_tags(run_id, {names.STATUS_TAG: "finished"})
-    tracker.end_run(run_id, "FINISHED")
-    shown = ", ".join(f"{k.removeprefix(names.VAL_PREFIX)}={v:.4f}" for k, v in outcome.best.items()
-                      if not k.startswith((f"{names.VAL_PREFIX}mask/", f"{names.VAL_PREFIX}depth/")))
-    # epochs are counted from 1 for people (MLflow's steps and best/epoch stay 0-based, see docs/tracking.md)
-    echo(f"losslab: {label} done in {outcome.total_s:.1f}s (best epoch {outcome.best_epoch + 1} of "
-         f"{cfg.train.epochs}): {shown}")
-    return ChildResult(cfg.variant, seed, run_id, dict(outcome.best))
