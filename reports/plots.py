@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -49,6 +49,15 @@ def _grid(n: int, cols: int = 3) -> tuple[int, int]:
     return math.ceil(n / cols), cols
 
 
+def panel_figure(n_panels: int, n_variants: int) -> tuple[Any, Any, list[tuple[float, float, float, float]]]:
+    """A figure of ``n_panels`` small panels (three a row) and one colour per variant, for per-epoch curves."""
+    from matplotlib.figure import Figure
+
+    rows, cols = _grid(n_panels)
+    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False), _colors(n_variants)
+
+
 # -- learning curves ---------------------------------------------------------------------------------
 
 
@@ -86,14 +95,10 @@ def learning_curves(study: Study, panels: list[str], title: str) -> Plot | None:
     """One panel per loss term or metric; a line per variant and split, band = +/- 1 std over seeds."""
     if not panels:
         return None
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    rows, cols = _grid(len(panels))
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    colors = _colors(len(study.variants))
+    fig, axes, colors = panel_figure(len(panels), len(study.variants))
     drawn: set[str] = set()
     for ax, panel in zip(axes.flat, panels, strict=False):
         for color, variant in zip(colors, study.variants, strict=True):

@@ -16,7 +16,7 @@ import numpy as np
 
 from losslab.core.names import DIAG_PREFIX
 from losslab.reports.collect import Study
-from losslab.reports.plots import Plot, _colors, _grid, _mean_band, _png
+from losslab.reports.plots import Plot, _colors, _mean_band, _png, panel_figure
 from losslab.reports.stats import Summary, format_value, summarize
 
 
@@ -37,14 +37,10 @@ def diagnostics_plot(study: Study) -> Plot | None:
     panels = [k for group in diagnostic_panels(study).values() for k in group]
     if not panels:
         return None
-    from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
 
-    rows, cols = _grid(len(panels))
-    fig = Figure(figsize=(4.2 * cols, 3.0 * rows), layout="constrained")
-    axes = fig.subplots(rows, cols, squeeze=False)
-    colors = _colors(len(study.variants))
+    fig, axes, colors = panel_figure(len(panels), len(study.variants))
     for ax, key in zip(axes.flat, panels, strict=False):
         for color, variant in zip(colors, study.variants, strict=True):
             histories = [c.histories[key] for c in study.ok_children if c.variant == variant and key in c.histories]
