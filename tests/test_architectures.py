@@ -220,7 +220,7 @@ def test_coordinate_maps_by_hand():
 
 @pytest.mark.parametrize("coords", [False, True])
 def test_coords_let_a_uniform_image_vary_by_position(coords):
-    """On a uniform input a conv net's output is periodic with its stride away from the borders; coordinates break that."""
+    """A uniform input gives an output periodic with the stride away from the borders; coordinates break that."""
     from losslab.plugins.architectures import UNet
 
     torch.manual_seed(0)
