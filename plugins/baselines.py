@@ -30,6 +30,9 @@ from losslab.core.plugin.contracts import Batch, Task
 #: Image differences are measured in these many steps (the images are 8-bit).
 LEVELS = 255
 
+#: Images per block when the prior scores its level sets (bounds the fit's memory, not its result).
+PRIOR_BLOCK = 256
+
 
 def _nothing_seen(name: str) -> ValueError:
     return ValueError(f"baseline {name!r}: fit() was given no training batches; the training split is empty")
@@ -110,19 +113,26 @@ class MaskPrior:
         self.train_iou: float | None = None
 
     def fit(self, batches: Iterable[Batch]) -> None:
-        masks = [(b["mask"][:, 0] > 0.5).flatten(1).double() for b in batches]
+        masks = [(b["mask"][:, 0] > 0.5).flatten(1) for b in batches]  # bool: 1 byte a pixel
         if not masks:
             raise _nothing_seen(self.name)
         m = torch.cat(masks)
-        hw = masks[0].shape[1]
-        frequency = m.mean(0)
+        hw = m.shape[1]
+        frequency = m.sum(0, dtype=torch.float64) / len(m)
         # the set {frequency > level} grows through the pixels in order of falling frequency; a set is
         # only reachable at the end of a run of equal frequencies (ties go in together)
         order = torch.argsort(frequency, descending=True, stable=True)
         ranked = frequency[order]
-        tp = torch.cat([torch.zeros(len(m), 1, dtype=m.dtype), m[:, order].cumsum(1)], dim=1)  # (N, HW + 1)
-        predicted = torch.arange(hw + 1, dtype=m.dtype).expand_as(tp)
-        mean_iou = iou_of_counts(tp, predicted, m.sum(1, keepdim=True)).mean(0)
+        predicted = torch.arange(hw + 1, dtype=torch.float64)
+        # each image's IoU at every set size, summed over blocks of images: the (images, HW + 1) counts
+        # of the whole split would need 8 bytes per pixel of every training image several times over
+        # (13 GB at 100 backgrounds, 64 px); a block keeps it to a few MB
+        total = torch.zeros(hw + 1, dtype=torch.float64)
+        for block in m.split(PRIOR_BLOCK):
+            b = block.double()
+            tp = torch.cat([torch.zeros(len(b), 1, dtype=b.dtype), b[:, order].cumsum(1)], dim=1)  # (n, HW + 1)
+            total += iou_of_counts(tp, predicted.expand_as(tp), b.sum(1, keepdim=True)).sum(0)
+        mean_iou = total / len(m)
         ends = torch.ones(hw + 1, dtype=torch.bool)
         ends[1:hw] = ranked[:-1] > ranked[1:]
         mean_iou = torch.where(ends, mean_iou, torch.full_like(mean_iou, -1.0))

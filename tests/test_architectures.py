@@ -207,3 +207,70 @@ def test_profile_architectures_scales_with_area(catalog, name):
     assert small["params"] == large["params"] == count_params(model) > 0
     # conv FLOPs grow with the pixel count: 4x the area, 4x the FLOPs (32 and 64 need no padding)
     assert large["flops"] == 4 * small["flops"]
+
+
+def test_coordinate_maps_by_hand():
+    from losslab.plugins.architectures.unet import coordinate_maps
+
+    maps = coordinate_maps(torch.zeros(2, 6, 3, 5))
+    assert maps.shape == (2, 2, 3, 5)
+    torch.testing.assert_close(maps[1, 0, 2], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))  # x: the column
+    torch.testing.assert_close(maps[0, 1, :, 4], torch.tensor([-1.0, 0.0, 1.0]))  # y: the row
+
+
+@pytest.mark.parametrize("coords", [False, True])
+def test_coords_let_a_uniform_image_vary_by_position(coords):
+    """A uniform input gives an output periodic with the stride away from the borders; coordinates break that."""
+    from losslab.plugins.architectures import UNet
+
+    torch.manual_seed(0)
+    model = UNet(coords=coords).eval()
+    with torch.no_grad():
+        depth = model(torch.full((1, 6, 192, 192), 0.5))["depth"][0, 0]
+    # one pixel per stride-8 cell, far from the borders (where zero padding breaks translation symmetry)
+    lattice = depth[64:129:8, 64:129:8]
+    spread = (lattice.max() - lattice.min()).item()
+    if coords:
+        assert spread > 1e-3
+    else:
+        assert spread < 1e-5
+    assert UNet(coords=coords).encoder[0][0][0].in_channels == 9 + (2 if coords else 0)
+
+
+def test_mask_path_feeds_the_mask_head_only():
+    """``mask_path``: a full-resolution branch that reaches the mask's logits and never the depth."""
+    from losslab.plugins.architectures import UNet
+
+    torch.manual_seed(0)
+    model = UNet(mask_path=8, coords=True, depth_output="log")
+    assert model.mask_decoder.head.proj.in_channels == 8 + 8  # decoder's last width + the path's
+    out = model(torch.rand(2, 6, 61, 77))  # not a multiple of the stride: the path is padded to meet the decoder
+    assert out["mask"].shape == out["depth"].shape == (2, 1, 61, 77)
+    out["depth"].mean().backward()
+    assert all(p.grad is None for p in model.mask_path.parameters())
+    model.zero_grad()
+    model(torch.rand(2, 6, 61, 77))["mask"].mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.mask_path.parameters())
+    with pytest.raises(ValueError, match="mask_path"):
+        UNet(mask_path=-1)
+
+
+def test_mask_path_sees_each_pixel_at_full_resolution():
+    """A change of one pixel moves the mask logits only within the path's 3-conv (7x7) reach plus the decoder's."""
+    from losslab.plugins.architectures import UNet
+
+    torch.manual_seed(0)
+    with_path = UNet(mask_path=8).eval()
+    x = torch.rand(1, 6, 32, 32)
+    y = x.clone()
+    y[0, 3:6, 16, 16] += 0.5
+    with torch.no_grad():
+        base = with_path(x)["mask"]
+        moved = with_path(y)["mask"]
+        path_only = with_path.mask_path(torch.cat([y, (y[:, 3:6] - y[:, :3]).abs()], 1)) - with_path.mask_path(
+            torch.cat([x, (x[:, 3:6] - x[:, :3]).abs()], 1)
+        )
+    assert (moved - base).abs()[0, 0, 16, 16] > 0
+    changed = path_only.abs().sum(1)[0] > 0
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    assert rows.min() >= 13 and rows.max() <= 19 and cols.min() >= 13 and cols.max() <= 19

@@ -102,6 +102,24 @@ def test_prior_matches_a_brute_force_search_over_its_level_sets():
     assert torch.equal(pred[0], (frequency[0] > baseline.level).float())
 
 
+def test_prior_scores_blocks_of_images_as_one(monkeypatch):
+    """The fit sums per-image IoUs over blocks of images (bounded memory); the block size changes nothing."""
+    import losslab.plugins.baselines as baselines
+
+    gen = torch.Generator().manual_seed(7)
+    masks = (torch.rand(23, 1, 6, 5, generator=gen) > 0.6).float()
+    fitted = {}
+    for block in (1, 5, 1000):
+        monkeypatch.setattr(baselines, "PRIOR_BLOCK", block)
+        baseline = MaskPrior()
+        baseline.fit([{"mask": masks[:10]}, {"mask": masks[10:]}])
+        fitted[block] = (baseline.level, baseline.train_iou, baseline.frequency)
+    for block in (1, 5):
+        assert fitted[block][0] == fitted[1000][0]
+        assert fitted[block][1] == pytest.approx(fitted[1000][1], abs=1e-12)
+        assert torch.equal(fitted[block][2], fitted[1000][2])
+
+
 def test_median_map_is_the_per_pixel_median_in_metres():
     depths = torch.tensor([[1.0, 10.0], [3.0, 20.0], [2.0, 30.0]]).reshape(3, 1, 1, 2)
     odd = MedianMap()
