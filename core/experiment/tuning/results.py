@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
@@ -333,7 +334,9 @@ def finish_study(ctx: TuneContext, target: int, storage: str, uri: str, stopped:
         folder = Path(best_dir) if best_dir is not None else Path.cwd()
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / filename
-        tmp = path.with_name(path.name + ".tmp")
+        # one temporary file per process: workers finishing together each write the same best config,
+        # and a shared temporary name let one worker's rename take the other's file away
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         tmp.write_text(text)
         tmp.replace(path)
         result.best_path = path
