@@ -89,8 +89,22 @@ class SourceSpec(StrictModel):
 
 
 class GroundTruthSpec(StrictModel):
+    """The ground-truth producers: ``mask`` and ``depth`` label the data, ``val_mask`` the held-out split only.
+
+    ``val_mask`` (default: none, the held-out split is labelled by ``mask`` as well) lets a study train
+    on one mask producer and score every variant against another, e.g. train on the documented
+    differencing masks (``mask: {name: diff}``) while validating on the alpha masks
+    (``val_mask: {name: alpha}``); the floors are then fitted against it as well.
+    """
+
     mask: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="alpha"))
     depth: ComponentSpec = Field(default_factory=lambda: ComponentSpec(name="ground-plane"))
+    val_mask: ComponentSpec | None = Field(
+        default=None, description="mask ground truth of the held-out split (none: the same as mask)")
+
+    def validation_mask(self) -> ComponentSpec:
+        """The producer the held-out split is labelled (and every variant scored) with."""
+        return self.val_mask if self.val_mask is not None else self.mask
 
 
 class DataSpec(StrictModel):
@@ -104,6 +118,15 @@ class DataSpec(StrictModel):
     val_limit: int | None = Field(default=None, ge=1, description="held-out samples evaluated (None: all)")
     device_compose: bool | Literal["auto"] = Field(
         default="auto", description="compose batches on the device (auto: on CUDA, for virtual data)")
+
+    @model_validator(mode="after")
+    def _val_mask_needs_recipes(self) -> DataSpec:
+        if self.ground_truth.val_mask is not None and self.source.kind == "dataset":
+            raise ValueError(
+                "ground_truth.val_mask relabels the held-out split from the recipes and sources, but source kind "
+                "'dataset' reads the masks stored when it was generated; remove val_mask, or train from the "
+                "sources themselves (source kind 'synthetic' or 'folders')")
+        return self
 
 
 class DiagnosticsSpec(StrictModel):
@@ -445,13 +468,36 @@ def resolve_variants(
         give_positive_depth(resolved, catalog)
         for cfg in resolved:
             per_variant[cfg.variant].extend(check_components(cfg, catalog))
-    problems = _merge_problems(per_variant)
+    problems = _merge_problems(per_variant) + validation_truth_problems(resolved)
     if problems:
         raise ConfigError("invalid experiment config:\n  - " + "\n  - ".join(problems))
     same = same_configs(resolved, expanded, [key for key, _ in parsed if not key.startswith("variants")])
     if same:
         raise ConfigError("\n".join(same))
     return resolved
+
+
+def _truth_text(spec: ComponentSpec) -> str:
+    return spec.name + (f" {spec.params}" if spec.params else "")
+
+
+def validation_truth_problems(resolved: list[ExperimentConfig]) -> list[str]:
+    """Variants scored against different held-out mask truths: refused, as their scores are not comparable.
+
+    A variant that changes ``data.ground_truth.mask`` also changes what its held-out split is labelled
+    with, unless ``data.ground_truth.val_mask`` fixes that truth for every variant.
+    """
+    truths: dict[str, list[str]] = {}
+    for cfg in resolved:
+        truths.setdefault(_truth_text(cfg.data.ground_truth.validation_mask()), []).append(cfg.variant)
+    if len(truths) < 2:
+        return []
+    listed = "; ".join(f"{truth}: {', '.join(variants)}" for truth, variants in truths.items())
+    first = resolved[0].data.ground_truth.validation_mask().name
+    return [f"data.ground_truth: the variants would be scored against different held-out mask truths ({listed}), "
+            "so their scores could not be compared; set data.ground_truth.val_mask in the base config (e.g. "
+            f"val_mask: {{name: {first}}}) so every variant validates on the same truth, and let the variants "
+            "change data.ground_truth.mask (the training truth) only"]
 
 
 def _check_variant_key(raw: dict[str, Any], key: str, value: Any) -> None:
@@ -720,6 +766,11 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
          cfg.data.ground_truth.mask.params),
         ("data.ground_truth.depth.name", "ground_truth", cfg.data.ground_truth.depth.name,
          cfg.data.ground_truth.depth.params),
+    ]
+    if cfg.data.ground_truth.val_mask is not None:
+        checks.append(("data.ground_truth.val_mask.name", "ground_truth", cfg.data.ground_truth.val_mask.name,
+                       cfg.data.ground_truth.val_mask.params))
+    checks += [
         ("model.name", "architecture", cfg.model.name, cfg.model.params),
     ]
     checks += [(f"augment.{i}.name", "augmentation", a.name, None) for i, a in enumerate(cfg.augment)]
@@ -745,8 +796,10 @@ def check_components(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
         if expected and task_of and task_of != expected:
             problems.append(f"{path}: {kind} {name!r} is a {task_of} {kind}, listed under {expected}")
         target = component.meta.get("target")
-        if kind == "ground_truth" and target and not path.endswith(f"{target}.name"):
-            problems.append(f"{path}: ground truth {name!r} produces {target}, not {path.split('.')[2]}")
+        if kind == "ground_truth" and target:
+            wanted = "mask" if path.startswith("data.ground_truth.val_mask.") else path.split(".")[2]
+            if target != wanted:
+                problems.append(f"{path}: ground truth {name!r} produces {target}, not {wanted}")
     return problems + check_loss_pairings(cfg, catalog)
 
 

@@ -126,5 +126,10 @@ TOTAL_TIME = "time/total_s"
 CALIBRATION_ECE = "calib/mask_ece"
 #: Per-epoch training diagnostics: ``diag/grad_norm/<task>/<term>``, ``diag/task_cosine``, ``diag/loss_share/...``.
 DIAG_PREFIX = "diag/"
+#: Training label noise on the parent: ``labelnoise/<variant>/<region>``, the share of the training pixels whose
+#: training mask label differs from the validation truth's (core/experiment/label_noise.py; region ``all`` too).
+LABEL_NOISE_PREFIX = "labelnoise/"
+#: The key of those records (counts, producers, sample size) in the parent's summary.json.
+LABEL_NOISE_KEY = "label_noise"
 #: A trial's objective value: ``objective``, or ``objective/0``, ``objective/1``, ... with several objectives.
 OBJECTIVE_METRIC = "objective"

@@ -10,7 +10,7 @@ import datetime as _dt
 import math
 
 from losslab.core.names import TAG_PREFIX, VAL_PREFIX, VERSION_TAGS
-from losslab.reports import explain, multitask, plots, words
+from losslab.reports import explain, label_noise, multitask, plots, words
 from losslab.reports.analysis import EXPLORATORY, NOT_TESTED, Analysis, MetricResult, TuneResult
 from losslab.reports.collect import Study
 from losslab.reports.floors import floor_blocks
@@ -208,6 +208,7 @@ def build_document(study: Study, analysis: Analysis) -> Document:
         if table:
             doc.add(Details("Every pair of variants, every metric", [table]))
     doc.add(*multitask.section(study))  # only for studies whose variants differ in loss.weighting
+    doc.add(*label_noise.blocks(study, analysis))  # only where a variant trains off the validation mask truth
     doc.add(*explain.blocks(study))  # where a difference lies, and why (reports/explain.py)
 
     groups = plots.curve_groups(study)

@@ -9,6 +9,7 @@ nothing to disk.
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -118,6 +119,16 @@ class VirtualSamples:
     def recipe(self, index: int) -> Recipe:
         return self.recipes[int(index)]
 
+    def with_mask(self, mask_gt: Any) -> VirtualSamples:
+        """The same samples (sources, recipes, composition, depth) labelled by another mask producer.
+
+        The held-out split of a study with ``data.ground_truth.val_mask`` is read through one of these;
+        the bgs resized once are shared, so the second labelling costs no second set of sources.
+        """
+        twin = copy.copy(self)
+        twin.mask_gt = mask_gt
+        return twin
+
     def get(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
         recipes = [self.recipes[int(i)] for i in indices]
         if self.factor != 1.0:
@@ -162,12 +173,34 @@ def build_samples(data: DataSpec, catalog: Catalog) -> SampleSet:
     recipes = generator.recipes(bg_ids, fg_ids, (size, size))
     mask_gt = catalog.create("ground_truth", data.ground_truth.mask.name, **data.ground_truth.mask.params)
     depth_gt = catalog.create("ground_truth", data.ground_truth.depth.name, **data.ground_truth.depth.params)
-    for producer in (mask_gt, depth_gt):  # refuse, before training, what a producer cannot do with these sources
-        if hasattr(producer, "check"):
-            producer.check()
-        if hasattr(producer, "check_sources"):
-            producer.check_sources(sources, bg_ids)
+    for producer in (mask_gt, depth_gt):
+        _check_producer(producer, sources, bg_ids)
     return VirtualSamples(sources, recipes, mask_gt, depth_gt, out_size=data.image_size)
+
+
+def _check_producer(producer: Any, sources: Sources, bg_ids: Sequence[int]) -> None:
+    """Refuse, before training, what a producer cannot do with these sources."""
+    if hasattr(producer, "check"):
+        producer.check()
+    if hasattr(producer, "check_sources"):
+        producer.check_sources(sources, bg_ids)
+
+
+def validation_samples(samples: SampleSet, data: DataSpec, catalog: Catalog) -> SampleSet:
+    """The sample set the held-out split is read (and scored) from.
+
+    ``samples`` itself, unless ``data.ground_truth.val_mask`` names another mask producer: then the
+    same samples labelled by it (:meth:`VirtualSamples.with_mask`). Training reads ``samples``.
+    """
+    spec = data.ground_truth.val_mask
+    if spec is None or spec == data.ground_truth.mask:
+        return samples
+    if not isinstance(samples, VirtualSamples):  # the config refuses val_mask with a materialized dataset
+        raise ValueError("data.ground_truth.val_mask needs samples composed from recipes and sources "
+                         "(source kind 'synthetic' or 'folders')")
+    producer = catalog.create("ground_truth", spec.name, **spec.params)
+    _check_producer(producer, samples.sources, sorted({int(b) for b in samples.bg_ids()}))
+    return samples.with_mask(producer)
 
 
 def split_by_bg(samples: SampleSet, val_split: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

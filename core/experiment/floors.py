@@ -2,7 +2,8 @@
 
 A study's numbers mean something only beside what a predictor that learns
 nothing scores. :func:`measure_floors` fits every chosen baseline plugin on the
-*training split only* (the split the trainer builds, all of it, unaugmented)
+*training split only* (the split the trainer builds, all of it, unaugmented, labelled
+by the truth the variants are scored against: ``data.ground_truth.val_mask`` when set)
 and scores it on the *same held-out samples* with the *same metric
 components* as the variants, per image and then the mean. Baselines are
 deterministic, so a floor is one number, not an interval.
@@ -135,12 +136,15 @@ def measure_floors(cfg: ExperimentConfig, catalog: Catalog, echo: Echo | None = 
     import numpy as np
     import torch
 
-    from losslab.core.data.datasets import BatchLoader, build_samples, held_out_split
+    from losslab.core.data.datasets import BatchLoader, build_samples, held_out_split, validation_samples
 
     started = time.perf_counter()
     data = cfg.data
+    # both sides labelled by the truth every variant is scored against (data.ground_truth.val_mask when set):
+    # a floor is the best a no-skill predictor does on that truth, whatever labels the variants train on
     samples = build_samples(data, catalog)
     train_idx, val_idx = held_out_split(samples, data)
+    samples = validation_samples(samples, data, catalog)
     common: dict[str, Any] = dict(batch_size=FIT_BATCH, image_size=data.image_size, max_depth=data.max_depth,
                                   device=torch.device("cpu"), shuffle=False)
     metrics = {task: {n: catalog.create("metric", n) for n in _metric_names(cfg, catalog, task)}
@@ -362,15 +366,26 @@ def trained_tasks(configs: Sequence[ExperimentConfig]) -> list[str]:
 # -- the runner's hooks ------------------------------------------------------------------------------------
 
 
+def floor_data(cfg: ExperimentConfig) -> Any:
+    """What of a config's data its floors depend on: all of it, with the training mask truth replaced by the
+    validation one (variants that differ only in ``data.ground_truth.mask`` under one ``val_mask`` share floors)."""
+    truth = cfg.data.ground_truth
+    scored = truth.model_copy(update={"mask": truth.validation_mask(), "val_mask": None})
+    return cfg.data.model_copy(update={"ground_truth": scored})
+
+
 def study_floors(configs: Sequence[ExperimentConfig], catalog: Catalog, tracker: Any, parent_id: str,
                  echo: Echo) -> Floors | None:
     """Measure the floors of a study and log them on the parent run (metrics ``floor/...``, tag ``val_bgs``).
 
     Floors need one held-out set: when variants differ in data, metrics or baselines, no one floor
-    fits them all, and none is measured (said on the terminal).
+    fits them all, and none is measured (said on the terminal). Variants that differ only in the training
+    mask truth (``data.ground_truth.mask`` under one ``val_mask``) share floors, fitted on the training split
+    labelled by the validation truth (:func:`measure_floors`).
     """
     first = configs[0]
-    if any((c.data, c.metrics, c.baselines) != (first.data, first.metrics, first.baselines) for c in configs[1:]):
+    if any((floor_data(c), c.metrics, c.baselines) != (floor_data(first), first.metrics, first.baselines)
+           for c in configs[1:]):
         echo("losslab: floors not measured: the variants differ in data, metrics or baselines, so no one "
              "held-out set and metric list fits them all")
         return None

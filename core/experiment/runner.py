@@ -21,6 +21,7 @@ from typing import Any
 from losslab.core import names
 from losslab.core.config import ConfigError, ExperimentConfig, dump_yaml, flatten, load_experiment
 from losslab.core.experiment.floors import apply_floors, study_floors
+from losslab.core.experiment.label_noise import study_label_noise
 from losslab.core.experiment.sequential import SEQUENTIAL_TAG, SequentialPlan
 from losslab.core.experiment.table import render_table
 from losslab.core.paths import check_out_dir, safe_join
@@ -71,6 +72,7 @@ class ExperimentResult:
     is_main: bool = True
     below_floor: dict[str, list[str]] = field(default_factory=dict)  # variant -> tasks it is below floor on
     verdicts: dict[str, str] = field(default_factory=dict)  # task -> its floor verdict, one sentence
+    label_noise: list[dict[str, Any]] = field(default_factory=list)  # core/experiment/label_noise.py records
 
     @property
     def failed(self) -> list[ChildResult]:
@@ -341,6 +343,8 @@ def _train_all(configs: list[ExperimentConfig], tracker: Any, parent_id: str,
         # names are validated; this holds even if a check was missed
         root = safe_join(runs_dir, configs[0].name, parent_id)
         floors = study_floors(configs, catalog, tracker, parent_id, echo) if is_main else None
+        if is_main:  # training labels against the validation truth, where the variants train off it
+            result.label_noise = study_label_noise(configs, catalog, tracker, parent_id, echo)
         for cfg in configs:
             for seed in cfg.seeds:
                 result.children.append(
@@ -374,6 +378,7 @@ def _log_summary(result: ExperimentResult, floors: Any, configs: list[Experiment
                   "metrics": {k.removeprefix(names.BEST_PREFIX): v for k, v in c.metrics.items()}}
                  for c in result.children],
         **floor_summary,
+        **({names.LABEL_NOISE_KEY: result.label_noise} if result.label_noise else {}),
     }
     tracker.log_json(result.parent_run_id, summary, names.SUMMARY_FILE)
 

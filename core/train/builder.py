@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from losslab.core.config import ExperimentConfig, TrainSpec
-from losslab.core.data.datasets import BatchLoader, build_samples, held_out_split
+from losslab.core.data.datasets import BatchLoader, build_samples, held_out_split, validation_samples
 from losslab.core.device import Precision, precision_for, resolve_device, seed_everything
 from losslab.core.plugin.contracts import Weighting
 from losslab.core.plugin.registry import Catalog, Component, create_module
@@ -41,7 +41,8 @@ class Parts:
     device: torch.device
     dist: distributed.DistInfo
     precision: Precision
-    samples: Any
+    samples: Any  # what training reads
+    val_samples: Any  # what the held-out split is scored on: ``samples``, or relabelled by data.ground_truth.val_mask
     train_idx: np.ndarray
     val_idx: np.ndarray
     model: nn.Module
@@ -75,7 +76,7 @@ def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
     precision = precision_for(device, train.amp, train.channels_last)
     seed_everything(seed, deterministic=device.type == "cpu")
 
-    samples, train_idx, val_idx = build_split(cfg, catalog)
+    samples, val_samples, train_idx, val_idx = build_split(cfg, catalog)
     component = catalog.get("architecture", cfg.model.name)
     model = build_model(cfg, catalog, device, dist, precision)
     forward = wrap_model(model, train, device, dist)
@@ -88,24 +89,26 @@ def build(cfg: ExperimentConfig, seed: int, catalog: Catalog) -> Parts:
                   rank=dist.rank, world_size=dist.world_size)
     train_loader = BatchLoader(samples, train_idx, batch_size=batch_size, shuffle=True, seed=seed,
                                limit=cfg.data.train_limit, drop_last=True, **common)
-    val_loader = BatchLoader(samples, val_idx, batch_size=batch_size, shuffle=False, **common)
-    train_batches, val_batches = device_loaders(cfg.data.device_compose, samples, device, train_loader, val_loader)
+    val_loader = BatchLoader(val_samples, val_idx, batch_size=batch_size, shuffle=False, **common)
+    train_batches, val_batches = device_loaders(cfg.data.device_compose, samples, device, train_loader, val_loader,
+                                                val_samples)
     aug_seed = seed + 100_003 * dist.rank  # each rank draws its own augmentations
     augment = [catalog.create("augmentation", a.name, seed=aug_seed, **a.params) for a in cfg.augment]
     metrics, metric_components = build_metrics(cfg, catalog, device)
     optimizer = optimizer_for(train, model, weighting)
     scheduler = scheduler_for(train, optimizer, max(1, len(train_loader)) * train.epochs)
     scaler = torch.amp.GradScaler(device.type) if precision.scaler else None
-    return Parts(cfg, seed, device, dist, precision, samples, train_idx, val_idx, model, component, forward,
-                 objective, batch_size, train_loader, val_loader, train_batches, val_batches, augment, metrics,
+    return Parts(cfg, seed, device, dist, precision, samples, val_samples, train_idx, val_idx, model, component,
+                 forward, objective, batch_size, train_loader, val_loader, train_batches, val_batches, augment, metrics,
                  metric_components, optimizer, scheduler, scaler, weighting, shared)
 
 
-def build_split(cfg: ExperimentConfig, catalog: Catalog) -> tuple[Any, np.ndarray, np.ndarray]:
-    """The sample set and its train / validation indices (split by background; ``val_limit`` seeded)."""
+def build_split(cfg: ExperimentConfig, catalog: Catalog) -> tuple[Any, Any, np.ndarray, np.ndarray]:
+    """The training samples, the held-out samples (relabelled where ``data.ground_truth.val_mask`` says) and
+    the train / validation indices (split by background; ``val_limit`` seeded)."""
     samples = build_samples(cfg.data, catalog)
     train_idx, val_idx = held_out_split(samples, cfg.data)  # the floors use the very same split
-    return samples, train_idx, val_idx
+    return samples, validation_samples(samples, cfg.data, catalog), train_idx, val_idx
 
 
 def build_model(cfg: ExperimentConfig, catalog: Catalog, device: torch.device, dist: distributed.DistInfo,
@@ -151,20 +154,26 @@ def _batch_size(cfg: ExperimentConfig, model: nn.Module, objective: Objective, p
 
 
 def device_loaders(mode: bool | str, samples: Any, device: torch.device, train_loader: BatchLoader,
-                   val_loader: BatchLoader) -> tuple[Any, Any]:
-    """Compose batches on the device (CUDA by default) when every ground truth has a device plan."""
+                   val_loader: BatchLoader, val_samples: Any = None) -> tuple[Any, Any]:
+    """Compose batches on the device (CUDA by default) when every ground truth has a device plan.
+
+    ``val_samples`` (default ``samples``) is what the held-out split is read from; when it is relabelled
+    (``data.ground_truth.val_mask``) it is uploaded on its own, and both sides need a device plan.
+    """
     from losslab.core.data.device_data import DeviceBatchLoader, DeviceSamples, supports_device
 
+    val_samples = samples if val_samples is None else val_samples
     wanted = device.type == "cuda" if mode == "auto" else bool(mode)
     if not wanted:
         return train_loader, val_loader
-    if not supports_device(samples):
+    if not (supports_device(samples) and supports_device(val_samples)):
         if mode is True:
             raise TrainingError("data.device_compose is true, but this data is not a virtual dataset whose "
                                 "ground truths all have a device plan; set data.device_compose: auto")
         return train_loader, val_loader
     on_device = DeviceSamples(samples, device)
-    return DeviceBatchLoader(on_device, train_loader), DeviceBatchLoader(on_device, val_loader)
+    val_on_device = on_device if val_samples is samples else DeviceSamples(val_samples, device)
+    return DeviceBatchLoader(on_device, train_loader), DeviceBatchLoader(val_on_device, val_loader)
 
 
 def build_metrics(cfg: ExperimentConfig, catalog: Catalog,

@@ -62,7 +62,7 @@ def evaluate(parts: Parts, keep: int = 0, extras: dict[str, Any] | None = None
     totals = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True)) if sums else {}
     metric_values = {name: torch.cat(p).cpu().numpy() for name, p in per_image.items() if p}
     bins = _all_reduce_rows(calibration.sums.tolist(), parts.device)
-    rows = per_image_rows(parts.samples, torch.cat(indices).tolist() if indices else [], metric_values)
+    rows = per_image_rows(parts.val_samples, torch.cat(indices).tolist() if indices else [], metric_values)
     totals = distributed.all_reduce_sum({**totals, "#count": count}, parts.device)
     count = int(totals.pop("#count"))
     if parts.dist.enabled:
