@@ -78,7 +78,10 @@ def effect_sentence(result: MetricResult, clean: str, noisy: str, noise: LabelNo
     else:
         verdict = f"training on {noise.train_truth} labels made no difference the seeds can tell apart"
     evidence = f"p = {format_p(c.seed_p_adj)} over {c.seed.n} seeds, paired" if c.seed.possible else "no t-test"
-    return f"Effect on {where}, {diff}: {verdict} ({evidence})."
+    below = [v for v in (clean, noisy) if v in result.below_floor]
+    caveat = (f" {' and '.join(below)} {'is' if len(below) == 1 else 'are'} below the task's no-skill floor, so "
+              "this is the cost on a mask not yet learned, not on a working segmenter.") if below else ""
+    return f"Effect on {where}, {diff}: {verdict} ({evidence}).{caveat}"
 
 
 def blocks(study: Study, analysis: Analysis) -> list[Block]:

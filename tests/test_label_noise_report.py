@@ -46,6 +46,15 @@ def test_section_states_the_rates_by_region_and_the_effect_with_its_interval():
     effect = re.search(r"Effect on held-out mask IoU \(scored on alpha\), alpha minus diff: ([+-][0-9.]+)", text)
     assert effect and float(effect.group(1)) == pytest.approx(0.025, abs=1e-4)
     assert "95% interval" in text and "over 3 seeds, paired" in text
+    assert "below the task's no-skill floor" not in text  # no floor recorded in this study
+
+
+def test_effect_on_variants_below_a_floor_says_so():
+    study = make_study([NOISE.to_dict()])
+    analysis = analyze(study, n_boot=200)
+    analysis.headline["mask"].below_floor = ["alpha", "diff"]
+    text = " ".join(getattr(b, "text", "") for b in label_noise.blocks(study, analysis))
+    assert "alpha and diff are below the task's no-skill floor, so this is the cost on a mask not yet learned" in text
 
 
 def test_whole_report_includes_the_section_only_when_labels_differ(tmp_path: Path):
