@@ -44,7 +44,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import kornia
 import torch
@@ -271,25 +271,31 @@ def squared_distance_transform(features: torch.Tensor) -> torch.Tensor:
     float32, ``inf`` in an image with no feature pixel. Computed on the tensors'
     device in two separable passes (the squared Euclidean distance is the
     minimum over columns of the squared horizontal offset plus the squared
-    vertical distance within that column), each a brute-force minimum, so it
-    is exact, needs no host round trip and matches
-    ``scipy.ndimage.distance_transform_edt(~features) ** 2``.
+    vertical distance within that column), so it is exact, needs no host round
+    trip and matches ``scipy.ndimage.distance_transform_edt(~features) ** 2``.
+
+    The vertical pass finds, per column, the nearest feature row above and
+    below each row with two running maxima (``cummax``), O(H) per column; the
+    horizontal pass is a brute-force minimum over the W columns. Every value
+    is a small integer in float32, so both give the very bits a brute-force
+    minimum over every pair gives, at about half its cost.
     """
     b, _, h, w = features.shape
     dev = features.device
-    ys = torch.arange(h, device=dev, dtype=torch.float32)
     xs = torch.arange(w, device=dev, dtype=torch.float32)
-    dy = (ys.view(-1, 1) - ys.view(1, -1)).pow(2)  # (H, H')
     dx = (xs.view(-1, 1) - xs.view(1, -1)).pow(2)  # (W, W')
-    inf = torch.full((), float("inf"), device=dev)
-    chunk = max(1, EDT_MAX_ELEMENTS // max(1, h * w * max(h, w)))
+    rows = torch.arange(h, device=dev, dtype=torch.float32).view(1, h, 1)
+    far = float(2 * h + 1)  # further than any row: the missing side never wins the minimum
+    chunk = max(1, EDT_MAX_ELEMENTS // max(1, h * w * w))
     out = []
     for start in range(0, b, chunk):
         f = features[start:start + chunk, 0] > 0.5  # (b, H, W)
-        # vertical pass: per column x, squared distance from row y to the nearest feature row y'
-        cols = f.transpose(1, 2)  # (b, W, H')
-        g = torch.where(cols.unsqueeze(2), dy, inf).amin(dim=-1)  # (b, W, H)
-        g = g.transpose(1, 2)  # (b, H, W'): g[y, x'] = squared vertical distance within column x'
+        # vertical pass: per column, the nearest feature row at or above (running max of feature rows)
+        # and at or below (the same on the flipped column); squared distance to the nearer one
+        above = torch.where(f, rows, torch.full_like(rows, -far)).cummax(dim=1).values
+        below = torch.where(f, -rows, torch.full_like(rows, -far)).flip(1).cummax(dim=1).values.flip(1).neg()
+        g = torch.minimum(rows - above, below - rows).pow(2)  # (b, H, W'), (3 H)^2 where the column is empty
+        g = torch.where(f.any(dim=1, keepdim=True), g, torch.full_like(g, float("inf")))
         # horizontal pass: d2[y, x] = min over x' of (x - x')^2 + g[y, x']
         d2 = (dx + g.unsqueeze(2)).amin(dim=-1)  # (b, H, W)
         out.append(d2.unsqueeze(1))
@@ -313,6 +319,31 @@ def _masked_percentile(values: torch.Tensor, keep: torch.Tensor, q: float) -> to
     v_hi = ordered.gather(1, hi.long().unsqueeze(1)).squeeze(1)
     value = v_lo + (v_hi - v_lo) * (pos - lo)
     return torch.where(n > 0, value, torch.zeros_like(value))
+
+
+class _LastDistances:
+    """The last :func:`_contour_distances` result, so ``hd95`` and ``nsd`` on one batch compute it once.
+
+    Evaluation calls every metric on the same prediction and target tensors in turn; the two boundary
+    metrics need the same contours and distance maps, by far the dearest part of evaluation. The entry
+    is keyed by the two tensors themselves (held, so their ids cannot be reused), their in-place version
+    counters and the threshold, so a hit is the very computation a miss would have repeated.
+    """
+
+    key: tuple[Any, ...] | None = None
+    held: tuple[torch.Tensor, torch.Tensor] | None = None
+    value: tuple[torch.Tensor, ...] = ()
+
+
+def _contour_distances_of(pred: torch.Tensor, target: torch.Tensor, threshold: float) -> tuple[torch.Tensor, ...]:
+    """:func:`_contour_distances` of the binarised pair, shared by successive metrics on the same tensors."""
+    key = (id(pred), pred._version, id(target), target._version, threshold, pred.device, pred.shape, target.shape)
+    if _LastDistances.key != key:
+        p, t = (pred.detach() > threshold).float(), (target.detach() > 0.5).float()
+        _LastDistances.key, _LastDistances.held = None, None
+        _LastDistances.value = _contour_distances(p, t)
+        _LastDistances.key, _LastDistances.held = key, (pred, target)
+    return _LastDistances.value
 
 
 def _contour_distances(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -343,9 +374,8 @@ class HD95(_MaskMetric):
     percentile: ClassVar[float] = 95.0
 
     def stats(self, pred: torch.Tensor, target: torch.Tensor) -> Stats:
-        p, t = self.binarise(pred, target)
-        cp, ct, to_target, to_pred = _contour_distances(p.float(), t.float())
-        b = p.shape[0]
+        cp, ct, to_target, to_pred = _contour_distances_of(pred, target, self.threshold)
+        b = pred.shape[0]
         flat = (lambda x: x.reshape(b, -1))  # noqa: E731
         forward = _masked_percentile(flat(to_target), flat(cp) > 0.5, self.percentile)
         backward = _masked_percentile(flat(to_pred), flat(ct) > 0.5, self.percentile)
@@ -388,8 +418,7 @@ class SurfaceDice(_MaskMetric):
         self.tolerance = float(tolerance)
 
     def stats(self, pred: torch.Tensor, target: torch.Tensor) -> Stats:
-        p, t = self.binarise(pred, target)
-        cp, ct, to_target, to_pred = _contour_distances(p.float(), t.float())
+        cp, ct, to_target, to_pred = _contour_distances_of(pred, target, self.threshold)
         dims = (1, 2, 3)
         return {
             "pred_matched": (cp * (to_target <= self.tolerance)).sum(dims).double(),
