@@ -165,3 +165,33 @@ def test_region_scores_and_calibration_never_wait_for_the_device():
         counts.update(x, x)
     assert audit.found == [], "\n".join(map(str, audit.found))
     assert all(v.shape == (4,) for v in out.values())
+
+
+@pytest.mark.parametrize("shape", [(4, 1, 9, 23), (4, 1, 23, 9), (3, 1, 1, 7), (3, 1, 7, 1)])
+def test_distance_transform_on_non_square_images_and_empty_columns(shape):
+    """Sparse features leave whole columns and rows empty: the running-maximum pass must still be exact."""
+    g = torch.Generator().manual_seed(3)
+    features = (torch.rand(shape, generator=g) < 0.08).float()
+    features[0] = 0.0
+    features[1, 0, 0, 0] = 1.0
+    d2 = squared_distance_transform(features)
+    assert torch.isinf(d2[0]).all()  # no feature pixel at all
+    for i in range(1, shape[0]):
+        f = features[i, 0].numpy() > 0.5
+        if f.any():
+            np.testing.assert_array_equal(d2[i, 0].numpy(), (ndimage.distance_transform_edt(~f) ** 2).astype(np.float32))
+
+
+def test_hd95_and_nsd_share_distances_but_see_in_place_changes(registry):
+    """The shared contour distances of one batch must never serve a tensor that changed since."""
+    hd95, nsd = registry.get("hd95").create(), registry.get("nsd").create()
+    pred = _t(_square(16, 2, 2, 6), _square(16, 4, 4, 8))
+    target = _t(_square(16, 3, 3, 6), _square(16, 4, 4, 8))
+    first = (hd95(pred, target).clone(), nsd(pred, target).clone())
+    pred[0] = torch.from_numpy(_square(16, 8, 8, 6).astype(np.float32))  # in place: same object, new version
+    moved = (hd95(pred, target), nsd(pred, target))
+    fresh = (hd95(pred.clone(), target.clone()), nsd(pred.clone(), target.clone()))
+    for a, b in zip(moved, fresh, strict=True):
+        assert torch.equal(a, b)
+    assert not torch.equal(first[0], moved[0])
+    assert first[0][1] == moved[0][1] == 0.0  # the unchanged, identical pair
