@@ -179,7 +179,8 @@ def test_distance_transform_on_non_square_images_and_empty_columns(shape):
     for i in range(1, shape[0]):
         f = features[i, 0].numpy() > 0.5
         if f.any():
-            np.testing.assert_array_equal(d2[i, 0].numpy(), (ndimage.distance_transform_edt(~f) ** 2).astype(np.float32))
+            reference = (ndimage.distance_transform_edt(~f) ** 2).astype(np.float32)
+            np.testing.assert_array_equal(d2[i, 0].numpy(), reference)
 
 
 def test_hd95_and_nsd_share_distances_but_see_in_place_changes(registry):
