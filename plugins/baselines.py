@@ -80,10 +80,12 @@ class ImageDifference:
         for batch in batches:
             levels = difference_levels(batch).flatten(1)
             fg = (batch["mask"][:, 0] > 0.5).flatten(1)
-            offsets = torch.arange(levels.shape[0]).unsqueeze(1) * (LEVELS + 1)
-            for keep, out in ((fg, fg_hist), (~fg, bg_hist)):
-                counts = torch.bincount((levels + offsets)[keep], minlength=levels.shape[0] * (LEVELS + 1))
-                out.append(counts.reshape(levels.shape[0], LEVELS + 1).double())
+            n = levels.shape[0]
+            # one bincount over every pixel: bin (is_fg, image, level), so no boolean gather of either part
+            bins = levels + torch.arange(n).unsqueeze(1) * (LEVELS + 1) + fg.long() * (n * (LEVELS + 1))
+            counts = torch.bincount(bins.flatten(), minlength=2 * n * (LEVELS + 1)).reshape(2, n, LEVELS + 1)
+            bg_hist.append(counts[0].double())
+            fg_hist.append(counts[1].double())
         if not fg_hist:
             raise _nothing_seen(self.name)
         fg_counts, bg_counts = torch.cat(fg_hist), torch.cat(bg_hist)
@@ -167,32 +169,31 @@ def _median_rows(values: np.ndarray) -> np.ndarray:
     return (values[:, low].astype(np.float64) + values[:, high].astype(np.float64)) / 2
 
 
-def _depth_columns(batches: Iterable[Batch]) -> tuple[np.ndarray, tuple[int, int]] | None:
-    """Every training depth as a ``(H * W, N)`` float32 array (one pixel's N values in a row), and (H, W).
+def _depth_rows(batches: Iterable[Batch]) -> tuple[np.ndarray, tuple[int, int]] | None:
+    """Every training depth as one ``(N, H * W)`` float32 array (an image a row), and (H, W).
 
-    Filled batch by batch into one growing buffer, so no second copy of the split is ever
-    concatenated next to the first.
+    Filled batch by batch into one buffer (sized up front where the iterable knows its sample
+    count), with contiguous row copies, so no second copy of the split is concatenated next to it.
     """
-    columns: np.ndarray | None = None
+    rows: np.ndarray | None = None
     used = 0
     expected = len(batches) if isinstance(batches, Sized) else 0  # samples, where the iterable knows (no regrowth)
+    shape = (0, 0)
     for batch in batches:
-        shape = tuple(batch["depth"].shape[-2:])
+        shape = (int(batch["depth"].shape[-2]), int(batch["depth"].shape[-1]))
         depth = batch["depth"][:, 0].float().flatten(1).numpy()  # (b, H * W)
         b, hw = depth.shape
-        if columns is None:
-            columns = np.empty((hw, max(b, expected, 1024)), dtype=np.float32)
-        if columns.shape[0] != hw:
-            raise ValueError(f"depth batches of {columns.shape[0]} and of {hw} pixels; fit at one data.image_size")
-        if used + b > columns.shape[1]:
-            grown = np.empty((hw, max(used + b, 2 * columns.shape[1])), dtype=np.float32)
-            grown[:, :used] = columns[:, :used]
-            columns = grown
-        columns[:, used:used + b] = depth.T
+        if rows is None:
+            rows = np.empty((max(b, expected, 1024), hw), dtype=np.float32)
+        if rows.shape[1] != hw:
+            raise ValueError(f"depth batches of {rows.shape[1]} and of {hw} pixels; fit at one data.image_size")
+        if used + b > rows.shape[0]:
+            grown = np.empty((max(used + b, 2 * rows.shape[0]), hw), dtype=np.float32)
+            grown[:used] = rows[:used]
+            rows = grown
+        rows[used:used + b] = depth
         used += b
-    if columns is None:
-        return None
-    return np.ascontiguousarray(columns[:, :used]), (int(shape[0]), int(shape[1]))
+    return None if rows is None else (rows[:used], shape)
 
 
 class MedianMap:
@@ -205,10 +206,12 @@ class MedianMap:
         self.map: torch.Tensor | None = None
 
     def fit(self, batches: Iterable[Batch]) -> None:
-        found = _depth_columns(batches)
+        found = _depth_rows(batches)
         if found is None:
             raise _nothing_seen(self.name)
-        columns, shape = found
+        rows, shape = found
+        columns = np.ascontiguousarray(rows.T)  # one pixel's values in a row: what the partition runs along
+        del rows, found
         self.map = torch.from_numpy(_median_rows(columns)).float().reshape(shape)
 
     def predict(self, batch: Batch) -> torch.Tensor:
@@ -231,10 +234,10 @@ class GlobalMedian:
         self.value: float | None = None
 
     def fit(self, batches: Iterable[Batch]) -> None:
-        found = _depth_columns(batches)
+        found = _depth_rows(batches)
         if found is None:
             raise _nothing_seen(self.name)
-        self.value = float(_median_rows(found[0].reshape(1, -1))[0])
+        self.value = float(_median_rows(found[0].reshape(1, -1))[0])  # contiguous: a view, partitioned in place
 
     def predict(self, batch: Batch) -> torch.Tensor:
         if self.value is None:
