@@ -202,6 +202,9 @@ class BaselinesSpec(StrictModel):
 
     defaults: bool = Field(default=True, description="score every baseline registered with default=True")
     add: list[ComponentSpec] = Field(default_factory=list, description="more baselines, by registered name")
+    fit_limit: int | None = Field(
+        default=8192, ge=1,
+        description="fit on at most this many training samples, evenly strided over the training split (null: all)")
 
 
 class ExperimentConfig(StrictModel):
@@ -243,7 +246,7 @@ class ExperimentConfig(StrictModel):
     @classmethod
     def _baselines_switch(cls, value: Any) -> Any:
         if isinstance(value, bool):  # `baselines: false` switches the floors off
-            return {"defaults": value, "add": []}
+            return {"defaults": value}
         return value
 
     def to_dict(self) -> dict[str, Any]:

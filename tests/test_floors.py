@@ -160,6 +160,30 @@ def test_floors_fit_on_the_trainers_training_split_and_score_its_held_out_sample
     assert {f.name for f in floors.floors} == {"image-difference", "prior", "median-map", "global-median", "spy"}
 
 
+def test_fit_limit_fits_on_an_even_stride_of_the_training_split_only(catalog):
+    from losslab.core.data.datasets import build_samples, held_out_split
+    from losslab.core.experiment.floors import fit_sample
+
+    catalog = load_catalog(fresh=True)
+    catalog["baseline"].add("spy", Spy, task="depth")
+    cfg = resolve_variants(tiny(baselines={"add": [{"name": "spy"}], "fit_limit": 40}, metrics={"depth": ["rmse"]}),
+                           None, catalog)[0]
+    samples = build_samples(cfg.data, catalog)
+    train_idx, val_idx = held_out_split(samples, cfg.data)
+    assert len(train_idx) > 40  # else the limit would not bite
+    picked = fit_sample(train_idx, 40)
+    assert len(picked) == 40 == len(set(picked.tolist()))
+    assert set(picked.tolist()) <= set(train_idx.tolist()) and not set(picked.tolist()) & set(val_idx.tolist())
+    bgs = np.asarray(samples.bg_ids())
+    assert set(bgs[picked].tolist()) == set(bgs[train_idx].tolist())  # every training background stays in
+    assert picked[0] == train_idx[0] and picked[-1] == train_idx[-1]
+    assert fit_sample(train_idx, None).tolist() == train_idx.tolist()
+    Spy.seen.clear()
+    floors = measure_floors(cfg, catalog)
+    assert floors.n_train == 40
+    assert all(p["fitted"] == 40 for p in Spy.seen if "predict" in p)
+
+
 def test_the_same_config_gives_the_same_floors(catalog):
     cfg = resolve_variants(tiny(), None, catalog)[0]
     a, b = measure_floors(cfg, catalog), measure_floors(cfg, catalog)
