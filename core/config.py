@@ -830,14 +830,14 @@ def check_loss_pairings(cfg: ExperimentConfig, catalog: Catalog) -> list[str]:
         head = cfg.model.params.get("depth_output")
         declared = arch.meta.get("positive_depth") is True
         for i, name in positive:
-            if declared or head == "log":
+            if declared or head in ("log", "inverse"):
                 continue
             if _takes_param(arch.factory, "depth_output"):
                 problems.append(f"loss.depth.{i}: {name!r} needs a depth that stays positive (it takes a log or "
                                 f"assumes non-negative signals), but model.params.depth_output is {head!r}, which "
                                 "can reach zero "
                                 "(where the term's gradient stops and the depth collapses); set "
-                                "model.params.depth_output: log, or leave it out to have it chosen")
+                                "model.params.depth_output: log (or inverse), or leave it out to have it chosen")
             else:
                 problems.append(f"loss.depth.{i}: {name!r} needs a depth that stays positive (it takes a log or "
                                 f"assumes non-negative signals); architecture {cfg.model.name!r} (plugin "

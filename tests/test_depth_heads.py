@@ -109,3 +109,66 @@ def test_a_log_head_is_positive_and_its_log_is_the_linear_heads_output():
     assert torch.allclose(torch.log(b), a, atol=1e-5)
     with pytest.raises(ValueError, match="depth_output must be one of linear, log"):
         UNet(depth_output="softplus")
+
+
+def test_an_inverse_head_returns_the_depth_of_its_softplus_inverse():
+    """Worked by hand: the conv's output q is an inverse depth, the head returns 1 / (softplus(q + 4) + 0.01)."""
+    torch.manual_seed(0)
+    linear = UNet(depth_output="linear")
+    torch.manual_seed(0)
+    inverse = UNet(depth_output="inverse")
+    x = torch.rand(2, 6, 16, 16)
+    linear.eval()
+    inverse.eval()
+    with torch.no_grad():
+        q, d = linear(x)["depth"], inverse(x)["depth"]
+    assert (d > 0).all() and (d <= 100.0).all()  # at most 100 x max_depth, however negative q is
+    assert torch.allclose(1.0 / d - 0.01, torch.log1p(torch.exp(q + 4.0)), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["l1", "silog"])
+def test_a_loss_on_an_inverse_head_scores_its_own_space(name):
+    """The head hands the loss depth, so l1 scores depth and silog log depth; the gradient on q is the chain rule.
+
+    Hand-worked: with d = 1 / (softplus(q + 4) + e), dd/dq = -sigmoid(q + 4) d**2. For l1 the loss's gradient on d is
+    sign(d - t) / n; for silog with variance_focus 0 (the RMS log error r), it is (log d - log t) / (n r d).
+    """
+    from losslab.plugins.architectures.blocks import Head
+
+    torch.manual_seed(1)
+    head = Head(4, "inverse")
+    feats = torch.randn(1, 4, 3, 5)
+    target = torch.rand(1, 1, 3, 5) * 0.9 + 0.05
+    q = head.proj(feats).detach().requires_grad_(True)
+    depth = 1.0 / (torch.nn.functional.softplus(q + 4.0) + 0.01)
+    loss_factory = load_catalog()["loss"].get(name).factory
+    loss = loss_factory(variance_focus=0.0) if name == "silog" else loss_factory()
+    value = loss(depth, target)
+    value.backward()
+    n = target.numel()
+    d = depth.detach()
+    if name == "l1":
+        assert torch.isclose(value, (d - target).abs().mean())
+        dloss_dd = torch.sign(d - target) / n
+    else:
+        g = torch.log(d) - torch.log(target)
+        r = g.pow(2).mean().sqrt()
+        assert torch.isclose(value, r, atol=1e-6)
+        dloss_dd = g / (n * r * d)
+    expected = dloss_dd * (-torch.sigmoid(q.detach() + 4.0) * d.pow(2))
+    assert torch.allclose(q.grad, expected, rtol=1e-4, atol=1e-7)
+    assert torch.allclose(head(feats), depth.detach(), atol=1e-6)  # the head computes the same depth
+
+
+def test_the_config_check_takes_an_inverse_head_as_positive(catalog):
+    cfg = resolve_variants(alone("silog", depth_output="inverse"), None, catalog)[0]
+    assert cfg.model.params["depth_output"] == "inverse"  # kept: only a head left unset gets log
+
+
+@pytest.mark.parametrize("name", ["l1", "silog"])
+def test_a_depth_loss_alone_on_an_inverse_head_does_not_collapse(catalog, tmp_path, name):
+    cfg = resolve_variants(alone(name, depth_output="inverse"), None, catalog)[0]
+    trainer = Trainer(cfg, 0, catalog, tmp_path)
+    trainer.fit()
+    problem = collapse(held_out_depth(trainer))
+    assert not problem, f"{name} alone on an inverse head: the depth collapsed: {problem}"

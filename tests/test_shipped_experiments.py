@@ -52,8 +52,8 @@ def test_a_path_wins_over_a_shipped_name(tmp_path, monkeypatch) -> None:
 
 def test_an_unknown_name_lists_the_shipped_ones(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ExperimentNotFound,
-                       match=r"bce_vs_dise: .*shipped names: bce_vs_dice, mask_gt_noise, tune_loss_weights"):
+    names = r"shipped names: bce_vs_dice, depth_losses, mask_gt_noise, tune_loss_weights"
+    with pytest.raises(ExperimentNotFound, match=r"bce_vs_dise: .*" + names):
         resolve_experiment("bce_vs_dise")
     with pytest.raises(ExperimentNotFound):
         resolve_experiment("elsewhere/bce_vs_dice.yaml")  # a path with a folder is a path, not a name

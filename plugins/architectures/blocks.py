@@ -96,11 +96,23 @@ def upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, size=ref.shape[-2:], mode="bilinear", align_corners=False)
 
 
-DEPTH_OUTPUTS = ("linear", "log")
+DEPTH_OUTPUTS = ("linear", "log", "inverse")
+
+#: The depth outputs that can never reach zero or below (what ``silog`` and ``ssim`` need).
+POSITIVE_DEPTH_OUTPUTS = ("log", "inverse")
 
 #: ``log`` heads exponentiate at most this: exp(10) is 22,000 times max_depth, far past any target,
 #: and keeps a half-precision forward finite.
 _MAX_LOG = 10.0
+
+#: ``inverse`` heads add this to the predicted inverse depth: the depth stays at most 100 times
+#: max_depth, and the head's gradient, which grows as 1/inverse**2, stays bounded.
+_MIN_INVERSE = 0.01
+
+#: ``inverse`` heads read the conv's output shifted by this: at q = 0 the inverse depth is softplus(4) = 4.02
+#: (a quarter of max_depth), and over the targets' range (inverse 1 at max_depth to ~20 near the camera)
+#: softplus keeps a slope of at least 0.63 (sigmoid at inverse 1), so no pixel starts where its gradient has died.
+_INVERSE_SHIFT = 4.0
 
 
 def check_depth_output(value: str, where: str) -> str:
@@ -110,7 +122,7 @@ def check_depth_output(value: str, where: str) -> str:
 
 
 class Head(nn.Module):
-    """1x1 conv to one channel: mask logits, or depth as a linear output or the exp of one.
+    """1x1 conv to one channel: mask logits, or depth as a linear output, the exp of one, or an inverse.
 
     Depth targets are depth / max_depth in [0, 1]. ``output="linear"`` (the
     default) keeps gradients alive at both ends of that range, where a sigmoid
@@ -119,6 +131,15 @@ class Head(nn.Module):
     positive, which a loss that takes the depth's log (``silog``) needs: on a
     linear head such a loss clamps every pixel at or below its ``eps`` and its
     gradient there is zero, so the depth collapses and never recovers.
+    ``output="inverse"``: the conv predicts inverse depth (disparity) ``q`` and
+    the head returns ``1 / (softplus(q + 4) + 0.01)``, positive too (q = 0 is a
+    quarter of max_depth). On a ground
+    plane the inverse depth is linear in the image row (``depth = h f / (y -
+    y_horizon)``), and constant over a wall or the sky, so this head turns the
+    scene's depth into a piecewise-linear function of the coordinates that a
+    small ReLU net represents exactly. Either way the head returns *depth*: a
+    loss always scores the space it says it uses (``l1`` the depth, ``silog``
+    its log); the parametrization changes only what the net has to represent.
     """
 
     def __init__(self, cin: int, output: str = "linear") -> None:
@@ -130,6 +151,8 @@ class Head(nn.Module):
         y = self.proj(x)
         if self.output == "log":
             return torch.exp(y.clamp(max=_MAX_LOG))
+        if self.output == "inverse":
+            return 1.0 / (F.softplus(y + _INVERSE_SHIFT) + _MIN_INVERSE)
         return y
 
 

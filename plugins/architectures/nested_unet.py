@@ -35,7 +35,7 @@ class NestedUNet(nn.Module):
         base_channels: width at full resolution; level ``i`` has ``base_channels * 2**i``.
         depth: number of 2x downsamplings; the network's stride is ``2**depth``.
         channels_last: compute in channels_last memory format (faster on CPU; same result).
-        depth_output: ``"linear"`` or ``"log"`` (exp of a log-depth prediction; see ``unet``).
+        depth_output: ``"linear"``, ``"log"`` (exp of a log-depth prediction) or ``"inverse"`` (see ``unet``).
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W; output ``{"mask": (B, 1, H, W)

@@ -34,7 +34,7 @@ class ResNetUNet(nn.Module):
         blocks_per_stage: basic residual blocks per encoder stage (ResNet-18 uses 2).
         merge: decoder skip merge, ``"add"`` or ``"concat"`` (see ``unet``).
         channels_last: compute in channels_last memory format (faster on CPU; same result).
-        depth_output: ``"linear"`` or ``"log"`` (exp of a log-depth prediction; see ``unet``).
+        depth_output: ``"linear"``, ``"log"`` (exp of a log-depth prediction) or ``"inverse"`` (see ``unet``).
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W; output ``{"mask": (B, 1, H, W)

@@ -89,9 +89,11 @@ class UNet(nn.Module):
             exactly where the two shots differ, so handing the network the difference
             spares its first layer from learning to subtract; it costs one 3x3 conv's
             input channels and reaches a given IoU in fewer steps.
-        depth_output: ``"linear"`` (a plain linear depth) or ``"log"`` (the head predicts
-            log depth and returns its exp: always positive, as ``silog`` needs). The config
-            check sets ``log`` when a variant's depth loss declares ``positive_depth``.
+        depth_output: ``"linear"`` (a plain linear depth), ``"log"`` (the head predicts
+            log depth and returns its exp: always positive, as ``silog`` needs) or
+            ``"inverse"`` (the head predicts inverse depth and returns depth, positive too:
+            on a ground plane the inverse depth is linear in the row, see ``Head``). The
+            config check sets ``log`` when a variant's depth loss declares ``positive_depth``.
         coords: also feed the first layer two coordinate maps, the normalized column and row
             (-1 to 1 across the image; CoordConv, Liu et al. 2018). Convolutions are
             translation-equivariant, so without them the net cannot tell the top of the
