@@ -474,3 +474,66 @@ def test_never_pruned_at_its_last_epoch_and_a_pruned_trial_keeps_its_checkpoint(
     head = result.best_path.read_text().split("\nname:")[0]
     assert "Each trial trained one seed (0)" in head and "seeds [0], fewer than 3" in head
     assert "--set 'seeds=[0, 1, 2]'" in head
+
+
+def test_a_tune_study_measures_its_floors_once_logs_them_and_flags_trials_below_them(tmp_path, monkeypatch, catalog):
+    """Floors on the parent as `lab run` logs them; each trial judged on its own values; the best one flagged."""
+    from losslab.core.experiment.floors import measure_floors
+    from losslab.core.experiment.tuning import trial_floors as tune_floors
+    from losslab.reports.build import build_report
+
+    monkeypatch.chdir(tmp_path)
+    search = {"params": {"loss.mask.0.weight": {"low": 0.1, "high": 10.0, "log": True}}, "pruner": {"name": "none"},
+              "sampler": {"name": "random"}}
+    path = _write(tmp_path / "f.yaml", search, train={"epochs": 1})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_tune(path, TuneOptions(trials=2, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
+    cfg, _ = select_base(path, [], catalog)
+    expected = measure_floors(cfg, catalog)  # an independent measurement of the same config's floors
+    client, (parent,), runs = _runs(uri, "tiny")
+    assert json.loads(parent.data.tags["losslab.val_bgs"]) == expected.val_bgs
+    floor_metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("floor/")}
+    assert floor_metrics == pytest.approx(expected.metrics()) and "floor/image-difference/val/mask_iou" in floor_metrics
+
+    def by_hand(metrics: dict[str, float], task: str) -> bool:  # below unless it beats every best floor
+        keys = {"mask": ["val/mask_iou"], "depth": ["val/depth_delta1", "val/depth_absrel"]}[task]
+        for key in keys:
+            higher = expected.higher_is_better[key]
+            floor = (max if higher else min)(f.scores[key] for f in expected.floors if key in f.scores)
+            value = metrics.get(f"best/{key}", float("nan"))
+            if not (value > floor if higher else value < floor):
+                return True
+        return False
+
+    study = optuna.load_study(study_name="tiny", storage=result.storage)
+    for run, trial in zip(runs, study.trials, strict=True):
+        hand = [t for t in ("mask", "depth") if by_hand(run.data.metrics, t)]
+        assert run.data.tags["losslab.below_floor"] == ",".join(hand)
+        assert trial.user_attrs["losslab.floor_verdict"]["below"] == hand
+    best = max(study.trials, key=lambda t: t.value)
+    best_below = best.user_attrs["losslab.floor_verdict"]["below"]
+    assert parent.data.tags["losslab.below_floor"] == ",".join(best_below)
+    mark = f"BELOW FLOOR on {', '.join(best_below)}" if best_below else "above every floor"
+    assert f"floors: best trial {best.number} {mark}" in result.table
+    assert "floors" in result.table.splitlines()[1]  # a column of the trials table
+    summary = json.loads((Path(client.download_artifacts(parent.info.run_id, "summary.json", str(tmp_path)))
+                          ).read_text())
+    assert summary["floors"]["val_bgs"] == expected.val_bgs
+    assert summary["claims"]["below_floor"] == {f"trial-{t.number}": t.user_attrs["losslab.floor_verdict"]["below"]
+                                                for t in study.trials}
+    assert summary["claims"]["tasks"]["mask"]["winner"] == ("none" if "mask" in best_below else f"trial-{best.number}")
+
+    # a second worker (here: the study resumed) reads the stored floors; it never fits them again
+    def refuse(*args, **kwargs):
+        raise AssertionError("the floors were measured a second time")
+
+    monkeypatch.setattr(tune_floors, "measure_floors", refuse)
+    again = run_tune(path, TuneOptions(trials=3, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
+    assert again.complete == 3
+    _, (parent,), runs = _runs(uri, "tiny")
+    assert len(runs) == 3 and all("losslab.below_floor" in r.data.tags for r in runs)
+    assert {k: v for k, v in parent.data.metrics.items() if k.startswith("floor/")} == pytest.approx(expected.metrics())
+
+    html = build_report(parent.info.run_id, tmp_path / "report", ["md"], tracking_uri=uri)["md"].read_text()
+    assert "| floors |" in html or "floors |" in html  # the report's trials table has the floors column
+    assert "one seed: exploratory" in html and "[floor] image-difference" in html

@@ -44,6 +44,7 @@ from losslab.core.experiment.tuning.study import (
     waiting,
 )
 from losslab.core.experiment.tuning.trial import TuneContext, run_trial
+from losslab.core.experiment.tuning.trial_floors import study_floors
 from losslab.core.names import SURPLUS_ATTR, WORKER_ATTR
 from losslab.core.paths import safe_join
 from losslab.core.plugin.registry import Catalog
@@ -122,6 +123,7 @@ def run_tune(
     ctx = TuneContext(space, base, cfg, catalog, records, study, rdb, handler, worker, seed,
                       safe_join(options.runs_dir, cfg.name, f"tune-{safe_name(name)}"), echo,
                       sampler_seed=sampler_seed)
+    ctx.floors = study_floors(ctx)
     done = len(finished(study.get_trials(deepcopy=False)))
     echo(f"losslab: study {name!r} ({'resumed' if done or existed else 'new'}, {done} of {trials} trial(s) done) "
          f"in {shown_url}; MLflow parent run {parent_id} in {tracker.uri}")
