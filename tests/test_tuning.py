@@ -239,16 +239,15 @@ def test_pareto_front_matches_optunas_own(tmp_path):
     assert [t.number for t in rank(small.get_trials(), ["minimize", "minimize"])] == [2, 1, 0]
 
 
-def test_each_trial_is_seeded_from_the_sampler_seed(catalog):
-    """Seed + trials so far: the same study is drawn again, another seed draws another one."""
+def test_each_trial_is_seeded_from_the_sampler_seed_and_its_number(catalog):
+    """Seed + trial number: the same study is drawn again, another seed draws another one."""
     space = parse_search({"params": {"loss.mask.0.weight": {"low": 0.1, "high": 10.0, "log": True},
                                      "train.optimizer": ["adam", "adamw", "sgd"]}}, _base(catalog), catalog)
 
     def draws(seed: int) -> list[dict]:
-        study = _study()
+        study = optuna.create_study(direction="maximize", sampler=st.trial_seeded_sampler(space, seed))
         out = []
-        for k in range(4):
-            study.sampler = st.make_sampler(space, seed + k)
+        for _ in range(4):
             trial = study.ask()
             _, shown = sample(trial, space)
             study.tell(trial, shown["loss.mask.0.weight"])
@@ -257,8 +256,44 @@ def test_each_trial_is_seeded_from_the_sampler_seed(catalog):
 
     assert draws(0) == draws(0)
     assert draws(0) != draws(1)
+    # trial 0 draws what a plain sampler seeded with the seed draws first (a single worker's study is the one
+    # it always was); trial 1, with seed + 1
+    first, second = draws(5)[:2]
+    assert first == sample(optuna.create_study(sampler=st.make_sampler(space, 5)).ask(), space)[1]
+    plain = optuna.create_study(direction="maximize", sampler=st.make_sampler(space, 6))
+    plain.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.0))  # one trial before it
+    assert second == sample(plain.ask(), space)[1]
     assert all(0.1 <= d["loss.mask.0.weight"] <= 10.0 and d["train.optimizer"] in ("adam", "adamw", "sgd")
                for d in draws(3))
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_two_workers_asking_at_once_on_one_storage_draw_different_params(tmp_path, catalog, sampler):
+    """The race: two workers see the same history, both ask before either tells. Each trial's own number
+    seeds its draw, so they differ (a seed from the count of trials seen gave both the same parameters)."""
+    search = {"params": {"loss.mask.0.weight": {"low": 0.1, "high": 10.0, "log": True},
+                         "loss.depth.0.weight": {"low": 0.1, "high": 10.0, "log": True}},
+              "sampler": {"name": sampler, "seed": 0}}
+    cfg = _base(catalog)
+    space = parse_search(search, cfg, catalog)
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    handler = st.StaleTrialHandler(space.heartbeat.max_retry)
+    storage = st.open_storage(url, space.heartbeat, handler)
+    a, b = (st.open_study(st.open_storage(url, space.heartbeat, handler) if i else storage, "race", space,
+                          cfg.train.epochs, 0, "hash") for i in range(2))
+    drawn = []
+    for _ in range(3):  # each round: both ask at once, then both tell
+        with st.quiet_optuna():
+            ta, tb = a.ask(), b.ask()
+        pa, pb = sample(ta, space)[1], sample(tb, space)[1]
+        assert ta.number != tb.number and pa != pb
+        drawn += [pa, pb]
+        a.tell(ta, 1.0)
+        b.tell(tb, 2.0)
+    assert len({tuple(sorted(d.items())) for d in drawn}) == len(drawn)
+    # what the old seeding did: two samplers with one seed, asked on the same history, draw the same
+    same = [sample(optuna.create_study(sampler=st.make_sampler(space, 7)).ask(), space)[1] for _ in range(2)]
+    assert same[0] == same[1]
 
 
 # -- end to end ----------------------------------------------------------------------------------------

@@ -63,7 +63,6 @@ class TuneContext:
     seed: int
     runs_root: Path
     echo: Echo
-    sampler_seed: int = 0
     floors: Floors | None = None  # the study's floors (``tuning/trial_floors.py``); None: not measured
     outcomes: list[TrialOutcome] = field(default_factory=list)
 
