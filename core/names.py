@@ -106,6 +106,11 @@ CONFIG_HASH_ATTR = "losslab.config_hash"
 #: The cell queue of a study's (variant, seed) cells (``core/experiment/cells.py``): the MLflow parent run's
 #: id, a study attribute; and a finished cell's result (JSON), a trial attribute.
 CELL_PARENT_ATTR = "losslab.parent_run_id"
+#: A tune study's floors (JSON, ``floors_to_dict``), a study attribute: measured once, by the first worker.
+FLOORS_ATTR = "losslab.floors"
+#: A judged trial's verdict against the floors: ``{"below": [task, ...], "sentences": {task: str},
+#: "margins": {task: float | None}}``, a trial attribute.
+FLOOR_VERDICT_ATTR = "losslab.floor_verdict"
 CELL_RESULT_ATTR = "losslab.cell_result"
 
 # -- metrics -------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from losslab.core.names import (
+    BELOW_FLOOR_TAG,
     BEST_PREFIX,
     CALIBRATION_FILE,
     CONFIG_FILE,
@@ -110,6 +111,8 @@ class Trial:
     state: str
     objectives: dict[str, float]
     params: dict[str, str]
+    #: the tasks it is below its study's floors on (``losslab.below_floor``); None: not judged
+    below_floor: list[str] | None = None
 
 
 @dataclass
@@ -355,6 +358,7 @@ def _trial(run: Run) -> Trial:
         state=tags.get(TRIAL_STATE_TAG, run.info.status.lower()),
         objectives=objectives,
         params=dict(run.data.params),
+        below_floor=None if (below := tags.get(BELOW_FLOOR_TAG)) is None else [t for t in below.split(",") if t],
     )
 
 

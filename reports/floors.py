@@ -46,9 +46,10 @@ def floor_blocks(study: Study) -> list[Block]:
         scores = row.get("scores") or {}
         table_rows.append([f"[floor] {row.get('name')}", *(_cell(scores.get(k)) for k in keys),
                            f"{row.get('task')} floor"])
+    shown = "Variants (mean over seeds) beside the floors" if len(table_rows) > len(rows) else "The floors"
     blocks.append(Table(
         ["", *(k.removeprefix(VAL_PREFIX) for k in keys), ""], table_rows,
-        caption=(f"Variants (mean over seeds) beside the floors: baselines fitted on the training split "
+        caption=(f"{shown}: baselines fitted on the training split "
                  f"({floors.get('n_train')} samples, no gradient training), scored on the same "
                  f"{floors.get('n_val')} held-out samples (bgs {floors.get('val_bgs')}) by the same metrics. "
                  "A variant is below floor unless its mean beats the best floor and its 95% interval over seeds "

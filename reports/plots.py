@@ -160,7 +160,36 @@ def axis_range(values: list[float]) -> tuple[float, float, bool]:
 
 def score_plot(results: list[MetricResult], variants: list[str], name: str = "scores",
                cols: int = 4, what: str = "Scores") -> Plot | None:
-    """Each metric's mean per variant with its 95% bootstrap interval; dots are the individual seeds."""
+    """Each metric's mean per variant with its 95% bootstrap interval; dots are the individual seeds.
+
+    A task's floors (``MetricResult.references``, the numbers the floor table shows) are drawn as
+    marked horizontal lines named after their baseline, and a variant below its task's floors gets a
+    hollow marker and a "(below floor)" tick, so the plot and the tables tell the same story.
+    """
+    drawn = score_figure(results, variants, cols)
+    if drawn is None:
+        return None
+    fig, not_zero, floors = drawn
+    caption = (f"{what} at each run's best epoch: diamond = mean over seeds, bar = 95% interval (bootstrap over "
+               "seeds, then images), dots = individual seeds.")
+    if floors:
+        caption += (" Dotted lines are the task's floors (" + ", ".join(floors) + "): baselines fitted on the "
+                    "training split, scored on the same held-out samples; a hollow diamond is a variant "
+                    "below its task's floors.")
+    if not_zero:
+        caption += (f" {what}: the vertical axis does not start at zero ("
+                    + "; ".join(not_zero) + "): compare positions, not heights.")
+    else:
+        caption += f" {what}: every vertical axis starts at zero."
+    return Plot(name, _png(fig), caption)
+
+
+FLOOR_LABEL = "floor: {}"
+
+
+def score_figure(results: list[MetricResult], variants: list[str],
+                 cols: int = 4) -> tuple[Any, list[str], list[str]] | None:
+    """The figure of :func:`score_plot`, with the panels whose axes did not start at zero and the floors drawn."""
     results = [r for r in results if r.summaries]
     if not results:
         return None
@@ -170,7 +199,8 @@ def score_plot(results: list[MetricResult], variants: list[str], name: str = "sc
     fig = Figure(figsize=(3.3 * cols, 2.5 * rows), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False)
     colors = dict(zip(variants, _colors(len(variants)), strict=True))
-    not_zero = []
+    not_zero: list[str] = []
+    floors: list[str] = []
     for ax, r in zip(axes.flat, results, strict=False):
         names = [v for v in variants if v in r.summaries]
         for x, v in enumerate(names):
@@ -178,29 +208,32 @@ def score_plot(results: list[MetricResult], variants: list[str], name: str = "sc
             if math.isfinite(s.low) and math.isfinite(s.high):
                 ax.errorbar([x], [s.mean], yerr=[[s.mean - s.low], [s.high - s.mean]], fmt="none",
                             ecolor=colors[v], elinewidth=2.2, capsize=5)
-            ax.plot([x], [s.mean], "D", color=colors[v], markersize=7, markeredgecolor="black")
+            below = v in r.below_floor
+            ax.plot([x], [s.mean], "D", color=colors[v], markersize=7, markeredgecolor="black",
+                    markerfacecolor="white" if below else colors[v])
             seeds = list(r.per_seed[v].values())
             ax.plot([x + 0.18] * len(seeds), seeds, "o", color="black", markersize=2.5, alpha=0.7)
-        ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize=8)
+        ticks = [f"{v} (below floor)" if v in r.below_floor else v for v in names]
+        ax.set_xticks(range(len(names)), ticks, rotation=25, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(names) - 0.4)
         arrow = "higher is better" if r.higher_is_better else "lower is better"
         ax.set_title(f"{r.label} ({arrow})", fontsize=9)
+        refs = {n: s.mean for n, s in r.references.items() if math.isfinite(s.mean)}
+        for i, (floor, level) in enumerate(sorted(refs.items(), key=lambda kv: kv[1])):
+            ax.axhline(level, color="dimgray", linestyle=":", linewidth=1.3, label=FLOOR_LABEL.format(floor))
+            ax.annotate(floor, (1.0, level), xycoords=("axes fraction", "data"), xytext=(-2, 2 if i % 2 == 0 else -8),
+                        textcoords="offset points", ha="right", fontsize=7, color="dimgray")
+            if floor not in floors:
+                floors.append(floor)
         values = [x for v in names for x in (r.summaries[v].low, r.summaries[v].high, *r.per_seed[v].values())]
-        lo, hi, at_zero = axis_range(values)
+        lo, hi, at_zero = axis_range(values + list(refs.values()))
         ax.set_ylim(lo, hi)
         if not at_zero:
             not_zero.append(f"{r.label} from {lo:.3g}")
         ax.grid(axis="y", alpha=0.3)
     for ax in list(axes.flat)[len(results):]:
         ax.set_visible(False)
-    caption = (f"{what} at each run's best epoch: diamond = mean over seeds, bar = 95% interval (bootstrap over "
-               "seeds, then images), dots = individual seeds.")
-    if not_zero:
-        caption += (f" {what}: the vertical axis does not start at zero ("
-                    + "; ".join(not_zero) + "): compare positions, not heights.")
-    else:
-        caption += f" {what}: every vertical axis starts at zero."
-    return Plot(name, _png(fig), caption)
+    return fig, not_zero, floors
 
 
 def score_bars(results: list[MetricResult], variants: list[str]) -> Plot | None:

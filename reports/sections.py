@@ -157,6 +157,9 @@ def trials_table(tune: TuneResult) -> Table:
     headers = ["rank", "trial", "state", *tune.objective_keys]
     if len(tune.objective_keys) > 1:
         headers.append("Pareto front")
+    judged = any(t.below_floor is not None for t in tune.trials)
+    if judged:
+        headers.append("floors")
     headers += tune.varying_params
     rows = []
     for rank, t in enumerate(tune.trials[:MAX_TRIALS_SHOWN], start=1):
@@ -164,6 +167,9 @@ def trials_table(tune: TuneResult) -> Table:
         row += [format_value(t.objectives[k]) if k in t.objectives else "" for k in tune.objective_keys]
         if len(tune.objective_keys) > 1:
             row.append("yes" if t.run_id in tune.pareto else "")
+        if judged:
+            row.append("" if t.below_floor is None else
+                       f"below floor: {', '.join(t.below_floor)}" if t.below_floor else "above every floor")
         row += [t.params.get(k, "") for k in tune.varying_params]
         rows.append(row)
     direction = ", ".join(f"{k}: {d}" for k, d in zip(tune.objective_keys, tune.directions, strict=True))

@@ -271,3 +271,47 @@ def test_the_report_shows_the_verdicts_and_the_floors_as_marked_rows_from_the_su
                                              ["[floor] image-difference", "0.900", "mask floor"]]
     study.summary = {"rows": []}  # a run without floors: no section
     assert floor_blocks(study) == []
+
+
+def test_the_score_plot_draws_each_floor_as_a_labelled_line_from_the_numbers_the_tables_use():
+    from losslab.reports.analysis import analyze
+    from losslab.reports.collect import ChildRun, Study
+    from losslab.reports.plots import FLOOR_LABEL, score_figure, score_plot
+
+    def child(variant: str, seed: int, iou: float, delta1: float) -> ChildRun:
+        return ChildRun(f"r{variant}{seed}", f"{variant}-s{seed}", variant, seed, "finished", "", {},
+                        {"best/val/mask_iou": iou, "best/val/depth_delta1": delta1}, {})
+
+    rows = [{"name": "image-difference", "task": "mask", "scores": {"val/mask_iou": 0.9}},
+            {"name": "prior", "task": "mask", "scores": {"val/mask_iou": 0.25}},
+            {"name": "median-map", "task": "depth", "scores": {"val/depth_delta1": 0.72}}]
+    summary = {"floors": {"val_bgs": [1], "n_train": 10, "n_val": 4, "rows": rows},
+               "claims": {"below_floor": {"a": ["depth"], "b": ["mask", "depth"]}}}
+    study = Study("uri", "e", "0", "p", "p", "run", {}, {}, ["a", "b"], [0, 1, 2],
+                  children=[child(v, s, iou + 0.01 * s, 0.5 + 0.01 * s)
+                            for v, iou in (("a", 0.94), ("b", 0.5)) for s in range(3)],
+                  summary=summary)
+    analysis = analyze(study, n_boot=50)
+    heads = [analysis.headline[t] for t in ("mask", "depth")]
+    fig, _, floors = score_figure(heads, study.variants)
+    (mask_ax, depth_ax) = [ax for ax in fig.axes if ax.get_visible()]
+
+    def floor_lines(ax) -> dict[str, float]:
+        return {line.get_label(): float(line.get_ydata()[0]) for line in ax.get_lines()
+                if str(line.get_label()).startswith("floor: ")}
+
+    # the same numbers as summary.json's floor rows (what the floor table shows), one line each, per task
+    assert floor_lines(mask_ax) == {FLOOR_LABEL.format("image-difference"): 0.9, FLOOR_LABEL.format("prior"): 0.25}
+    assert floor_lines(depth_ax) == {FLOOR_LABEL.format("median-map"): 0.72}
+    assert {t.get_text() for t in depth_ax.texts} == {"median-map"}  # the line is named on the plot itself
+    lo, hi = depth_ax.get_ylim()
+    assert lo <= 0.72 <= hi  # a floor above every variant is still in view
+    assert [t.get_text() for t in mask_ax.get_xticklabels()] == ["a", "b (below floor)"]
+    assert [t.get_text() for t in depth_ax.get_xticklabels()] == ["a (below floor)", "b (below floor)"]
+    assert floors == ["prior", "image-difference", "median-map"]
+    assert "Dotted lines are the task's floors (prior, image-difference, median-map)" in score_plot(
+        heads, study.variants).caption
+    study.summary = {}  # a run without floors: no lines, no floor sentence
+    plain = analyze(study, n_boot=50)
+    fig, _, floors = score_figure([plain.headline["mask"]], study.variants)
+    assert floors == [] and not floor_lines(fig.axes[0])

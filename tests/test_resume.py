@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,119 @@ def test_the_callback_order_is_the_documented_one(tmp_path):
     callbacks = default_callbacks(Path(tmp_path))
     assert [type(c).__name__ for c in callbacks] == ["EvalArtifacts", "Checkpointer", "MetricLogger", "Progress"]
     assert isinstance(callbacks[1], Checkpointer) and isinstance(callbacks[2], MetricLogger)
+
+
+# -- a third-party augmentation without state()/load_state() -------------------------------------------
+
+
+class OwnStreams:
+    """A third party's augmentation: its own torch and NumPy generators, no state()/load_state()."""
+
+    def __init__(self, seed: int, p: float = 0.5) -> None:
+        self.p = p
+        self.rng = torch.Generator().manual_seed(seed)
+        self.noise = {"rng": np.random.default_rng(seed + 1)}  # one level down, and a NumPy one
+
+    def __call__(self, batch: dict) -> dict:
+        out = dict(batch)
+        flip = torch.rand(len(batch["bg"]), generator=self.rng) < self.p
+        for key in ("bg", "fg_bg", "mask", "depth"):
+            out[key] = torch.where(flip[:, None, None, None], batch[key].flip(-1), batch[key])
+        shift = torch.from_numpy(self.noise["rng"].normal(0.0, 0.02, size=len(batch["bg"]))).float()
+        for key in ("bg", "fg_bg"):
+            out[key] = (out[key] + shift[:, None, None, None]).clamp(0, 1)
+        return out
+
+
+def own_streams_closure(seed: int) -> object:
+    """The same kind of augmentation as a function: its generator lives in a closure cell."""
+    rng = torch.Generator().manual_seed(seed)
+
+    def augment(batch: dict) -> dict:
+        scale = 0.9 + 0.2 * torch.rand(len(batch["bg"]), generator=rng)
+        return {**batch, "fg_bg": (batch["fg_bg"] * scale[:, None, None, None]).clamp(0, 1)}
+
+    return augment
+
+
+class _EntryPoint:
+    name = "own-streams"
+    dist = type("Dist", (), {"name": "losslab-own-streams", "version": "0.1.0"})()
+
+    def load(self):
+        import types
+
+        from losslab.core import hookimpl
+
+        module = types.ModuleType("own_streams_plugin")
+
+        @hookimpl
+        def lab_register_augmentations(registry) -> None:
+            registry.add("own-streams", OwnStreams, summary="flips and shifts from its own generators")
+            registry.add("own-closure", own_streams_closure, summary="scales from a generator in a closure")
+
+        module.lab_register_augmentations = lab_register_augmentations
+        return module
+
+
+@pytest.fixture(scope="module")
+def third_party(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume-third-party")
+    catalog = load_catalog(entry_points=[_EntryPoint()])
+    raw = {**RAW, "augment": [{"name": "own-streams"}, {"name": "own-closure"}]}
+    (cfg,) = resolve_variants(raw, None, catalog)
+    return tmp, catalog, cfg, Tracker(f"sqlite:///{tmp / 'mlflow.db'}")
+
+
+def test_a_third_party_augmentation_without_state_resumes_on_its_stream(third_party):
+    """Its generators are found and checkpointed by losslab: the resumed run equals the uninterrupted one."""
+    from losslab.core.train.checkpoint import find_generators
+
+    ref, ref_mlflow, ref_weights = _run(third_party, "straight", [])
+    parts = build(third_party[2], 0, third_party[1])
+    assert [sorted(find_generators(a)) for a in parts.augment] == [[".noise['rng']", ".rng"], ["<closure rng>"]]
+    for scenario in ("mid-epoch", "twice"):
+        result, mlflow, weights = _run(third_party, scenario, SCENARIOS[scenario])
+        assert _strip(result.history) == _strip(ref.history) and mlflow == ref_mlflow
+        assert all(torch.equal(weights[k], ref_weights[k]) for k in weights)
+
+
+def test_restarting_a_third_party_stream_would_be_caught_and_a_changed_one_is_refused(third_party, tmp_path):
+    """Negative control: with its streams put back to the start after the restore, the run drifts; and a
+    checkpoint whose generators the augmentation no longer holds stops with its name and the fix."""
+    from losslab.core.train.checkpoint import find_generators, generator_state, set_generator_state
+    from losslab.core.train.errors import CheckpointError
+
+    class Restart(Callback):
+        def __init__(self, parts) -> None:
+            self.start = [{k: generator_state(g) for k, g in find_generators(a).items()} for a in parts.augment]
+
+        def before_fit(self, loop: TrainLoop) -> None:
+            for aug, states in zip(loop.parts.augment, self.start, strict=True):
+                for key, gen in find_generators(aug).items():
+                    set_generator_state(gen, states[key])
+
+    tmp, catalog, cfg, tracker = third_party
+    ref, _, _ = _run(third_party, "straight-control", [])
+    run_id = tracker.start_run("resume", "restart", {})
+    run_dir = tmp / "restart"
+    for attempt, kill in enumerate([Kill(step=4), None]):
+        parts = build(cfg, 0, catalog)
+        callbacks = default_callbacks(run_dir, MlflowRunLogger(tracker, run_id), resume=attempt > 0)
+        if attempt:
+            callbacks.insert(2, Restart(parts))
+        else:
+            callbacks.insert(0, kill)
+        loop = TrainLoop(parts, run_dir, callbacks)
+        if kill is None:
+            result = loop.fit()
+        else:
+            with pytest.raises(KeyboardInterrupt):
+                loop.fit()
+    assert _strip(result.history)[1:] != _strip(ref.history)[1:]
+
+    parts = build(cfg, 0, catalog)
+    parts.augment[0].rng = None  # the augmentation changed: its generator is gone
+    state = torch.load(run_dir / "last.pt", weights_only=True)
+    with pytest.raises(CheckpointError, match=r"augmentation 'own-streams' kept its random generators at.*state\(\)"):
+        TrainLoop(parts, tmp_path, []).load_checkpoint_state(state, run_dir / "last.pt")

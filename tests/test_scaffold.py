@@ -24,6 +24,7 @@ EXPECTED_FILES = {
     "pyproject.toml",
     "README.md",
     "src/losslab_focal_edge/__init__.py",
+    "src/losslab_focal_edge/losses.py",
     "tests/test_losslab_focal_edge.py",
 }
 
@@ -39,11 +40,16 @@ class FakeEntryPoint:
         return self._module
 
 
-def import_by_path(root: Path, module: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(module, root / "src" / module / "__init__.py")
-    assert spec and spec.loader
-    loaded = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loaded)
+def import_by_path(root: Path, module: str, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """The generated package imported from its ``src/`` (as pip would install it), forgotten after the test.
+
+    Its loss is registered by an import string, so the package's submodules must be importable by name.
+    """
+    monkeypatch.syspath_prepend(str(root / "src"))
+    for name in [n for n in sys.modules if n == module or n.startswith(f"{module}.")]:
+        monkeypatch.delitem(sys.modules, name)
+    loaded = importlib.import_module(module)
+    assert Path(loaded.__file__ or "").resolve() == (root / "src" / module / "__init__.py").resolve()
     return loaded
 
 
@@ -102,8 +108,8 @@ def test_generated_code_passes_ruff(name: str, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_generated_hook_registers_a_working_loss(package: Path) -> None:
-    module = import_by_path(package, "losslab_focal_edge")
+def test_generated_hook_registers_a_working_loss(package: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    module = import_by_path(package, "losslab_focal_edge", monkeypatch)
     registry = Registry("loss")
     module.lab_register_losses(registry=registry)
     loss = registry.get("focal-edge").create(smooth=0.0)
@@ -118,11 +124,13 @@ def test_generated_hook_registers_a_working_loss(package: Path) -> None:
     assert value.item() == pytest.approx(expected, rel=1e-12)
 
 
-def test_generated_loss_runs_in_the_engine_under_its_plugin_name(package: Path) -> None:
-    module = import_by_path(package, "losslab_focal_edge")
+def test_generated_loss_runs_in_the_engine_under_its_plugin_name(package: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    module = import_by_path(package, "losslab_focal_edge", monkeypatch)
     ep = FakeEntryPoint("focal-edge", module, "losslab-focal-edge", "0.1.0")
     catalog = load_catalog(entry_points=[ep])
     component = catalog.get("loss", "focal-edge")
+    assert component.lazy and "losslab_focal_edge.losses" not in sys.modules  # the catalog imported no loss code
     assert (component.plugin, component.distribution, component.version) == (
         "focal-edge", "losslab-focal-edge", "0.1.0")
     objective = Objective(LossSpec(mask=[LossTermSpec(name="focal-edge", weight=2.0)], depth=[]), catalog)
@@ -154,7 +162,7 @@ def test_installed_with_pip_its_tests_pass_and_the_catalog_lists_it(package: Pat
     )
     # every generated test passes, including the one that checks the installed entry point (skipped otherwise)
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "7 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
+    assert "8 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
 def test_cli_new_plugin(tmp_path: Path) -> None:

@@ -239,16 +239,15 @@ def test_pareto_front_matches_optunas_own(tmp_path):
     assert [t.number for t in rank(small.get_trials(), ["minimize", "minimize"])] == [2, 1, 0]
 
 
-def test_each_trial_is_seeded_from_the_sampler_seed(catalog):
-    """Seed + trials so far: the same study is drawn again, another seed draws another one."""
+def test_each_trial_is_seeded_from_the_sampler_seed_and_its_number(catalog):
+    """Seed + trial number: the same study is drawn again, another seed draws another one."""
     space = parse_search({"params": {"loss.mask.0.weight": {"low": 0.1, "high": 10.0, "log": True},
                                      "train.optimizer": ["adam", "adamw", "sgd"]}}, _base(catalog), catalog)
 
     def draws(seed: int) -> list[dict]:
-        study = _study()
+        study = optuna.create_study(direction="maximize", sampler=st.trial_seeded_sampler(space, seed))
         out = []
-        for k in range(4):
-            study.sampler = st.make_sampler(space, seed + k)
+        for _ in range(4):
             trial = study.ask()
             _, shown = sample(trial, space)
             study.tell(trial, shown["loss.mask.0.weight"])
@@ -257,8 +256,44 @@ def test_each_trial_is_seeded_from_the_sampler_seed(catalog):
 
     assert draws(0) == draws(0)
     assert draws(0) != draws(1)
+    # trial 0 draws what a plain sampler seeded with the seed draws first (a single worker's study is the one
+    # it always was); trial 1, with seed + 1
+    first, second = draws(5)[:2]
+    assert first == sample(optuna.create_study(sampler=st.make_sampler(space, 5)).ask(), space)[1]
+    plain = optuna.create_study(direction="maximize", sampler=st.make_sampler(space, 6))
+    plain.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=0.0))  # one trial before it
+    assert second == sample(plain.ask(), space)[1]
     assert all(0.1 <= d["loss.mask.0.weight"] <= 10.0 and d["train.optimizer"] in ("adam", "adamw", "sgd")
                for d in draws(3))
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe", "nsga2"])
+def test_two_workers_asking_at_once_on_one_storage_draw_different_params(tmp_path, catalog, sampler):
+    """The race: two workers see the same history, both ask before either tells. Each trial's own number
+    seeds its draw, so they differ (a seed from the count of trials seen gave both the same parameters)."""
+    search = {"params": {"loss.mask.0.weight": {"low": 0.1, "high": 10.0, "log": True},
+                         "loss.depth.0.weight": {"low": 0.1, "high": 10.0, "log": True}},
+              "sampler": {"name": sampler, "seed": 0}}
+    cfg = _base(catalog)
+    space = parse_search(search, cfg, catalog)
+    url = f"sqlite:///{tmp_path / 'o.db'}"
+    handler = st.StaleTrialHandler(space.heartbeat.max_retry)
+    storage = st.open_storage(url, space.heartbeat, handler)
+    a, b = (st.open_study(st.open_storage(url, space.heartbeat, handler) if i else storage, "race", space,
+                          cfg.train.epochs, 0, "hash") for i in range(2))
+    drawn = []
+    for _ in range(3):  # each round: both ask at once, then both tell
+        with st.quiet_optuna():
+            ta, tb = a.ask(), b.ask()
+        pa, pb = sample(ta, space)[1], sample(tb, space)[1]
+        assert ta.number != tb.number and pa != pb
+        drawn += [pa, pb]
+        a.tell(ta, 1.0)
+        b.tell(tb, 2.0)
+    assert len({tuple(sorted(d.items())) for d in drawn}) == len(drawn)
+    # what the old seeding did: two samplers with one seed, asked on the same history, draw the same
+    same = [sample(optuna.create_study(sampler=st.make_sampler(space, 7)).ask(), space)[1] for _ in range(2)]
+    assert same[0] == same[1]
 
 
 # -- end to end ----------------------------------------------------------------------------------------
@@ -474,3 +509,66 @@ def test_never_pruned_at_its_last_epoch_and_a_pruned_trial_keeps_its_checkpoint(
     head = result.best_path.read_text().split("\nname:")[0]
     assert "Each trial trained one seed (0)" in head and "seeds [0], fewer than 3" in head
     assert "--set 'seeds=[0, 1, 2]'" in head
+
+
+def test_a_tune_study_measures_its_floors_once_logs_them_and_flags_trials_below_them(tmp_path, monkeypatch, catalog):
+    """Floors on the parent as `lab run` logs them; each trial judged on its own values; the best one flagged."""
+    from losslab.core.experiment.floors import measure_floors
+    from losslab.core.experiment.tuning import trial_floors as tune_floors
+    from losslab.reports.build import build_report
+
+    monkeypatch.chdir(tmp_path)
+    search = {"params": {"loss.mask.0.weight": {"low": 0.1, "high": 10.0, "log": True}}, "pruner": {"name": "none"},
+              "sampler": {"name": "random"}}
+    path = _write(tmp_path / "f.yaml", search, train={"epochs": 1})
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_tune(path, TuneOptions(trials=2, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
+    cfg, _ = select_base(path, [], catalog)
+    expected = measure_floors(cfg, catalog)  # an independent measurement of the same config's floors
+    client, (parent,), runs = _runs(uri, "tiny")
+    assert json.loads(parent.data.tags["losslab.val_bgs"]) == expected.val_bgs
+    floor_metrics = {k: v for k, v in parent.data.metrics.items() if k.startswith("floor/")}
+    assert floor_metrics == pytest.approx(expected.metrics()) and "floor/image-difference/val/mask_iou" in floor_metrics
+
+    def by_hand(metrics: dict[str, float], task: str) -> bool:  # below unless it beats every best floor
+        keys = {"mask": ["val/mask_iou"], "depth": ["val/depth_delta1", "val/depth_absrel"]}[task]
+        for key in keys:
+            higher = expected.higher_is_better[key]
+            floor = (max if higher else min)(f.scores[key] for f in expected.floors if key in f.scores)
+            value = metrics.get(f"best/{key}", float("nan"))
+            if not (value > floor if higher else value < floor):
+                return True
+        return False
+
+    study = optuna.load_study(study_name="tiny", storage=result.storage)
+    for run, trial in zip(runs, study.trials, strict=True):
+        hand = [t for t in ("mask", "depth") if by_hand(run.data.metrics, t)]
+        assert run.data.tags["losslab.below_floor"] == ",".join(hand)
+        assert trial.user_attrs["losslab.floor_verdict"]["below"] == hand
+    best = max(study.trials, key=lambda t: t.value)
+    best_below = best.user_attrs["losslab.floor_verdict"]["below"]
+    assert parent.data.tags["losslab.below_floor"] == ",".join(best_below)
+    mark = f"BELOW FLOOR on {', '.join(best_below)}" if best_below else "above every floor"
+    assert f"floors: best trial {best.number} {mark}" in result.table
+    assert "floors" in result.table.splitlines()[1]  # a column of the trials table
+    summary = json.loads((Path(client.download_artifacts(parent.info.run_id, "summary.json", str(tmp_path)))
+                          ).read_text())
+    assert summary["floors"]["val_bgs"] == expected.val_bgs
+    assert summary["claims"]["below_floor"] == {f"trial-{t.number}": t.user_attrs["losslab.floor_verdict"]["below"]
+                                                for t in study.trials}
+    assert summary["claims"]["tasks"]["mask"]["winner"] == ("none" if "mask" in best_below else f"trial-{best.number}")
+
+    # a second worker (here: the study resumed) reads the stored floors; it never fits them again
+    def refuse(*args, **kwargs):
+        raise AssertionError("the floors were measured a second time")
+
+    monkeypatch.setattr(tune_floors, "measure_floors", refuse)
+    again = run_tune(path, TuneOptions(trials=3, tracking_uri=uri), catalog=catalog, echo=lambda m: None)
+    assert again.complete == 3
+    _, (parent,), runs = _runs(uri, "tiny")
+    assert len(runs) == 3 and all("losslab.below_floor" in r.data.tags for r in runs)
+    assert {k: v for k, v in parent.data.metrics.items() if k.startswith("floor/")} == pytest.approx(expected.metrics())
+
+    html = build_report(parent.info.run_id, tmp_path / "report", ["md"], tracking_uri=uri)["md"].read_text()
+    assert "| floors |" in html or "floors |" in html  # the report's trials table has the floors column
+    assert "one seed: exploratory" in html and "[floor] image-difference" in html

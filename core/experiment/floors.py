@@ -267,6 +267,65 @@ def below_floor(per_seed_values: Sequence[float], floor_value: float, higher_is_
     return not (mean < floor_value and high < floor_value)
 
 
+def single_model_verdicts(best: dict[str, float], floors: Floors, tasks: Sequence[str], who: str,
+                          ) -> dict[str, tuple[bool, str, float | None]]:
+    """Judge one trained model (a tune trial: one seed) against each task's best floors.
+
+    One seed has no interval over seeds, so by :func:`below_floor` every trial would be below. A trial
+    is judged on its values alone instead: below unless it beats the best floor on every headline
+    metric of the task (a missing or NaN headline is below). What it shows is exploratory, as one seed
+    always is; ``lab run`` on the best config over 3 seeds makes the claim. Returns, per judged task,
+    (below, a sentence naming ``who``, the margin on the ranking metric).
+    """
+    out: dict[str, tuple[bool, str, float | None]] = {}
+    for task in tasks:
+        keys = [f"{names.VAL_PREFIX}{task}_{n}" for n in HEADLINES[task]]
+        bests = {k: f for k in keys if (f := floors.best(k)) is not None}
+        if not bests:
+            continue
+        rank_key = next(k for k in keys if k in bests)
+        failing = None
+        for key, floor in bests.items():
+            value = best.get(key)
+            higher = floors.higher_is_better.get(key, True)
+            if value is None or math.isnan(value) or not (value > floor.scores[key] if higher
+                                                           else value < floor.scores[key]):
+                failing = (key, floor, value)
+                break
+        value = best.get(rank_key)
+        margin = None if value is None or math.isnan(value) else value - bests[rank_key].scores[rank_key]
+        if failing is None:
+            floor = bests[rank_key]
+            metric = rank_key.removeprefix(f"{names.VAL_PREFIX}{task}_")
+            out[task] = (False, f"{task}: {who} {metric} {_fmt(best[rank_key])} is {_fmt(abs(margin or 0.0))} "
+                                f"beyond the {floor.name} floor ({_fmt(floor.scores[rank_key])})", margin)
+            continue
+        key, floor, shown = failing
+        metric = key.removeprefix(f"{names.VAL_PREFIX}{task}_")
+        if shown is None or math.isnan(shown):
+            out[task] = (True, f"{task}: {who} is below floor: it was not scored on {metric} (add it to "
+                               f"metrics.{task}); the {floor.name} floor scores {_fmt(floor.scores[key])}", margin)
+            continue
+        out[task] = (True, f"{task}: {who} is below floor: {metric} {_fmt(shown)}, the {floor.name} floor scores "
+                           f"{_fmt(floor.scores[key])}", margin)
+    return out
+
+
+def floors_to_dict(floors: Floors) -> dict[str, Any]:
+    """The floors as plain data (``summary.json``'s ``floors``; a tune study's storage attribute)."""
+    return {"val_bgs": floors.val_bgs, "n_train": floors.n_train, "n_val": floors.n_val,
+            "higher_is_better": floors.higher_is_better, "seconds": floors.seconds,
+            "rows": [asdict(f) for f in floors.floors]}
+
+
+def floors_from_dict(data: dict[str, Any]) -> Floors:
+    """:func:`floors_to_dict` read back."""
+    rows = [Floor(str(r["name"]), str(r["task"]), {str(k): float(v) for k, v in r["scores"].items()},
+                  {str(k): float(v) for k, v in (r.get("fitted") or {}).items()}) for r in data["rows"]]
+    return Floors(rows, [int(b) for b in data["val_bgs"]], int(data["n_train"]), int(data["n_val"]),
+                  float(data.get("seconds", 0.0)), {str(k): bool(v) for k, v in data["higher_is_better"].items()})
+
+
 @dataclass
 class TaskVerdict:
     task: str
@@ -433,7 +492,4 @@ def apply_floors(result: Any, floors: Floors | None, configs: Sequence[Experimen
         if child.status == "finished" and child.run_id:
             tracker.set_tags(child.run_id, {BELOW_FLOOR_TAG: ",".join(judgement.below.get(child.variant, []))})
     tracker.set_tags(result.parent_run_id, {f"{WINNER_TAG_PREFIX}{t}": v.winner for t, v in judgement.tasks.items()})
-    return {"floors": {"val_bgs": floors.val_bgs, "n_train": floors.n_train, "n_val": floors.n_val,
-                       "higher_is_better": floors.higher_is_better,
-                       "rows": [asdict(f) for f in floors.floors]},
-            "claims": judgement.to_dict()}
+    return {"floors": floors_to_dict(floors), "claims": judgement.to_dict()}

@@ -3,9 +3,11 @@
 A stranger's first plugin should start from something that already passes
 its tests and shows up in ``lab plugins``, so the only work left is the loss
 itself. The package is the smallest complete one: a pyproject with the
-``losslab`` entry point, a module with a working loss (V-Net's squared soft
-Dice, a short formula with a hand-workable value) registered through
-``lab_register_losses``, a README and a test file.
+``losslab`` entry point, a package whose ``__init__`` holds only the hook,
+``lab_register_losses``, registering the loss lazily (the ``"module:attr"``
+import string the built-ins use, so building the catalog imports no torch),
+a ``losses.py`` with a working loss (V-Net's squared soft Dice, a short
+formula with a hand-workable value), a README and a test file.
 
 Only the standard library and typer are imported at module level: the CLI
 imports this module on every ``lab`` call, and must stay fast. The catalog
@@ -101,7 +103,8 @@ def scaffold_plugin(name: str, out: Path, *, catalog: Catalog | None = None) -> 
     files = {
         "pyproject.toml": _PYPROJECT,
         "README.md": _README,
-        f"src/{names['module']}/__init__.py": _MODULE,
+        f"src/{names['module']}/__init__.py": _INIT,
+        f"src/{names['module']}/losses.py": _LOSSES,
         f"tests/test_{names['module']}.py": _TEST,
     }
     for relative, template in files.items():
@@ -195,20 +198,68 @@ loss:
     - {name: $short, weight: 1.0, params: {smooth: 1.0}}
 ```
 
-The loss is a template (V-Net's squared soft Dice) in `src/$module/__init__.py`: replace its formula with
+The loss is a template (V-Net's squared soft Dice) in `src/$module/losses.py`: replace its formula with
 yours, keep the contract (`forward(pred, target)` on `(B, 1, H, W)` tensors returns a scalar tensor; `task`
-and `input_kind` say what it receives) and update the hand-worked value in the tests. The plugin author's
+and `input_kind` say what it receives) and update the hand-worked value in the tests. `src/$module/__init__.py`
+registers it lazily, by the import string `"$module.losses:$cls"` with its task and input kind stated, so
+building losslab's catalog does not import torch; keep what it states in step with the class. The plugin author's
 guide is losslab's `docs/plugins.md`.
 """
 
-_MODULE = '''\
-"""A losslab plugin that adds the ``$short`` mask loss.
+_INIT = '''\
+"""A losslab plugin that adds the ``$short`` mask loss: the hook losslab calls.
 
 losslab imports this module through the ``losslab`` entry point in
 pyproject.toml and calls :func:`lab_register_losses` once, when it builds its
-catalog. The loss below is a working template, V-Net's soft Dice with squared
-terms in the denominator: replace its formula with yours, keep the contract
-(``(B, 1, H, W)`` tensors in, a scalar tensor out) and update the tests.
+catalog. The loss is registered lazily, as an import string,
+
+    ``"$module.losses:$cls"``,
+
+with its summary, task and input kind stated here, as losslab's built-ins
+are: building the catalog imports neither torch nor ``losses.py``, so
+``lab plugins`` and ``lab --help`` stay fast. losslab
+imports ``losses.py`` when an experiment builds the loss, and checks the
+stated task and input kind against the class.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from losslab.core import Registry, hookimpl
+
+__all__ = [
+$all_items]
+
+
+@hookimpl
+def lab_register_losses(registry: Registry) -> None:
+    """Register the ``$short`` loss; experiments name it in ``loss.mask``."""
+    registry.add(
+        "$short",
+        "$module.losses:$cls",
+        summary="squared soft Dice on probabilities (template: edit me)",
+        task="mask",
+        input_kind="probabilities",
+    )
+
+
+def __getattr__(name: str) -> Any:  # the loss and its function, imported on first use (they import torch)
+    if name in ("$cls", "$func"):
+        from $module import losses
+
+        return getattr(losses, name)
+    raise AttributeError(f"module '$module' has no attribute {name!r}")
+'''
+
+_LOSSES = '''\
+"""The ``$short`` mask loss: a working template to replace with yours.
+
+V-Net's soft Dice with squared terms in the denominator: replace its
+formula with yours, keep the contract (``(B, 1, H, W)`` tensors in, a scalar
+tensor out) and update the tests. Keep ``task`` and ``input_kind`` in step
+with what ``__init__.py`` states when it registers the loss: losslab checks
+that they agree when it builds it.
 """
 
 from __future__ import annotations
@@ -216,10 +267,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-from losslab.core import InputKind, Loss, Registry, Task, hookimpl
+from losslab.core import InputKind, Loss, Task
 
-__all__ = [
-$all_items]
+__all__ = ["$cls", "$func"]
 
 
 def $func(
@@ -273,16 +323,6 @@ class $cls(Loss):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return $func(pred, target, self.smooth)
-
-
-@hookimpl
-def lab_register_losses(registry: Registry) -> None:
-    """Register the ``$short`` loss; experiments name it in ``loss.mask``."""
-    registry.add(
-        "$short",
-        $cls,
-        summary="squared soft Dice on probabilities (template: edit me)",
-    )
 '''
 
 _TEST = '''\
@@ -290,6 +330,8 @@ _TEST = '''\
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib import metadata
 
 import pytest
@@ -344,6 +386,24 @@ def test_hook_registers_the_loss() -> None:
     assert isinstance(loss, $cls)
     assert (loss.task, loss.input_kind, loss.smooth) == ("mask", "probabilities", 0.5)
     assert loss(torch.rand(2, 1, 4, 4), torch.ones(2, 1, 4, 4)).dim() == 0
+
+
+def test_registered_lazily_without_importing_torch() -> None:
+    registry = Registry("loss")
+    lab_register_losses(registry=registry)
+    component = registry.get("$short")
+    assert component.lazy  # an import string: the catalog is built without importing losses.py
+    assert component.meta["task"] == $cls.task
+    assert component.meta["input_kind"] == $cls.input_kind
+    assert component.factory is $cls
+    # a fresh interpreter: importing the plugin and registering its loss leave torch unimported
+    code = (
+        "import sys; from losslab.core import Registry; "
+        "import $module as m; "
+        "m.lab_register_losses(registry=Registry('loss')); print('torch' in sys.modules)"
+    )
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False", found.stderr
 
 
 def test_installed_plugin_is_in_the_catalog() -> None:

@@ -14,6 +14,7 @@ every checkpoint; a file without it was written by an older losslab.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -117,3 +118,113 @@ def restore_rng(state: dict[str, Any]) -> None:
                          n["cached_gaussian"]))
     p = state["python"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"].tolist()), p["gauss_next"]))
+
+
+# -- an augmentation's own generators, found where it keeps them -----------------------------------------
+
+#: The key of an augmentation's checkpoint entry when losslab captured its generators itself (no ``state()``).
+GENERIC_AUGMENT_KEY = "losslab.generators"
+_SEARCH_DEPTH = 4
+
+
+def _generator_kind(obj: Any) -> str | None:
+    if isinstance(obj, torch.Generator):
+        return "torch"
+    if isinstance(obj, np.random.Generator):
+        return "numpy"
+    if isinstance(obj, np.random.RandomState):
+        return "numpy-legacy"
+    if isinstance(obj, random.Random):
+        return "python"
+    return None
+
+
+def find_generators(obj: Any) -> dict[str, Any]:
+    """The random generators ``obj`` keeps, by path (``._stream``, ``.steps[1]._rng``, ``<closure rng>``).
+
+    A third-party augmentation need not implement ``state()``/``load_state()``: what it draws from its
+    own generator is found here, in its attributes, containers and (for a function) closure cells, a
+    few levels down, so a resumed run continues the stream instead of restarting it. Torch, NumPy
+    (``Generator``, ``RandomState``) and python ``random.Random`` generators are found.
+    """
+    found: dict[str, Any] = {}
+    seen: set[int] = set()
+
+    def walk(value: Any, path: str, depth: int) -> None:
+        if id(value) in seen or depth > _SEARCH_DEPTH:
+            return
+        seen.add(id(value))
+        if _generator_kind(value) is not None:
+            found[path] = value
+            return
+        if isinstance(value, torch.Tensor | np.ndarray | str | bytes | int | float | type) or value is None:
+            return
+        if isinstance(value, dict):
+            for key in sorted(value, key=str):
+                walk(value[key], f"{path}[{key!r}]", depth + 1)
+        elif isinstance(value, list | tuple):
+            for i, item in enumerate(value):
+                walk(item, f"{path}[{i}]", depth + 1)
+        elif callable(value) and getattr(value, "__closure__", None):
+            for name, cell in zip(value.__code__.co_freevars, value.__closure__, strict=True):
+                walk(cell.cell_contents, f"{path}<closure {name}>", depth + 1)
+        if hasattr(value, "__dict__") and not isinstance(value, type):
+            for key in sorted(vars(value)):
+                walk(vars(value)[key], f"{path}.{key}", depth + 1)
+
+    walk(obj, "", 0)
+    return found
+
+
+def generator_state(gen: Any) -> dict[str, Any]:
+    """One generator's position as plain data (``weights_only`` loads it)."""
+    kind = _generator_kind(gen)
+    if kind == "torch":
+        return {"kind": kind, "state": gen.get_state()}
+    if kind == "numpy":  # 128-bit integers in PCG64's state: kept as JSON text
+        return {"kind": kind, "state": json.dumps(gen.bit_generator.state)}
+    if kind == "numpy-legacy":
+        name, keys, pos, has_gauss, cached = gen.get_state()
+        return {"kind": kind, "name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)}
+    version, internal, gauss_next = gen.getstate()
+    return {"kind": kind, "version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss_next": gauss_next}
+
+
+def set_generator_state(gen: Any, state: dict[str, Any]) -> None:
+    """Put back what :func:`generator_state` took."""
+    kind = state["kind"]
+    if kind == "torch":
+        gen.set_state(state["state"].cpu())
+    elif kind == "numpy":
+        gen.bit_generator.state = json.loads(state["state"])
+    elif kind == "numpy-legacy":
+        gen.set_state((state["name"], state["keys"].numpy().astype(np.uint32), state["pos"], state["has_gauss"],
+                       state["cached"]))
+    else:
+        gen.setstate((state["version"], tuple(int(v) for v in state["internal"].tolist()), state["gauss_next"]))
+
+
+def augment_state(aug: Any) -> Any:
+    """What the checkpoint keeps of one augmentation: its own ``state()``, else the generators it holds."""
+    if hasattr(aug, "state") and hasattr(aug, "load_state"):
+        return aug.state()
+    return {GENERIC_AUGMENT_KEY: {path: generator_state(g) for path, g in find_generators(aug).items()}}
+
+
+def load_augment_state(aug: Any, saved: Any, where: str, path: Path) -> None:
+    """Put one augmentation's checkpointed state back; a mismatch stops with the augmentation's name."""
+    if isinstance(saved, dict) and GENERIC_AUGMENT_KEY in saved:
+        found = find_generators(aug)
+        states = saved[GENERIC_AUGMENT_KEY]
+        if sorted(found) != sorted(states) or any(_generator_kind(found[k]) != states[k]["kind"] for k in states):
+            raise CheckpointError(
+                f"{path}: {where} kept its random generators at {sorted(states) or 'no attribute'} when the "
+                f"checkpoint was written, and now at {sorted(found) or 'no attribute'}: its stream cannot be "
+                "continued. Give the augmentation state() and load_state() methods (docs/plugins.md, "
+                "'Augmentations'), or delete the checkpoint to train the run again")
+        for key, state in states.items():
+            set_generator_state(found[key], state)
+    elif saved is not None and hasattr(aug, "load_state"):
+        aug.load_state(saved)

@@ -221,7 +221,7 @@ class TrainLoop:
             "config": p.cfg.to_dict(),
             "seed": p.seed,
             "rng": checkpoint.rng_state(),
-            "augment": [aug.state() if hasattr(aug, "state") else None for aug in p.augment],
+            "augment": [checkpoint.augment_state(aug) for aug in p.augment],
             "loader": {"seed": p.train_loader.seed, "epoch": self.state.epoch},  # the order is f(seed, epoch)
         }
 
@@ -246,7 +246,6 @@ class TrainLoop:
         if len(state["augment"]) != len(p.augment) or state["loader"]["seed"] != p.train_loader.seed:
             raise CheckpointError(f"{path}: its augmentations or loader seed do not match this run's; "
                                   "resume with the same experiment, seed and --set values")
-        for aug, saved in zip(p.augment, state["augment"], strict=True):
-            if saved is not None and hasattr(aug, "load_state"):
-                aug.load_state(saved)
+        for spec, aug, saved in zip(p.cfg.augment, p.augment, state["augment"], strict=True):
+            checkpoint.load_augment_state(aug, saved, f"augmentation {spec.name!r}", path)
         checkpoint.restore_rng(state["rng"])

@@ -8,6 +8,7 @@ The pieces, each small and testable on its own:
 - ``trial``: one trial: sample, validate, train with per-epoch pruning, record
 - ``worker``: the loop one ``lab tune`` process runs until the study has its trials
 - ``options``: what one ``lab tune`` is asked to do (``TuneOptions``), defined once for the CLI and the worker
+- ``trial_floors``: the floors of a study (measured once, stored in the study) and each trial judged against them
 - ``results``: the table of best trials, the best config as a ready-to-run experiment, plots
 
 The command itself, turning every error into one clear message, is ``losslab.core.cli.tune_commands``; the CLI

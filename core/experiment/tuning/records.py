@@ -99,7 +99,7 @@ class StudyRecords:
         self.tracker.log_text(run_id, dump_yaml(cfg), names.CONFIG_FILE)
 
     def finish_trial(self, run_id: str, state: str, values: list[float] | None, best: dict[str, float],
-                     total_s: float, error: str = "") -> None:
+                     total_s: float, error: str = "", below_floor: list[str] | None = None) -> None:
         metrics: dict[str, float] = {f"{names.BEST_PREFIX}{k}": v for k, v in best.items() if _finite(v)}
         if values is not None:
             if len(values) == 1:
@@ -112,6 +112,8 @@ class StudyRecords:
         tags = {names.TRIAL_STATE_TAG: state, names.STATUS_TAG: "finished" if state != "failed" else "failed"}
         if error:
             tags[names.ERROR_TAG if state == "failed" else names.NOTE_TAG] = error[:5000]
+        if below_floor is not None:  # judged against the study's floors: the tasks below, comma-separated
+            tags[names.BELOW_FLOOR_TAG] = ",".join(below_floor)
         self.tracker.set_tags(run_id, tags)
         self.tracker.end_run(run_id, "FAILED" if state == "failed" else "FINISHED")
 

@@ -36,10 +36,12 @@ from losslab.core.experiment.tuning.study import (
     safe_name,
     superseded,
 )
+from losslab.core.experiment.tuning.trial_floors import best_below, summary_part, verdict_lines, verdict_of
 
 if TYPE_CHECKING:
     from optuna.trial import FrozenTrial
 
+    from losslab.core.experiment.floors import Floors
     from losslab.core.experiment.tuning.trial import TrialOutcome, TuneContext
 
 #: What the CLI hands the worker to run once the study is complete: (parent run id, output folder, tracking URI)
@@ -134,6 +136,9 @@ def trials_table(trials: Sequence[FrozenTrial], space: SearchSpace, target: int,
                                                                                strict=True))]
     if space.multi:
         headers.append("pareto")
+    judged = any(verdict_of(t) is not None for t in ordered)
+    if judged:
+        headers.append("floors")
     headers += ["time", *(p.key for p in space.params)]
     rows = []
     for i, t in enumerate(ordered[:limit], start=1):
@@ -142,6 +147,10 @@ def trials_table(trials: Sequence[FrozenTrial], space: SearchSpace, target: int,
         row = [str(i), str(t.number), state, *values]
         if space.multi:
             row.append("*" if t.number in front else "")
+        if judged:
+            verdict = verdict_of(t)
+            row.append("" if verdict is None else
+                       f"below: {','.join(verdict['below'])}" if verdict["below"] else "above")
         row += [_seconds(t), *(_fmt(t.params.get(p.key)) for p in space.params)]
         rows.append(row)
     replaced = len(superseded(trials))
@@ -155,7 +164,16 @@ def trials_table(trials: Sequence[FrozenTrial], space: SearchSpace, target: int,
     for t in failed:
         reason = str(t.user_attrs.get(FAIL_REASON_ATTR) or "worker lost (no heartbeat)")
         lines.append(f"failed: trial {t.number}: {reason[:200]}")
+    lines += verdict_lines(best_trials(trials, space))
     return "\n".join(lines)
+
+
+def best_trials(trials: Sequence[FrozenTrial], space: SearchSpace) -> list[FrozenTrial]:
+    """The best complete trial, or the Pareto front with several objectives (``summary.json``'s ``best``)."""
+    from optuna.trial import TrialState
+
+    complete = [t for t in finished(trials) if t.state == TrialState.COMPLETE]
+    return pareto_front(complete, space.directions) if space.multi else rank(complete, space.directions)[:1]
 
 
 # -- the best config -----------------------------------------------------------------------------------
@@ -290,21 +308,21 @@ def save_plots(study: Any, space: SearchSpace, out_dir: Path) -> tuple[list[Path
 # -- the end of a worker -------------------------------------------------------------------------------
 
 
-def summary(study: Any, space: SearchSpace, trials: Sequence[FrozenTrial], target: int, storage: str) -> dict:
-    from optuna.trial import TrialState
-
+def summary(study: Any, space: SearchSpace, trials: Sequence[FrozenTrial], target: int, storage: str,
+            floors: Floors | None = None) -> dict:
     counted = finished(trials)
-    complete = [t for t in counted if t.state == TrialState.COMPLETE]
-    best = pareto_front(complete, space.directions) if space.multi else rank(complete, space.directions)[:1]
+    best = best_trials(trials, space)
     row = lambda t: {  # noqa: E731
         "trial": t.number, "run_id": t.user_attrs.get(RUN_ATTR), "state": _state(t),
         "values": t.values, "params": t.params, "error": t.user_attrs.get(FAIL_REASON_ATTR),
+        "below_floor": (verdict_of(t) or {}).get("below"),
     }
     return {
         "kind": "tune", "study": study.study_name, "storage": storage, "trials_target": target,
         "objectives": [{"metric": o.metric, "direction": o.direction} for o in space.objectives],
         "monitor": space.metrics[0], "mode": "max" if space.directions[0] == "maximize" else "min",
         "best": [row(t) for t in best], "trials": [row(t) for t in sorted(counted, key=lambda t: t.number)],
+        **summary_part(floors, counted, best),
     }
 
 
@@ -348,7 +366,10 @@ def finish_study(ctx: TuneContext, target: int, storage: str, uri: str, stopped:
         result.plots = [Path(names.OPTUNA_DIR) / p.name for p in plots]
         for note in notes:
             echo(f"losslab: plot skipped: {note}")
-        records.tracker.log_json(parent, summary(study, space, trials, target, storage), names.SUMMARY_FILE)
+        records.tracker.log_json(parent, summary(study, space, trials, target, storage, ctx.floors),
+                                 names.SUMMARY_FILE)
+    if ctx.floors is not None:  # the tasks on which the best trial (every trial of the Pareto front) is below
+        records.tracker.set_tags(parent, {names.BELOW_FLOOR_TAG: ",".join(best_below(best_trials(trials, space)))})
     busy = running_elsewhere(study.get_trials(deepcopy=False), ctx.worker)
     if on_finished is not None and not busy:
         result.report = on_finished(parent, ctx.runs_root / names.REPORT_DIR, uri)

@@ -18,6 +18,7 @@ check and queued again as a new WAITING trial) and surplus trials.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 import warnings
@@ -145,6 +146,7 @@ def open_storage(url: str, hb: HeartbeatSpec, handler: StaleTrialHandler) -> Any
 
 
 def make_sampler(space: SearchSpace, seed: int) -> Any:
+    """The search's sampler, seeded with ``seed`` (one trial's sampler; see :func:`trial_seeded_sampler`)."""
     import optuna
 
     s = space.sampler
@@ -158,6 +160,55 @@ def make_sampler(space: SearchSpace, seed: int) -> Any:
         if s.n_startup_trials is not None:
             kwargs["n_startup_trials"] = s.n_startup_trials
         return optuna.samplers.TPESampler(**kwargs)
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The seed of trial ``number``'s sampler: the search's seed plus the number the storage gave the trial."""
+    return (seed + number) % 2**32
+
+
+def trial_seeded_sampler(space: SearchSpace, seed: int) -> Any:
+    """A sampler that draws each trial from a fresh sampler seeded by :func:`trial_seed` of that trial's number.
+
+    The storage hands out trial numbers under a lock, so no two trials of a study share one, even
+    when two workers create their trials at the same moment and see the same history: their draws come
+    from different seeds. (Seeding from the number of trials seen before ``ask``, as losslab once did,
+    gave two such workers the same seed and the same parameters.) One worker alone numbers its trials
+    0, 1, 2, ..., so its study is reproducible from the seed. Only Optuna's public sampler interface
+    is used: ``before_trial`` runs when the trial exists and before anything is sampled for it.
+    """
+    return _trial_seeded_class()(lambda number: make_sampler(space, trial_seed(seed, number)))
+
+
+@functools.cache
+def _trial_seeded_class() -> type:
+    import optuna
+
+    class TrialSeededSampler(optuna.samplers.BaseSampler):
+        def __init__(self, factory: Any) -> None:
+            self._factory = factory
+            self._inner = factory(0)
+
+        def before_trial(self, study: Any, trial: Any) -> None:
+            self._inner = self._factory(trial.number)
+            self._inner.before_trial(study, trial)
+
+        def infer_relative_search_space(self, study: Any, trial: Any) -> Any:
+            return self._inner.infer_relative_search_space(study, trial)
+
+        def sample_relative(self, study: Any, trial: Any, search_space: Any) -> Any:
+            return self._inner.sample_relative(study, trial, search_space)
+
+        def sample_independent(self, study: Any, trial: Any, param_name: str, param_distribution: Any) -> Any:
+            return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            self._inner.after_trial(study, trial, state, values)
+
+        def reseed_rng(self) -> None:
+            self._inner.reseed_rng()
+
+    return TrialSeededSampler
 
 
 def make_pruner(space: SearchSpace, epochs: int) -> Any:
@@ -179,7 +230,7 @@ def open_study(storage: Any, name: str, space: SearchSpace, epochs: int, seed: i
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=storage, study_name=name, directions=list(space.directions),  # type: ignore[arg-type]  # validated as 'maximize'/'minimize' in space
-                                sampler=make_sampler(space, seed), pruner=make_pruner(space, epochs),
+                                sampler=trial_seeded_sampler(space, seed), pruner=make_pruner(space, epochs),
                                 load_if_exists=True)
     found = [d.name.lower() for d in study.directions]
     if found != list(space.directions):

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from losslab.core import names
 from losslab.core.config import ExperimentConfig
@@ -27,6 +27,9 @@ from losslab.core.experiment.tuning.study import (
     StaleTrialHandler,
 )
 from losslab.core.plugin.registry import Catalog
+
+if TYPE_CHECKING:
+    from losslab.core.experiment.floors import Floors
 
 Echo = Callable[[str], None]
 
@@ -41,6 +44,7 @@ class TrialOutcome:
     run_id: str = ""
     error: str = ""
     epochs: int = 0
+    floor_verdict: dict[str, Any] | None = None  # set when the study has floors and the trial was scored
 
 
 @dataclass
@@ -59,7 +63,7 @@ class TuneContext:
     seed: int
     runs_root: Path
     echo: Echo
-    sampler_seed: int = 0
+    floors: Floors | None = None  # the study's floors (``tuning/trial_floors.py``); None: not measured
     outcomes: list[TrialOutcome] = field(default_factory=list)
 
 
@@ -77,8 +81,12 @@ def run_trial(ctx: TuneContext, trial: Any, retry_of: int | None) -> TrialOutcom
         run_dir = ctx.runs_root / f"trial-{number}"
         best = _train_trial(ctx, trial, overrides, outcome, run_dir)
         outcome.seconds = time.perf_counter() - started
+        if outcome.floor_verdict is not None:
+            trial.set_user_attr(names.FLOOR_VERDICT_ATTR, outcome.floor_verdict)
         _tell(ctx, trial, outcome)
-        ctx.records.finish_trial(run_id, outcome.state, outcome.values, best, outcome.seconds, outcome.error)
+        below = outcome.floor_verdict["below"] if outcome.floor_verdict is not None else None
+        ctx.records.finish_trial(run_id, outcome.state, outcome.values, best, outcome.seconds, outcome.error,
+                                 below_floor=below)
     shutil.rmtree(run_dir, ignore_errors=True)
     ctx.echo(_summary(ctx, outcome))
     return outcome
@@ -107,12 +115,14 @@ def _train_trial(ctx: TuneContext, trial: Any, overrides: dict[str, Any], outcom
     import optuna
 
     from losslab.core.experiment.runner import MlflowRunLogger
+    from losslab.core.experiment.tuning.trial_floors import trial_verdict
     from losslab.core.train.trainer import Trainer
 
     reported: list[float] = []
     planned: list[int] = []  # the trial's epochs, once its config is built
     best: dict[str, float] = {}
     trainer: Any = None
+    cfg: ExperimentConfig | None = None
     try:
         cfg = build_config(ctx.base, overrides, ctx.catalog, f"trial-{trial.number}")
         ctx.records.log_config(outcome.run_id, cfg)
@@ -134,6 +144,8 @@ def _train_trial(ctx: TuneContext, trial: Any, overrides: dict[str, Any], outcom
         raise
     except Exception as exc:
         outcome.state, outcome.error = "failed", _reason(exc)
+    if ctx.floors is not None and outcome.state != "failed" and best:
+        outcome.floor_verdict = trial_verdict(ctx.floors, cfg, best, trial.number)
     return best
 
 
@@ -233,7 +245,14 @@ def _summary(ctx: TuneContext, o: TrialOutcome) -> str:
     took = f"{o.seconds:.1f}s"
     if o.state == "complete":
         values = ", ".join(f"{m} = {v:.4f}" for m, v in zip(ctx.space.metrics, o.values or [], strict=False))
-        return f"losslab: trial {o.number} complete in {took}: {values}"
+        return f"losslab: trial {o.number} complete in {took}: {values}{_floor_note(o)}"
     if o.state == "pruned":
-        return f"losslab: trial {o.number} {o.error} in {took}"
+        return f"losslab: trial {o.number} {o.error} in {took}{_floor_note(o)}"
     return f"losslab: trial {o.number} failed in {took}: {o.error}"
+
+
+def _floor_note(o: TrialOutcome) -> str:
+    if o.floor_verdict is None:
+        return ""
+    below = o.floor_verdict["below"]
+    return f" (below floor on {', '.join(below)})" if below else " (above every floor)"

@@ -31,7 +31,6 @@ from losslab.core.experiment.tuning.study import (
     StudyError,
     default_storage,
     finished,
-    make_sampler,
     normalize_storage,
     open_storage,
     open_study,
@@ -44,6 +43,7 @@ from losslab.core.experiment.tuning.study import (
     waiting,
 )
 from losslab.core.experiment.tuning.trial import TuneContext, run_trial
+from losslab.core.experiment.tuning.trial_floors import study_floors
 from losslab.core.names import SURPLUS_ATTR, WORKER_ATTR
 from losslab.core.paths import safe_join
 from losslab.core.plugin.registry import Catalog
@@ -120,8 +120,8 @@ def run_tune(
                                          f"{records.on_stale(s, t, space.heartbeat.grace)}")
     worker = f"{socket.gethostname()}:{os.getpid()}"
     ctx = TuneContext(space, base, cfg, catalog, records, study, rdb, handler, worker, seed,
-                      safe_join(options.runs_dir, cfg.name, f"tune-{safe_name(name)}"), echo,
-                      sampler_seed=sampler_seed)
+                      safe_join(options.runs_dir, cfg.name, f"tune-{safe_name(name)}"), echo)
+    ctx.floors = study_floors(ctx)
     done = len(finished(study.get_trials(deepcopy=False)))
     echo(f"losslab: study {name!r} ({'resumed' if done or existed else 'new'}, {done} of {trials} trial(s) done) "
          f"in {shown_url}; MLflow parent run {parent_id} in {tracker.uri}")
@@ -210,7 +210,6 @@ def _loop(ctx: TuneContext, trials: int, timeout: float | None) -> tuple[str, bo
             time.sleep(min(2.0, space.heartbeat.interval))
             continue
         announced_wait = False
-        study.sampler = make_sampler(space, ctx.sampler_seed + len(all_trials))
         with quiet_optuna():
             trial = study.ask()
         ctx.storage.record_heartbeat(trial._trial_id)
