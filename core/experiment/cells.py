@@ -149,6 +149,10 @@ class CellStore:
                 out[index] = json.loads(trial.user_attrs[RESULT_ATTR])
         return out
 
+    def report_done(self) -> bool:
+        """Whether some worker already built this study's report (the study is complete)."""
+        return any(self._index(t) == REPORT_CELL and t.state.name == "COMPLETE" for t in self._live())
+
     # -- the parent run ------------------------------------------------------------------------------
 
     def set_parent(self, run_id: str) -> None:
