@@ -145,9 +145,13 @@ def run_cells(configs: list[ExperimentConfig], digest: str, *, tracking_uri: str
     job = CellJob(configs, digest, url, heartbeat, tracker.uri, parent_id, safe_join(runs_dir, name, parent_id),
                   resume, existing)
     worker = f"{socket.gethostname()}:{os.getpid()}"
+    _record_finished(job, store, worker, echo)
+    workers = min(jobs, len(store.unfinished())) if jobs > 1 else jobs  # no more processes than cells to train
     floors: list[Any] = []
     try:
-        if jobs == 1:
+        if workers == 0:
+            pass  # every cell had finished before (--resume): nothing to train, the report is built below
+        elif workers == 1:
             store = job.open_store(_stale_echo(job, echo))
             work(store, worker, lambda claim: run_cell(job, claim, tracker, catalog, echo),
                  on_wait=lambda left: echo(f"losslab: waiting for {len(left)} cell(s) running on other workers: "
@@ -156,7 +160,7 @@ def run_cells(configs: list[ExperimentConfig], digest: str, *, tracking_uri: str
             def measure() -> None:  # the host's own work while the workers train: the floors, once
                 floors.append(study_floors(configs, catalog, tracker, parent_id, echo))
 
-            host_workers(job, jobs, echo, measure if local else None)
+            host_workers(job, workers, echo, measure if local else None)
     except KeyboardInterrupt:
         if local:
             tracker.end_run(parent_id, "KILLED")
@@ -169,6 +173,19 @@ def run_cells(configs: list[ExperimentConfig], digest: str, *, tracking_uri: str
             _fail_run(tracker, parent_id, exc)
         raise
     return conclude(job, job.open_store(), tracker, catalog, echo, finish, worker, floors, local)
+
+
+def _record_finished(job: CellJob, store: CellStore, worker: str, echo: Echo) -> None:
+    """Mark the cells a resumed parent already finished as done in the queue, so no worker is started for them."""
+    for cell in job.cells():
+        previous = job.existing.get((cell.variant, cell.seed))
+        if previous is None or previous.status != "FINISHED":
+            continue
+        claim = store.claim_cell(cell.index, worker)
+        if claim is not None:
+            echo(f"losslab: {label(cell)}: already finished in run {previous.run_id}; skipped")
+            store.finish(claim, asdict(ChildResult(cell.variant, cell.seed, previous.run_id,
+                                                   dict(previous.metrics))), True)
 
 
 def _open(url: str, name: str, digest: str, cells: list[Cell], heartbeat: HeartbeatSpec) -> CellStore:
@@ -350,8 +367,9 @@ def host_workers(job: CellJob, jobs: int, echo: Echo, measure: Callable[[], None
         proc.join()
         if proc.exitcode:
             where = f" while training {display.running[rank]}" if display and display.running.get(rank) else ""
-            echo(f"losslab: worker {rank} exited with code {proc.exitcode}{where}; its cell goes to another worker "
-                 f"once its heartbeat is {job.heartbeat.grace} s old, or is reported untrained if none is left")
+            echo(f"losslab: worker {rank} exited with code {proc.exitcode}" + (
+                f"{where}; that cell goes to another worker once its heartbeat is {job.heartbeat.grace} s old, "
+                "or is reported untrained if none is left" if where else ""))
 
 
 class Display:
