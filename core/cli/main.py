@@ -116,6 +116,9 @@ def run(
     if nproc > 1 and (jobs > 1 or storage):
         fail("--nproc trains one run across N processes; --jobs/--storage spread the runs over workers: "
              "use one or the other")
+    if until_decisive and (jobs > 1 or storage):
+        fail("--until-decisive cannot be combined with --jobs or --storage: its looks decide which seeds come "
+             "next, so the runs are not known up front; drop one of them")
     if nproc > 1:
         _launch_torchrun(nproc)
         return
@@ -134,9 +137,16 @@ def run(
         from losslab.core.experiment.sequential import PlanError
 
         sequential, decide = _sequential_plan(experiment, set_, max_seeds) if until_decisive else (None, None)
-        result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
-                                runs_dir=runs_dir, finish=_report_finisher(report, conclusion),
-                                sequential=sequential, decide=decide, jobs=jobs, storage=storage)
+        if jobs > 1 or storage:
+            from losslab.core.experiment.jobs import run_study
+
+            result = run_study(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
+                               runs_dir=runs_dir, finish=_report_finisher(report, conclusion), jobs=jobs,
+                               storage=storage)
+        else:
+            result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri,
+                                    resume=resume, runs_dir=runs_dir, finish=_report_finisher(report, conclusion),
+                                    sequential=sequential, decide=decide)
     except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError, FloorError) as exc:
         fail(str(exc))
         return

@@ -46,6 +46,8 @@ from losslab.core.experiment.runner import (
     _open_parent,
     _previous_children,
     _run_child,
+    check_data,
+    config_hash,
 )
 from losslab.core.experiment.tuning.space import HeartbeatSpec
 from losslab.core.paths import safe_join
@@ -107,6 +109,27 @@ def heartbeat_of(configs: list[ExperimentConfig]) -> HeartbeatSpec:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
         raise ConfigError(f"search.heartbeat: {problems} (expected interval, grace and max_retry in seconds "
                           "and times, e.g. {interval: 10, grace: 60, max_retry: 2})") from None
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+def run_study(path: Path, sets: list[str], *, tracking_uri: str | None = None, resume: bool = False,
+              runs_dir: Path = Path("lab-runs"), catalog: Catalog | None = None, echo: Echo = _stderr,
+              finish: Finish | None = None, jobs: int = 1, storage: str | None = None) -> ExperimentResult:
+    """``lab run --jobs N`` / ``--storage URL``: the experiment validated as ``run_experiment`` does, its cells
+    trained by workers (:func:`run_cells`)."""
+    from losslab.core.config import load_experiment
+    from losslab.core.paths import check_out_dir
+    from losslab.core.plugin.manager import load_catalog
+
+    catalog = catalog or load_catalog()
+    configs = load_experiment(Path(path), sets, catalog)
+    check_data(configs)
+    check_out_dir(runs_dir, "--runs-dir")
+    return run_cells(configs, config_hash(configs), tracking_uri=tracking_uri, resume=resume, runs_dir=runs_dir,
+                     catalog=catalog, echo=echo, finish=finish, jobs=jobs, storage=storage)
 
 
 def run_cells(configs: list[ExperimentConfig], digest: str, *, tracking_uri: str | None, resume: bool,

@@ -238,8 +238,6 @@ def run_experiment(
     finish: Callable[[ExperimentResult, Path, str], None] | None = None,
     sequential: SequentialPlan | None = None,
     decide: Callable[[str, str], list[str]] | None = None,
-    jobs: int = 1,
-    storage: str | None = None,
 ) -> ExperimentResult:
     """Train every (variant, seed) of an experiment file (or of already resolved ``configs``).
 
@@ -247,8 +245,8 @@ def run_experiment(
     passes one that builds the report and tags the parent with the verdict). With ``sequential``
     (``lab run --until-decisive``), ``decide(parent_run_id, tracking_uri)`` is asked after each
     look which variants are still undecided, and those get the next look's seeds; see
-    :mod:`losslab.core.experiment.sequential`. With ``jobs`` > 1 or a shared ``storage`` URL the cells go to
-    worker processes through a queue (:mod:`losslab.core.experiment.jobs`).
+    :mod:`losslab.core.experiment.sequential`.
+    ``lab run --jobs``/``--storage`` go through :func:`losslab.core.experiment.jobs.run_study` instead.
     """
     from losslab.core.device import resolve_device
     from losslab.core.experiment.tracking import Tracker
@@ -263,17 +261,6 @@ def run_experiment(
     digest = config_hash(configs)
     check_data(configs)
     check_out_dir(runs_dir, "--runs-dir")
-    if jobs > 1 or storage is not None:
-        from losslab.core.experiment.jobs import run_cells
-
-        if sequential is not None:
-            raise ConfigError("--until-decisive cannot be combined with --jobs or --storage: its looks decide "
-                              "which seeds come next, so its cells are not known up front; drop one of them")
-        if distributed.from_env().enabled:
-            raise ConfigError("--jobs and --storage cannot be combined with --nproc/torchrun: a cell trains on "
-                              "one worker process; use one or the other")
-        return run_cells(configs, digest, tracking_uri=tracking_uri, resume=resume, runs_dir=runs_dir,
-                         catalog=catalog, echo=echo, finish=finish, jobs=jobs, storage=storage)
     rank = distributed.init(resolve_device(configs[0].train.device).type)
     if not rank.is_main:
         echo = _silent
