@@ -133,6 +133,70 @@ def test_the_parent_holds_the_floors_the_split_and_each_tasks_winner(finished_ru
         assert verdict["sentence"] in out  # the terminal says what the tags and summary say
 
 
+@pytest.fixture(scope="module")
+def jobs_run(finished_run):
+    """``finished_run``'s experiment again, on two worker processes (``--jobs 2``), in its own MLflow store."""
+    uri = f"sqlite:///{finished_run.tmp / 'jobs.db'}"
+    args = ["--tracking-uri", uri, "--runs-dir", str(finished_run.tmp / "runs-jobs"), "--no-report",
+            "--set", "train.epochs=2", "--jobs", "2"]
+    result = _lab("run", str(finished_run.exp), *args)
+    return types.SimpleNamespace(uri=uri, args=args, result=result, exp=finished_run.exp)
+
+
+def _val_histories(uri: str) -> dict[tuple[str, str], dict[str, list[tuple[int, float]]]]:
+    """Every child's every validation metric, epoch by epoch, keyed by (variant, seed)."""
+    client = _client(uri)
+    exp = client.get_experiment_by_name("tiny")
+    out = {}
+    for run in client.search_runs([exp.experiment_id], filter_string="tags.`losslab.role` = 'child'"):
+        key = (run.data.tags["losslab.variant"], run.data.tags["losslab.seed"])
+        assert key not in out, f"{key} trained twice"
+        out[key] = {k: sorted({(m.step, m.value) for m in client.get_metric_history(run.info.run_id, k)})
+                    for k in run.data.metrics if k.startswith(("val/", "best/val/"))}
+    return out
+
+
+def test_jobs_2_equals_a_sequential_run_bit_for_bit_with_one_parent_and_one_table(finished_run, jobs_run):
+    out = jobs_run.result.output
+    assert jobs_run.result.exit_code == 0, out
+    assert "4 run(s) on 2 worker processes" in out
+    jobs, sequential = _val_histories(jobs_run.uri), _val_histories(finished_run.uri)
+    assert set(jobs) == {("bce", "0"), ("bce", "1"), ("dice", "0"), ("dice", "1")}
+    assert all(len(h["val/mask_iou"]) == 2 and len(h) >= 4 for h in jobs.values())
+    assert jobs == sequential  # every validation metric of every epoch, as floats: the same bits
+    client = _client(jobs_run.uri)
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("losslab.role") == "parent"]
+    assert parent.info.status == "FINISHED"
+    assert {r.data.tags.get("mlflow.parentRunId") for r in runs if r is not parent} == {parent.info.run_id}
+    assert "summary.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    # one display over the study's 8 epochs (not a bar per worker), one table, one verdict
+    assert "tiny: 8/8 epoch (100%)" in out
+    assert out.count("variant  seed  status") == 1
+    assert jobs_run.result.stdout.count("verdict: ") == 1
+    assert jobs_run.result.stdout.rstrip().splitlines()[-1] == finished_run.result.stdout.rstrip().splitlines()[-1]
+
+
+def test_jobs_resume_skips_the_finished_cells_and_continues_the_other(jobs_run):
+    client = _client(jobs_run.uri)
+    exp_id = client.get_experiment_by_name("tiny").experiment_id
+    parent = next(r for r in client.search_runs([exp_id]) if r.data.tags["losslab.role"] == "parent")
+    client.update_run(parent.info.run_id, status="KILLED")  # as if the host had been interrupted
+    cut = next(r for r in client.search_runs([exp_id]) if r.data.tags.get("losslab.variant") == "dice"
+               and r.data.tags.get("losslab.seed") == "1")
+    client.update_run(cut.info.run_id, status="KILLED")
+    before = _val_histories(jobs_run.uri)
+    again = _lab("run", str(jobs_run.exp), *jobs_run.args, "--resume")
+    assert again.exit_code == 0, again.output
+    assert f"resuming parent run {parent.info.run_id}" in again.output
+    assert sum(f"{k}: already finished" in again.output for k in ("bce-s0", "bce-s1", "dice-s0")) == 3
+    assert "dice-s1: already finished" not in again.output
+    runs = client.search_runs([exp_id])
+    assert len(runs) == 5 and all(r.info.status == "FINISHED" for r in runs)  # no new parent, no new child
+    assert _val_histories(jobs_run.uri) == before  # continued from its last checkpoint: nothing retrained
+
+
 def test_logged_config_reruns_the_same_experiment(finished_run, tmp_path):
     import mlflow
 

@@ -128,3 +128,89 @@ def test_a_killed_workers_trial_is_retried_by_another_worker(services, tmp_path)
     assert len(parents) == 1
     retried = [c for c in children if c.data.tags.get("losslab.retry_of") == str(running.number)]
     assert len(retried) == 1 and retried[0].info.status == "FINISHED"
+
+
+# -- lab run --storage: a study's (variant, seed) cells on several workers ----------------------------------
+
+
+def _run_experiment(path: Path) -> Path:
+    raw = deep_merge(TINY, {"name": "cells", "seeds": [0, 1], "train": {"epochs": 8},
+                            "variants": {"bce": {}, "dice": {"loss.mask": [{"name": "dice"}]}}})
+    raw["search"] = {"heartbeat": {"interval": 1, "grace": 3, "max_retry": 2}}  # the cells' heartbeats
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _run_worker(exp: Path, storage: str, uri: str, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "losslab.core.cli.main", "run", str(exp), "--storage", storage,
+                             "--tracking-uri", uri, "--runs-dir", str(cwd / "runs")],
+                            cwd=cwd, env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
+
+
+def _cell_study(storage: str) -> optuna.Study | None:
+    found = [n for n in optuna.get_all_study_names(storage) if n.startswith("run:cells:")]
+    return optuna.load_study(study_name=found[0], storage=storage) if found else None
+
+
+def test_lab_run_workers_on_postgres_train_each_cell_once_retry_a_killed_ones_and_report_once(services, tmp_path):
+    """One worker starts the study and is killed inside its first cell; two more join with the same command.
+    Every cell is trained to the end exactly once (the killed one continued from its checkpoint by another
+    worker), the MLflow server holds one parent and one child per cell, and one worker builds the report."""
+    from losslab.core.experiment.cells import REPORT_CELL, CellStore
+
+    storage, uri = services
+    exp = _run_experiment(tmp_path / "cells.yaml")
+    first = _run_worker(exp, storage, uri, tmp_path, tmp_path / "first.log")
+    deadline, killed = time.monotonic() + 240, None
+    while time.monotonic() < deadline and killed is None:
+        time.sleep(0.2)
+        study = _cell_study(storage)
+        running = [t for t in study.trials if t.state == TrialState.RUNNING] if study else []
+        if running and list((tmp_path / "runs").glob("cells/*/*/last.pt")):  # one epoch in, seven to go
+            os.kill(first.pid, signal.SIGKILL)
+            killed = running[0]
+    assert killed is not None, (tmp_path / "first.log").read_text()[-3000:]
+    first.wait(timeout=30)
+
+    logs = [tmp_path / f"worker{i}.log" for i in range(2)]
+    workers = [_run_worker(exp, storage, uri, tmp_path, log) for log in logs]
+    codes = [w.wait(timeout=600) for w in workers]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], "\n".join(t[-3000:] for t in texts)
+
+    study = _cell_study(storage)
+    assert study is not None
+    by_cell: dict[int, list] = {}
+    for trial in study.trials:
+        by_cell.setdefault(CellStore._index(trial), []).append(trial)  # the cell each trial stands for
+    assert sorted(by_cell) == [REPORT_CELL, 0, 1, 2, 3]
+    for index, trials in by_cell.items():  # each cell, and the report, completed exactly once
+        assert [t.state for t in trials].count(TrialState.COMPLETE) == 1, (index, [t.state for t in trials])
+    assert study.trials[killed.number].state == TrialState.FAIL
+    (retry,) = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and CellStore._index(retry) == CellStore._index(killed)
+    assert "sent no heartbeat" in "".join(texts) and "retried (trial" in "".join(texts)
+    trained_by = {t.user_attrs[WORKER_ATTR] for i, ts in by_cell.items() if i >= 0 for t in ts
+                  if t.state == TrialState.COMPLETE}
+    assert len(trained_by) == 2, f"both joining workers trained cells: {trained_by}"
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("cells").experiment_id], max_results=100)
+    (parent,) = [r for r in runs if r.data.tags.get("losslab.role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("losslab.role") == "child"]
+    assert parent.info.status == "FINISHED"
+    assert sorted((c.data.tags["losslab.variant"], c.data.tags["losslab.seed"]) for c in children) == [
+        ("bce", "0"), ("bce", "1"), ("dice", "0"), ("dice", "1")]  # the retry reused the killed worker's run
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:  # every epoch of every cell logged, the killed one's included
+        epochs = {m.step for m in client.get_metric_history(child.info.run_id, "val/mask_iou")}
+        assert epochs == set(range(8)), (child.data.tags["losslab.variant"], epochs)
+    reporters = [t for t in texts if "verdict: " in t]
+    assert len(reporters) == 1, "one worker built the report"
+    assert sum("the report is built by the worker that finished last" in t for t in texts) == 1
+    assert "summary.json" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert list((tmp_path / "runs" / "cells" / parent.info.run_id / "report").iterdir())

@@ -104,8 +104,21 @@ def run(
     until_decisive: Annotated[bool, typer.Option(
         "--until-decisive", help="Add seeds to undecided variants (sequential plan, docs/config.md).")] = False,
     max_seeds: Annotated[int | None, typer.Option(help="Seed budget per variant for --until-decisive.")] = None,
+    jobs: Annotated[int, typer.Option(help="Train the (variant, seed) runs in N worker processes on this machine "
+                                           "(cores split between them; one GPU each on CUDA).")] = 1,
+    storage: Annotated[str | None, typer.Option(help="Shared queue of the runs (SQLAlchemy URL, e.g. postgresql://"
+                                                     "...): every `lab run` started with it joins the same study "
+                                                     "(docs/distributed.md).")] = None,
 ) -> None:
     """Train one network per (variant, seed), log to MLflow and print the comparison table and verdict."""
+    if jobs < 1:
+        fail(f"--jobs must be 1 or more, got {jobs}")
+    if nproc > 1 and (jobs > 1 or storage):
+        fail("--nproc trains one run across N processes; --jobs/--storage spread the runs over workers: "
+             "use one or the other")
+    if until_decisive and (jobs > 1 or storage):
+        fail("--until-decisive cannot be combined with --jobs or --storage: its looks decide which seeds come "
+             "next, so the runs are not known up front; drop one of them")
     if nproc > 1:
         _launch_torchrun(nproc)
         return
@@ -124,9 +137,16 @@ def run(
         from losslab.core.experiment.sequential import PlanError
 
         sequential, decide = _sequential_plan(experiment, set_, max_seeds) if until_decisive else (None, None)
-        result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
-                                runs_dir=runs_dir, finish=_report_finisher(report, conclusion),
-                                sequential=sequential, decide=decide)
+        if jobs > 1 or storage:
+            from losslab.core.experiment.jobs import run_study
+
+            result = run_study(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri, resume=resume,
+                               runs_dir=runs_dir, finish=_report_finisher(report, conclusion), jobs=jobs,
+                               storage=storage)
+        else:
+            result = run_experiment(experiment_path(experiment), set_ or [], tracking_uri=tracking_uri,
+                                    resume=resume, runs_dir=runs_dir, finish=_report_finisher(report, conclusion),
+                                    sequential=sequential, decide=decide)
     except (ConfigError, PluginError, RegistryError, TrackingError, UnsafePathError, PlanError, FloorError) as exc:
         fail(str(exc))
         return

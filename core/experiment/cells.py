@@ -149,6 +149,10 @@ class CellStore:
                 out[index] = json.loads(trial.user_attrs[RESULT_ATTR])
         return out
 
+    def report_done(self) -> bool:
+        """Whether some worker already built this study's report (the study is complete)."""
+        return any(self._index(t) == REPORT_CELL and t.state.name == "COMPLETE" for t in self._live())
+
     # -- the parent run ------------------------------------------------------------------------------
 
     def set_parent(self, run_id: str) -> None:
@@ -178,12 +182,12 @@ class CellStore:
         with quiet_optuna():
             optuna.storages.fail_stale_trials(self.study)
 
-    def _claim(self, want_report: bool) -> Claim | None:
+    def _claim(self, want_report: bool, index: int | None = None) -> Claim | None:
         from optuna.exceptions import UpdateFinishedTrialError
         from optuna.trial import TrialState
 
         for trial in self.storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-            if (self._index(trial) == REPORT_CELL) != want_report:
+            if (self._index(trial) == REPORT_CELL) != want_report or index not in (None, self._index(trial)):
                 continue
             try:
                 if not self.storage.set_trial_state_values(trial._trial_id, state=TrialState.RUNNING):
@@ -197,6 +201,13 @@ class CellStore:
     def claim(self, worker: str) -> Claim | None:
         """A waiting cell for ``worker``, or None when none waits (they may still be running elsewhere)."""
         claim = self._claim(want_report=False)
+        if claim is not None:
+            self.storage.set_trial_user_attr(claim.trial_id, WORKER_ATTR, worker)
+        return claim
+
+    def claim_cell(self, index: int, worker: str) -> Claim | None:
+        """Cell ``index`` if it still waits (e.g. to record a resumed run's finished child without training it)."""
+        claim = self._claim(want_report=False, index=index)
         if claim is not None:
             self.storage.set_trial_user_attr(claim.trial_id, WORKER_ATTR, worker)
         return claim

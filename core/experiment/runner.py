@@ -92,14 +92,17 @@ class NullTracker:
 
 
 class MlflowRunLogger:
-    """Trainer's logger bound to one child run."""
+    """Trainer's logger bound to one child run; ``watch(step)``, when given, hears of every epoch logged (the
+    progress display of ``lab run --jobs``)."""
 
-    def __init__(self, tracker: Any, run_id: str) -> None:
-        self.tracker, self.run_id = tracker, run_id
+    def __init__(self, tracker: Any, run_id: str, watch: Callable[[int], None] | None = None) -> None:
+        self.tracker, self.run_id, self.watch = tracker, run_id, watch
 
     def metrics(self, values: dict[str, float], step: int) -> None:
         finite = {k: v for k, v in values.items() if v is not None and not math.isnan(v)}
         self.tracker.log_metrics(self.run_id, finite, step)
+        if self.watch is not None:
+            self.watch(step)
 
     def artifact(self, path: Path, artifact_path: str | None = None) -> None:
         self.tracker.log_artifact(self.run_id, path, artifact_path)
@@ -243,6 +246,7 @@ def run_experiment(
     (``lab run --until-decisive``), ``decide(parent_run_id, tracking_uri)`` is asked after each
     look which variants are still undecided, and those get the next look's seeds; see
     :mod:`losslab.core.experiment.sequential`.
+    ``lab run --jobs``/``--storage`` go through :func:`losslab.core.experiment.jobs.run_study` instead.
     """
     from losslab.core.device import resolve_device
     from losslab.core.experiment.tracking import Tracker
@@ -423,9 +427,14 @@ def _extend_until_decisive(configs: list[ExperimentConfig], plan: SequentialPlan
 
 
 def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, existing: Previous | None,
-               root: Path, catalog: Catalog, resume: bool, echo: Echo) -> ChildResult:
+               root: Path, catalog: Catalog, resume: bool, echo: Echo, *, quiet: bool = False,
+               watch: Callable[[int], None] | None = None) -> ChildResult:
     """Train one (variant, seed) as a child run (reusing the run ``existing`` names, skipping it when
-    finished); a training failure is recorded in the result, so the other children still run."""
+    finished); a training failure is recorded in the result, so the other children still run.
+
+    ``quiet`` trains without the run's own progress bar (a worker of ``lab run --jobs``, whose host shows one
+    display for all); the config logged and the numbers trained are the same. ``watch`` hears each epoch.
+    """
     from losslab.core.data.datasets import describe_split
     from losslab.core.data.formats import DatasetError
     from losslab.core.data.sources import SourceError
@@ -448,7 +457,8 @@ def _run_child(cfg: ExperimentConfig, seed: int, tracker: Any, parent_id: str, e
         tracker.log_text(run_id, dump_yaml(cfg), names.CONFIG_FILE)
     try:
         run_dir = safe_join(root, label)
-        trainer = Trainer(cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id))
+        train_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})}) if quiet else cfg
+        trainer = Trainer(train_cfg, seed, catalog, run_dir, MlflowRunLogger(tracker, run_id, watch))
         echo(f"losslab: {label}: {describe_split(trainer.parts.samples, trainer.parts.val_idx, cfg.data.val_split)}")
         outcome = trainer.fit(resume=resume)
     except KeyboardInterrupt:
