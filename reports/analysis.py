@@ -48,8 +48,10 @@ from losslab.reports.stats import (
 TASKS = ("mask", "depth")
 #: Substrings that mark a metric where lower is better, when the metric registry does not say.
 LOWER_IS_BETTER_HINTS = ("loss", "rmse", "mae", "absrel", "sqrel", "log10", "rmse_log", "rmse-log", "error")
-#: Preferred headline metric of each task, when the monitored metric belongs to another task.
-PREFERRED = {"mask": ("iou", "dice", "f1"), "depth": ("rmse", "absrel", "mae")}
+#: Preferred headline metric of each task, when the monitored metric belongs to another task: the floors'
+#: headlines first (delta1, then AbsRel, for depth: core/experiment/floors.HEADLINES), so the words lead
+#: with the metric the winner tags and the below-floor claims are judged on.
+PREFERRED = {"mask": ("iou", "dice", "f1"), "depth": ("delta1", "absrel", "rmse", "mae")}
 _ACRONYMS = {
     "iou": "IoU", "rmse": "RMSE", "mae": "MAE", "absrel": "AbsRel", "sqrel": "SqRel", "f1": "F1",
     "ssim": "SSIM", "bce": "BCE", "mse": "MSE", "log10": "log10", "rmse_log": "RMSE(log)",

@@ -191,8 +191,8 @@ def sentence(b: Breakdown) -> str:
 
 
 def _fmt_gain(x: float) -> str:
-    """A signed difference to 3 significant digits: ``+0.05``, ``-0.00122``."""
-    return f"{x:+.3g}"
+    """A signed difference to 3 significant digits: ``+0.05``, ``-0.00122``; a zero gain reads ``0``, never ``-0``."""
+    return "0" if x == 0 else f"{x:+.3g}"
 
 
 def table_rows(b: Breakdown) -> tuple[list[str], list[list[str]]]:
