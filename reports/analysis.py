@@ -648,13 +648,19 @@ def analyze(study: Study, n_boot: int = N_BOOT) -> StudyAnalysis:
 
 
 def variant_differences(config_text: str | None, variants: list[str]) -> dict[str, dict[str, str]]:
-    """Each variant as the dotted keys where the resolved configs differ: ``{"dice": {"loss.mask.0.name": "dice"}}``.
+    """Each variant as the dotted keys where it departs from the others: ``{"dice": {"loss.mask.0.name": "dice"}}``.
 
-    The parent's ``config.yaml`` holds one resolved document per variant; what they share is the
-    base, shown once, and a variant is what it changes. Keys a variant lacks read as ``(unset)``.
+    The parent's ``config.yaml`` holds one resolved document per variant. For each key where they differ,
+    the value most variants share (when one is strictly the most common) is the base, shown once in the
+    config section; a variant lists only its departures from it, so a row reads as what that variant
+    changes. Where no value is the most common, every variant that sets the key lists it. An empty mapping counts as
+    unset (``params: {}`` and no params are the same config), and a key a variant lacks, where the base has
+    it, reads as ``(unset)``.
     """
     if not config_text:
         return {}
+    from collections import Counter
+
     import yaml
 
     from losslab.core.config import flatten
@@ -663,10 +669,20 @@ def variant_differences(config_text: str | None, variants: list[str]) -> dict[st
         docs = [d for d in yaml.safe_load_all(config_text) if isinstance(d, dict)]
     except yaml.YAMLError:
         return {}
-    flat = {str(d.get("variant", i)): {k: v for k, v in flatten(d).items() if k != "variant"}
+    flat = {str(d.get("variant", i)): {k: v for k, v in flatten(d).items() if k != "variant" and v not in ({}, "{}")}
             for i, d in enumerate(docs)}
     if len(flat) < 2:
         return {name: {} for name in flat}
+    unset = "(unset)"
     keys = sorted({k for f in flat.values() for k in f})
-    differing = [k for k in keys if len({json.dumps(f.get(k, "(unset)"), default=str) for f in flat.values()}) > 1]
-    return {name: {k: str(f.get(k, "(unset)")) for k in differing} for name, f in flat.items()}
+    out: dict[str, dict[str, str]] = {name: {} for name in flat}
+    for k in keys:
+        values = {name: json.dumps(f.get(k, unset), default=str) for name, f in flat.items()}
+        counts = Counter(values.values()).most_common()
+        if len(counts) < 2:
+            continue
+        base = counts[0][0] if counts[0][1] > counts[1][1] else None
+        for name, value in values.items():
+            if value != base and (base is not None or k in flat[name]):
+                out[name][k] = str(flat[name].get(k, unset))
+    return out

@@ -616,3 +616,26 @@ def test_html_renders_in_headless_chromium(clear_report: dict, tmp_path: Path) -
     rows = int(re.search(r'data-rows="(\d+)"', dom).group(1))
     assert rows == html.count("<tr><td>")
     assert "bce+dice beat bce by" in dom
+
+
+def test_each_variant_lists_only_its_departures_from_the_shared_base() -> None:
+    import yaml
+
+    from losslab.reports.analysis import variant_differences
+
+    docs = [
+        {"variant": "l1", "loss": {"depth": [{"name": "l1", "weight": 1.0, "params": {}}]}},
+        {"variant": "silog", "loss": {"depth": [{"name": "silog", "weight": 1.0, "params": {"variance_focus": 0.0}}]}},
+        {"variant": "l1+ssim", "loss": {"depth": [{"name": "l1", "weight": 1.0, "params": {}},
+                                                  {"name": "ssim", "weight": 1.0, "params": {}}]}},
+    ]
+    text = yaml.safe_dump_all(docs)
+    diffs = variant_differences(text, ["l1", "silog", "l1+ssim"])
+    # by hand: two of three share loss.depth.0.name=l1 (the base); only l1+ssim has a second term; empty
+    # params are no params, and the weight, the same everywhere, is nobody's difference
+    assert diffs == {"l1": {},
+                     "silog": {"loss.depth.0.name": "silog", "loss.depth.0.params.variance_focus": "0.0"},
+                     "l1+ssim": {"loss.depth.1.name": "ssim", "loss.depth.1.weight": "1.0"}}
+    # no strictly most common value: every variant lists its own
+    two = yaml.safe_dump_all(docs[:2])
+    assert variant_differences(two, [])["l1"] == {"loss.depth.0.name": "l1"}
