@@ -79,8 +79,14 @@ def effect_sentence(result: MetricResult, clean: str, noisy: str, noise: LabelNo
         verdict = f"training on {noise.train_truth} labels made no difference the seeds can tell apart"
     evidence = f"p = {format_p(c.seed_p_adj)} over {c.seed.n} seeds, paired" if c.seed.possible else "no t-test"
     below = [v for v in (clean, noisy) if v in result.below_floor]
-    caveat = (f" {' and '.join(below)} {'is' if len(below) == 1 else 'are'} below the task's no-skill floor, so "
-              "this is the cost on a mask not yet learned, not on a working segmenter.") if below else ""
+    if clean in below:  # the clean labels did not train a working segmenter either: nothing to cost against
+        caveat = (f" {' and '.join(below)} {'is' if len(below) == 1 else 'are'} below the task's no-skill floor, "
+                  "so this is the cost on a mask not yet learned, not on a working segmenter.")
+    elif below:  # the clean labels did: the noisy ones cost the model its skill
+        caveat = (f" {noisy} is below the task's no-skill floor while {clean} is above it: the {noise.train_truth} "
+                  "labels cost the model more than the whole margin a working segmenter has over the floor.")
+    else:
+        caveat = ""
     return f"Effect on {where}, {diff}: {verdict} ({evidence}).{caveat}"
 
 

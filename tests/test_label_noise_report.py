@@ -57,6 +57,15 @@ def test_effect_on_variants_below_a_floor_says_so():
     assert "alpha and diff are below the task's no-skill floor, so this is the cost on a mask not yet learned" in text
 
 
+def test_effect_when_only_the_noisy_variant_is_below_the_floor_says_the_labels_cost_the_skill():
+    study = make_study([NOISE.to_dict()])
+    analysis = analyze(study, n_boot=200)
+    analysis.headline["mask"].below_floor = ["diff"]
+    text = " ".join(getattr(b, "text", "") for b in label_noise.blocks(study, analysis))
+    assert "diff is below the task's no-skill floor while alpha is above it" in text
+    assert "not yet learned" not in text
+
+
 def test_whole_report_includes_the_section_only_when_labels_differ(tmp_path: Path):
     noisy = make_study([NOISE.to_dict()])
     md = render_markdown(sections.build_document(noisy, analyze(noisy, n_boot=200)), tmp_path)
