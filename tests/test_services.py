@@ -193,7 +193,9 @@ def test_lab_run_workers_on_postgres_train_each_cell_once_retry_a_killed_ones_an
     assert "sent no heartbeat" in "".join(texts) and "retried (trial" in "".join(texts)
     trained_by = {t.user_attrs[WORKER_ATTR] for i, ts in by_cell.items() if i >= 0 for t in ts
                   if t.state == TrialState.COMPLETE}
-    assert len(trained_by) == 2, f"both joining workers trained cells: {trained_by}"
+    # the first worker may have finished a cell before the kill on a loaded machine; both joiners trained
+    joiners = {w for w in trained_by if not w.endswith(f":{first.pid}")}
+    assert len(joiners) == 2, f"both joining workers trained cells: {trained_by} (first worker pid {first.pid})"
 
     from mlflow.tracking import MlflowClient
 

@@ -59,12 +59,30 @@ def study_floors(ctx: TuneContext) -> Floors | None:
         # and log the same numbers
         floors = measure_floors(cfg, ctx.catalog, echo)
         ctx.study.set_user_attr(names.FLOORS_ATTR, floors_to_dict(floors))
-    parent = ctx.records.parent_id
-    tracker = ctx.records.tracker
-    if VAL_BGS_TAG not in tracker.client.get_run(parent).data.tags:
-        tracker.set_tags(parent, {VAL_BGS_TAG: json.dumps(floors.val_bgs)})
-        tracker.log_metrics(parent, floors.metrics(), 0)
+    _log_on_parent(ctx.records.tracker, ctx.records.parent_id, floors)
     return floors
+
+
+def _log_on_parent(tracker: Any, parent: str, floors: Floors) -> None:
+    """Log the floors on the parent once, even when two workers try at the same moment.
+
+    Two workers that both measured race on the tag's row: on a SQL tracking store one of the two inserts
+    fails on the row's key. The floors are deterministic, so if the parent then holds the very same
+    held-out backgrounds, the other worker logged the same numbers, and only what is still missing is
+    logged; anything else is a real error and is raised.
+    """
+    bgs = json.dumps(floors.val_bgs)
+    try:
+        if VAL_BGS_TAG not in tracker.client.get_run(parent).data.tags:
+            tracker.set_tags(parent, {VAL_BGS_TAG: bgs})
+            tracker.log_metrics(parent, floors.metrics(), 0)
+    except Exception:
+        data = tracker.client.get_run(parent).data
+        if data.tags.get(VAL_BGS_TAG) != bgs:
+            raise
+        missing = {k: v for k, v in floors.metrics().items() if k not in data.metrics}
+        if missing:
+            tracker.log_metrics(parent, missing, 0)
 
 
 def _shown(floors: Floors) -> str:
