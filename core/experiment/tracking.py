@@ -182,8 +182,16 @@ class Tracker:
                 self.client.restore_experiment(found.experiment_id)
             return found.experiment_id
         # the experiment kind makes MLflow 3's UI open it on "Training runs", not on its GenAI overview
-        return self.client.create_experiment(name, artifact_location=artifact_root_for(self.uri),
-                                             tags={"mlflow.experimentKind": "custom_model_development"})
+        try:
+            return self.client.create_experiment(name, artifact_location=artifact_root_for(self.uri),
+                                                 tags={"mlflow.experimentKind": "custom_model_development"})
+        except Exception:
+            # two workers starting together both found no experiment and both created it: the store
+            # keeps one and refuses the other's (a unique name); use the one it kept
+            again = self.client.get_experiment_by_name(name)
+            if again is None:
+                raise
+            return again.experiment_id
 
     def start_run(self, experiment: str, run_name: str, tags: dict[str, str],
                   parent_id: str | None = None) -> str:
