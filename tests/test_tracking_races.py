@@ -88,3 +88,38 @@ def test_a_parent_holding_other_held_out_backgrounds_is_an_error():
 
     with pytest.raises(RuntimeError, match="tag_pk"):
         _log_on_parent(_RacingTracker(their_bgs="[3]"), "parent", _floors())
+
+
+class _TagRaceClient:
+    """Our insert of a new tag loses to another worker's insert of the same key."""
+
+    def __init__(self, other_wrote: bool) -> None:
+        self.tags: dict[str, str] = {}
+        self.other_wrote = other_wrote
+        self.calls = 0
+
+    def set_tag(self, run_id, key, value):
+        self.calls += 1
+        if self.calls == 1:
+            if self.other_wrote:
+                self.tags[key] = "theirs"
+            raise RuntimeError("duplicate key value violates unique constraint tag_pk")
+        self.tags[key] = value
+
+    def get_run(self, run_id):
+        return SimpleNamespace(data=SimpleNamespace(tags=dict(self.tags)))
+
+
+def test_a_tag_inserted_by_another_worker_meanwhile_is_updated_as_a_later_set_would_be():
+    client = _TagRaceClient(other_wrote=True)
+    tracker = Tracker.__new__(Tracker)
+    tracker.client = client
+    tracker.set_tags("parent", {"losslab.below_floor": "mask"})
+    assert client.tags == {"losslab.below_floor": "mask"} and client.calls == 2
+
+
+def test_a_tag_that_fails_for_another_reason_is_raised():
+    tracker = Tracker.__new__(Tracker)
+    tracker.client = _TagRaceClient(other_wrote=False)
+    with pytest.raises(RuntimeError, match="tag_pk"):
+        tracker.set_tags("parent", {"losslab.below_floor": "mask"})

@@ -218,7 +218,15 @@ class Tracker:
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+            try:
+                self.client.set_tag(run_id, key, str(value))
+            except Exception:
+                # two workers setting one new tag at once (the parent's, at the end of a shared study): a SQL
+                # store inserts for both and refuses the second on the row's key. The row exists now, so a
+                # second try is an update, as a later sequential set would be; any other failure is raised
+                if key not in self.client.get_run(run_id).data.tags:
+                    raise
+                self.client.set_tag(run_id, key, str(value))
 
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
