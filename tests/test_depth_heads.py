@@ -95,16 +95,21 @@ def test_the_check_catches_a_collapsed_head(catalog, tmp_path, name):
     assert collapse(held_out_depth(trainer)).endswith("at or below 0")
 
 
-def test_a_log_head_is_positive_and_its_log_is_the_linear_heads_output():
+def _linear_and(output: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The depth of a linear-head UNet and of one with head ``output``, same initialisation and input."""
     torch.manual_seed(0)
     linear = UNet(depth_output="linear")
     torch.manual_seed(0)
-    log = UNet(depth_output="log")
+    other = UNet(depth_output=output)
     x = torch.rand(2, 6, 16, 16)
     linear.eval()
-    log.eval()
+    other.eval()
     with torch.no_grad():
-        a, b = linear(x)["depth"], log(x)["depth"]
+        return linear(x)["depth"], other(x)["depth"]
+
+
+def test_a_log_head_is_positive_and_its_log_is_the_linear_heads_output():
+    a, b = _linear_and("log")
     assert (b > 0).all()
     assert torch.allclose(torch.log(b), a, atol=1e-5)
     with pytest.raises(ValueError, match="depth_output must be one of linear, log"):
@@ -113,15 +118,7 @@ def test_a_log_head_is_positive_and_its_log_is_the_linear_heads_output():
 
 def test_an_inverse_head_returns_the_depth_of_its_softplus_inverse():
     """Worked by hand: the conv's output q is an inverse depth, the head returns 1 / (softplus(q + 4) + 0.01)."""
-    torch.manual_seed(0)
-    linear = UNet(depth_output="linear")
-    torch.manual_seed(0)
-    inverse = UNet(depth_output="inverse")
-    x = torch.rand(2, 6, 16, 16)
-    linear.eval()
-    inverse.eval()
-    with torch.no_grad():
-        q, d = linear(x)["depth"], inverse(x)["depth"]
+    q, d = _linear_and("inverse")
     assert (d > 0).all() and (d <= 100.0).all()  # at most 100 x max_depth, however negative q is
     assert torch.allclose(1.0 / d - 0.01, torch.log1p(torch.exp(q + 4.0)), atol=1e-4)
 

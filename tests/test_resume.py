@@ -66,6 +66,15 @@ def setup(tmp_path_factory):
     return tmp, catalog, cfg, tracker
 
 
+def _fit_or_die(loop: TrainLoop, killed: bool):
+    """Fit to the end (its result), or until the planted kill stops it (None)."""
+    if not killed:
+        return loop.fit()
+    with pytest.raises(KeyboardInterrupt):
+        loop.fit()
+    return None
+
+
 def _run(setup, name: str, kills: list[tuple[int, Callback]], forget: bool = False):
     """Train ``name`` (killed at each of ``kills`` in turn, then resumed each time) to the end."""
     tmp, catalog, cfg, tracker = setup
@@ -78,12 +87,7 @@ def _run(setup, name: str, kills: list[tuple[int, Callback]], forget: bool = Fal
             callbacks.insert(2, Forget([a.state() for a in parts.augment]))  # right after the Checkpointer
         if kill is not None:
             callbacks.insert(where, kill)
-        loop = TrainLoop(parts, run_dir, callbacks)
-        if kill is None:
-            result = loop.fit()
-        else:
-            with pytest.raises(KeyboardInterrupt):
-                loop.fit()
+        result = _fit_or_die(TrainLoop(parts, run_dir, callbacks), killed=kill is not None)
     weights = torch.load(run_dir / "last.pt", weights_only=True)["model"]
     return result, _mlflow_history(tracker, run_id), weights
 
@@ -238,12 +242,7 @@ def test_restarting_a_third_party_stream_would_be_caught_and_a_changed_one_is_re
             callbacks.insert(2, Restart(parts))
         else:
             callbacks.insert(0, kill)
-        loop = TrainLoop(parts, run_dir, callbacks)
-        if kill is None:
-            result = loop.fit()
-        else:
-            with pytest.raises(KeyboardInterrupt):
-                loop.fit()
+        result = _fit_or_die(TrainLoop(parts, run_dir, callbacks), killed=kill is not None)
     assert _strip(result.history)[1:] != _strip(ref.history)[1:]
 
     parts = build(cfg, 0, catalog)
