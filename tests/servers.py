@@ -84,7 +84,9 @@ def _start_postgres(root: Path) -> Iterator[Postgres]:
     subprocess.run([*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
                     "-E", "UTF8"], check=True, capture_output=True, timeout=120)
     port = free_port()
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
+    # 300 connections: an mlflow server's pools, its job runners and every worker's Optuna pool share this one
+    # cluster, and at 100 a killed worker's connections, not yet reaped, ran it out ("too many clients")
+    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300"
     started = subprocess.run([*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", options,
                               "-l", str(root / "server.log"), "-w", "-t", "60", "start"],
                              capture_output=True, text=True, timeout=90)
