@@ -153,6 +153,8 @@ class TrainSpec(StrictModel):
     monitor: str = "val/mask_iou"
     monitor_mode: Literal["max", "min"] = "max"
     val_samples: int = Field(default=8, ge=0, description="held-out images kept for the prediction grid")
+    fit_check: int = Field(default=256, ge=0, description="training samples the best weights are scored on at the "
+                           "end (fit or generalization, core/train/fit_check.py); 0: none")
     progress: bool = True
     diagnostics: DiagnosticsSpec | Literal[False] = Field(
         default_factory=DiagnosticsSpec, description="per-epoch gradient diagnostics, or false (off) for none")

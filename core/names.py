@@ -78,6 +78,8 @@ CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
 #: A child's metrics per validation image at its best epoch.
 PER_IMAGE_FILE = "val_per_image.csv"
+#: The best weights' metrics per training image (train.fit_check of them), same columns as PER_IMAGE_FILE.
+TRAIN_PER_IMAGE_FILE = "train_per_image.csv"
 #: A few validation images with the best epoch's predictions, for the report's grid.
 SAMPLES_FILE = "val_samples.npz"
 #: The best epoch's mask calibration: 15 equal-width probability bins (counts, mean confidence, accuracy).
@@ -120,6 +122,9 @@ TRAIN_PREFIX = "train/"
 VAL_PREFIX = "val/"
 #: The best epoch's value of each ``val/`` metric, logged once at the end: ``best/val/mask_iou``.
 BEST_PREFIX = "best/"
+#: The best weights scored on ``train.fit_check`` training samples at the end of a run: ``fit/mask_iou``
+#: (core/train/fit_check.py); beside ``best/val/...`` they tell a fit that does not generalize from no fit.
+FIT_PREFIX = "fit/"
 TIME_PREFIX = "time/"
 PERF_PREFIX = "perf/"
 SAMPLES_PER_S = "perf/samples_per_s"
@@ -127,6 +132,8 @@ VAL_LOSS = "val/loss"
 BEST_EPOCH = "best/epoch"
 EPOCH_TIME = "time/epoch_s"
 TOTAL_TIME = "time/total_s"
+#: What the end-of-run fit check took (core/train/fit_check.py): its cost beside time/total_s.
+FIT_CHECK_TIME = "time/fit_check_s"
 #: The held-out mask's expected calibration error (15 equal-width bins), each epoch.
 CALIBRATION_ECE = "calib/mask_ece"
 #: Per-epoch training diagnostics: ``diag/grad_norm/<task>/<term>``, ``diag/task_cosine``, ``diag/loss_share/...``.

@@ -41,6 +41,7 @@ from losslab.core.names import (
     STATUS_TAG,
     SUMMARY_FILE,
     TOTAL_TIME,
+    TRAIN_PER_IMAGE_FILE,
     TRIAL_STATE_TAG,
     TRIAL_TAG,
     VARIANT_TAG,
@@ -88,6 +89,8 @@ class ChildRun:
     samples_path: Path | None = None
     #: The best epoch's ``val_calibration.json`` (core/train/calibration.py), where the run wrote one.
     calibration: dict[str, Any] | None = None
+    #: The best weights' rows on training samples (``train_per_image.csv``, core/train/fit_check.py).
+    train_per_image: PerImage | None = None
 
     @property
     def ok(self) -> bool:
@@ -336,6 +339,8 @@ def _child(client: MlflowClient, run: Run, workdir: Path) -> ChildRun:
     here = workdir / run_id
     if PER_IMAGE_FILE in names:
         child.per_image = read_per_image(_download(client, run_id, PER_IMAGE_FILE, here))
+    if TRAIN_PER_IMAGE_FILE in names:
+        child.train_per_image = read_per_image(_download(client, run_id, TRAIN_PER_IMAGE_FILE, here))
     if SAMPLES_FILE in names:
         child.samples_path = _download(client, run_id, SAMPLES_FILE, here)
     if CALIBRATION_FILE in names:

@@ -2,12 +2,13 @@
 
 Kept in its own module so the report's main flow needs one line to include them:
 breakdowns by grid row, region and true-depth bin (:mod:`losslab.reports.breakdown`), then the
-training diagnostics and the mask's calibration (:mod:`losslab.reports.why`).
+training scores against held-out ones (:mod:`losslab.reports.generalization`), then the training
+diagnostics and the mask's calibration (:mod:`losslab.reports.why`).
 """
 
 from __future__ import annotations
 
-from losslab.reports import breakdown, why
+from losslab.reports import breakdown, generalization, why
 from losslab.reports.collect import Study
 from losslab.reports.render import Block, Heading, Image, Paragraph, Table
 
@@ -25,6 +26,23 @@ def where_blocks(study: Study) -> list[Block]:
     for b in found:
         headers, rows = breakdown.table_rows(b)
         blocks += [Table(headers, rows, caption=b.title), Paragraph(breakdown.sentence(b))]
+    return blocks
+
+
+def fit_blocks(study: Study) -> list[Block]:
+    tables = generalization.fit_tables(study)
+    if not tables:
+        return []
+    blocks: list[Block] = [Heading("Why: fit or generalization"), Paragraph(
+        "Each score on training backgrounds (the best weights on train.fit_check training samples, no "
+        "augmentation) beside the held-out one: each seed's mean over the images, then the mean over seeds; the "
+        "gap's 95% interval is over seeds. High on training and low held out: the model fits the scenes it saw "
+        "and the fit does not carry over. Low on both: it does not fit them (core/train/fit_check.py).",
+        css="note")]
+    for t in tables:
+        headers, rows = generalization.table_rows(t)
+        blocks += [Table(headers, rows, caption=f"{t.label}: training against held-out backgrounds"),
+                   Paragraph(generalization.sentence(t))]
     return blocks
 
 
@@ -48,5 +66,5 @@ def why_blocks(study: Study) -> list[Block]:
 
 
 def blocks(study: Study) -> list[Block]:
-    """Both sections, empty for a study whose runs recorded neither."""
-    return where_blocks(study) + why_blocks(study)
+    """The sections, each empty for a study whose runs did not record it."""
+    return where_blocks(study) + fit_blocks(study) + why_blocks(study)

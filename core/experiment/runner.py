@@ -492,10 +492,11 @@ def _log_child_outcome(tracker: Any, run_id: str, run_dir: Path, outcome: Any) -
     from losslab.core.experiment.visualize import save_prediction_grid
 
     best = {f"{names.BEST_PREFIX}{k}": v for k, v in outcome.best.items()}
-    tracker.log_metrics(run_id, {**best, names.TOTAL_TIME: outcome.total_s, names.BEST_EPOCH: outcome.best_epoch},
+    tracker.log_metrics(run_id, {**best, **getattr(outcome, "fit", {}), names.TOTAL_TIME: outcome.total_s,
+                                 names.BEST_EPOCH: outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))
     tracker.log_artifact(run_id, outcome.best_checkpoint, names.CHECKPOINT_DIR)
-    for name in (names.PER_IMAGE_FILE, names.SAMPLES_FILE, names.CALIBRATION_FILE):
+    for name in (names.PER_IMAGE_FILE, names.TRAIN_PER_IMAGE_FILE, names.SAMPLES_FILE, names.CALIBRATION_FILE):
         if (run_dir / name).exists():
             tracker.log_artifact(run_id, run_dir / name)
     if (run_dir / names.SAMPLES_FILE).exists() and not isinstance(tracker, NullTracker):

@@ -20,6 +20,9 @@ killed run resume exactly:
    So no epoch is logged twice or never (a kill inside the few instructions between the logger's return and
    the ``last.logged`` write, which no step runs in, is the one window left);
 4. :class:`Progress` (tqdm bar), then :class:`EpochHook` (the caller's ``on_epoch``, e.g. Optuna pruning).
+
+``Trainer.fit`` adds ``fit_check.FitCheck`` last: after the fit it scores the best weights on training
+samples (fit or generalization).
 """
 
 from __future__ import annotations

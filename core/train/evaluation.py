@@ -26,13 +26,17 @@ from losslab.core.train.step import model_inputs, run_model
 
 
 @torch.no_grad()
-def evaluate(parts: Parts, keep: int = 0, extras: dict[str, Any] | None = None
-             ) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, np.ndarray]]:
+def evaluate(parts: Parts, keep: int = 0, extras: dict[str, Any] | None = None, *, batches: Any = None,
+             samples: Any = None) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, np.ndarray]]:
     """Held-out losses and metrics (per image, then mean); the per-image rows; ``keep`` sample images.
 
     The rows also carry the region-restricted scores (``core/train/regions.py``); the mask's
     calibration bins (``core/train/calibration.py``) go into ``extras["calibration"]`` when given.
+    ``batches`` and ``samples`` (default: the held-out split's) score another set of samples with the
+    same code, e.g. training ones (``fit_check.py``); the keys keep the ``val/`` prefix.
     """
+    batches = parts.val_batches if batches is None else batches
+    samples = parts.val_samples if samples is None else samples
     parts.model.eval()
     max_depth = parts.cfg.data.max_depth
     sums: dict[str, torch.Tensor] = {}
@@ -40,7 +44,7 @@ def evaluate(parts: Parts, keep: int = 0, extras: dict[str, Any] | None = None
     indices: list[torch.Tensor] = []
     per_image: dict[str, list[torch.Tensor]] = {name: [] for name in parts.metrics}
     calibration = CalibrationCounts(parts.device)
-    for batch in parts.val_batches:
+    for batch in batches:
         x = model_inputs(batch, parts.precision)
         out = {k: v.float() for k, v in run_model(parts.forward, x, parts.precision, parts.device).items()}
         total, values = parts.objective(out, batch)
@@ -62,7 +66,7 @@ def evaluate(parts: Parts, keep: int = 0, extras: dict[str, Any] | None = None
     totals = dict(zip(sums, torch.stack(list(sums.values())).tolist(), strict=True)) if sums else {}
     metric_values = {name: torch.cat(p).cpu().numpy() for name, p in per_image.items() if p}
     bins = _all_reduce_rows(calibration.sums.tolist(), parts.device)
-    rows = per_image_rows(parts.val_samples, torch.cat(indices).tolist() if indices else [], metric_values)
+    rows = per_image_rows(samples, torch.cat(indices).tolist() if indices else [], metric_values)
     totals = distributed.all_reduce_sum({**totals, "#count": count}, parts.device)
     count = int(totals.pop("#count"))
     if parts.dist.enabled:

@@ -42,6 +42,7 @@ class TrainResult:
     run_dir: Path
     best_checkpoint: Path
     per_image: list[dict[str, Any]] = field(default_factory=list)
+    fit: dict[str, float] = field(default_factory=dict)  # ``fit/<metric>``: the best weights on training samples
 
 
 def _is_better(value: float, best: float | None, mode: str) -> bool:
@@ -81,6 +82,7 @@ class TrainLoop:
         self.callbacks: list[Callback] = list(callbacks or [])
         self.state = LoopState()
         self.best_rows: list[dict[str, Any]] = []
+        self.fit_metrics: dict[str, float] = {}  # set by fit_check.FitCheck after the fit
         self._outputs_checked = False
         self.diagnostics: Diagnostics | None = build_diagnostics(parts)  # train.diagnostics; None when off
 
@@ -203,7 +205,7 @@ class TrainLoop:
         return TrainResult(best=dict(s.best_metrics), best_epoch=s.best_epoch, history=s.history,
                            total_s=time.perf_counter() - started, run_dir=self.run_dir,
                            best_checkpoint=self.run_dir / names.BEST_CHECKPOINT,
-                           per_image=self.best_rows or read_per_image(self.run_dir))
+                           per_image=self.best_rows or read_per_image(self.run_dir), fit=dict(self.fit_metrics))
 
     # -- checkpoint state ----------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from losslab.core.train.builder import Parts, build
 from losslab.core.train.callbacks import EpochCallback, NullLogger, RunLogger, default_callbacks
 from losslab.core.train.errors import CheckpointError, TrainingError
 from losslab.core.train.evaluation import evaluate
+from losslab.core.train.fit_check import FitCheck
 from losslab.core.train.loop import TrainLoop, TrainResult
 
 __all__ = ["CheckpointError", "NullLogger", "RunLogger", "TrainResult", "Trainer", "TrainingError"]
@@ -48,7 +49,8 @@ class Trainer:
 
     def fit(self, resume: bool = False, on_epoch: EpochCallback | None = None) -> TrainResult:
         """Train every remaining epoch with ``lab run``'s callbacks; ``resume`` continues from ``last.pt``."""
-        self.loop.callbacks = default_callbacks(self.run_dir, self.logger, resume=resume, on_epoch=on_epoch)
+        self.loop.callbacks = [*default_callbacks(self.run_dir, self.logger, resume=resume, on_epoch=on_epoch),
+                               FitCheck(self.run_dir)]
         return self.loop.fit()
 
     def train_step(self, batch: dict[str, torch.Tensor], check: bool = True) -> tuple[int, dict[str, torch.Tensor]]:
