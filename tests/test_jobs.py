@@ -15,9 +15,10 @@ from losslab.core.cli.main import app
 from losslab.core.config import ConfigError, load_experiment
 from losslab.core.experiment import jobs as jobs_module
 from losslab.core.experiment.cells import CellStore
-from losslab.core.experiment.jobs import CellJob, conclude, heartbeat_of, host_workers, run_cell, worker_settings
+from losslab.core.experiment.jobs import CellJob, conclude, heartbeat_of, run_cell, worker_main
 from losslab.core.experiment.runner import _start_parent, config_hash
 from losslab.core.experiment.tuning.space import HeartbeatSpec
+from losslab.core.experiment.worker_pool import host_workers, worker_settings
 from losslab.core.plugin.manager import load_catalog
 from tests.conftest import write_experiment
 
@@ -83,7 +84,7 @@ def test_workers_that_die_do_not_hang_the_host_and_their_cells_are_reported_untr
     job, tracker = _job(tmp_path, f"sqlite:///{blocker / 'cells.db'}", f"sqlite:///{tmp_path / 'mlflow.db'}")
     said: list[str] = []
     started = time.monotonic()
-    host_workers(job, 2, said.append)
+    host_workers(job, 2, said.append, worker_main)
     assert time.monotonic() - started < 120
     text = "\n".join(said)
     for rank in (0, 1):

@@ -67,6 +67,11 @@ class Claim:
     retry_of: int | None
 
 
+def label(cell: Cell) -> str:
+    """How a cell is named to people and in MLflow: ``<variant>-s<seed>``."""
+    return f"{cell.variant}-s{cell.seed}"
+
+
 def study_name(experiment: str, config_hash: str) -> str:
     return f"run:{experiment}:{config_hash}"
 

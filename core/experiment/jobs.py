@@ -4,11 +4,11 @@ claim them from one queue (:mod:`losslab.core.experiment.cells`, Optuna's RDB st
 Two shapes, one code path:
 
 - ``--jobs N`` on one machine: this process (the host) opens the MLflow parent run and a fresh SQLite queue in
-  the run's folder, spawns N worker processes (each with ``cores // N`` torch threads and, on CUDA, its own GPU),
-  measures the floors while they train, shows one progress display fed by the workers through a pipe, and
-  builds the table, the verdict and the report once. ``--resume`` works as without ``--jobs``: the host finds
-  the unfinished parent, and the workers skip its finished children and continue the others from their
-  checkpoints.
+  the run's folder, spawns N worker processes (:mod:`losslab.core.experiment.worker_pool`: each with
+  ``cores // N`` torch threads and, on CUDA, its own GPU), measures the floors while they train, shows one
+  progress display fed by the workers through a pipe, and builds the table, the verdict and the report once.
+  ``--resume`` works as without ``--jobs``: the host finds the unfinished parent, and the workers skip its
+  finished children and continue the others from their checkpoints.
 - ``--storage URL`` on several machines: every process started with the same experiment, ``--set`` values and
   URL joins the same study (named from the experiment and its config hash). The first one creates the MLflow
   parent; each claims unclaimed cells; a dead worker's cell is retried, from its checkpoint where the run folder
@@ -23,7 +23,6 @@ worker is left the host ends the study with the untrained cells named.
 from __future__ import annotations
 
 import os
-import queue
 import socket
 import sys
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from typing import Any
 
 from losslab.core import names
 from losslab.core.config import ConfigError, ExperimentConfig
-from losslab.core.experiment.cells import Cell, CellStore, CellStoreError, Claim, cells_of, work
+from losslab.core.experiment.cells import Cell, CellStore, CellStoreError, Claim, cells_of, label, work
 from losslab.core.experiment.floors import study_floors
 from losslab.core.experiment.runner import (
     ChildResult,
@@ -50,6 +49,7 @@ from losslab.core.experiment.runner import (
     config_hash,
 )
 from losslab.core.experiment.tuning.space import HeartbeatSpec
+from losslab.core.experiment.worker_pool import MSG_DONE, MSG_ECHO, MSG_EPOCH, MSG_START, host_workers
 from losslab.core.paths import safe_join
 from losslab.core.plugin.registry import Catalog
 
@@ -57,7 +57,6 @@ Echo = Callable[[str], None]
 Finish = Callable[[ExperimentResult, Path, str], None]
 
 CELLS_FILE = "cells.db"  # the queue of ``--jobs N`` without ``--storage``, in the parent run's folder
-MSG_ECHO, MSG_START, MSG_EPOCH, MSG_DONE = "echo", "start", "epoch", "done"
 
 
 @dataclass(frozen=True)
@@ -90,10 +89,6 @@ class CellJob:
     def open_store(self, on_stale: Callable[[int, Cell], None] | None = None) -> CellStore:
         return CellStore(self.store_url, self.name, self.digest, self.cells(), heartbeat=self.heartbeat,
                          on_stale=on_stale)
-
-
-def label(cell: Cell) -> str:
-    return f"{cell.variant}-s{cell.seed}"
 
 
 def heartbeat_of(configs: list[ExperimentConfig]) -> HeartbeatSpec:
@@ -175,7 +170,7 @@ def run_cells(configs: list[ExperimentConfig], digest: str, *, tracking_uri: str
         if workers == 0:
             pass  # every cell had finished before (--resume): nothing to train, the report is built below
         elif workers == 1:
-            store = job.open_store(_stale_echo(job, echo))
+            store = job.open_store(stale_echo(job, echo))
             work(store, worker, lambda claim: run_cell(job, claim, tracker, catalog, echo),
                  on_wait=lambda left: echo(f"losslab: waiting for {len(left)} cell(s) running on other workers: "
                                            + ", ".join(label(c) for c in left)))
@@ -183,7 +178,7 @@ def run_cells(configs: list[ExperimentConfig], digest: str, *, tracking_uri: str
             def measure() -> None:  # the host's own work while the workers train: the floors, once
                 floors.append(study_floors(configs, catalog, tracker, parent_id, echo))
 
-            host_workers(job, workers, echo, measure if local else None)
+            host_workers(job, workers, echo, worker_main, measure if local else None)
     except KeyboardInterrupt:
         if local:
             tracker.end_run(parent_id, "KILLED")
@@ -239,7 +234,7 @@ def _fresh_queue(root: Path) -> Path:
     return db
 
 
-def _stale_echo(job: CellJob, echo: Echo) -> Callable[[int, Cell], None]:
+def stale_echo(job: CellJob, echo: Echo) -> Callable[[int, Cell], None]:
     grace = job.heartbeat.grace
 
     def on_stale(number: int, cell: Cell) -> None:
@@ -319,122 +314,6 @@ def conclude(job: CellJob, store: CellStore, tracker: Any, catalog: Catalog, ech
 # -- the host and its worker processes -----------------------------------------------------------------
 
 
-def worker_settings(jobs: int, device_type: str, echo: Echo) -> tuple[list[dict[str, str]], int]:
-    """Each worker's environment and torch thread count: the host's cores split evenly (``OMP_NUM_THREADS``, if
-    set, caps a worker's share) and, on CUDA, one visible GPU per worker, round robin."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // jobs)
-    cap = os.environ.get("OMP_NUM_THREADS", "")
-    if cap.isdigit() and int(cap) > 0:
-        threads = min(threads, int(cap))
-    base = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    envs = [dict(base) for _ in range(jobs)]
-    if device_type == "cuda":
-        import torch
-
-        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
-        gpus = ([g.strip() for g in shown.split(",") if g.strip()] if shown
-                else [str(i) for i in range(torch.cuda.device_count())])
-        if gpus:
-            if jobs > len(gpus):
-                echo(f"losslab: {jobs} workers on {len(gpus)} GPU(s): some GPUs train two cells at once")
-            for rank, env in enumerate(envs):
-                env["CUDA_VISIBLE_DEVICES"] = gpus[rank % len(gpus)]
-    return envs, threads
-
-
-def host_workers(job: CellJob, jobs: int, echo: Echo, measure: Callable[[], None] | None = None) -> None:
-    """Spawn ``jobs`` workers on the queue, run ``measure`` meanwhile, show their progress as one display, and
-    return once every worker has exited (each exits when no cell is left, or dies). Dead workers are named."""
-    import multiprocessing
-
-    from losslab.core.device import resolve_device
-
-    envs, threads = worker_settings(jobs, resolve_device(job.configs[0].train.device).type, echo)
-    ctx = multiprocessing.get_context("spawn")  # no fork: torch, MLflow and SQLite handles do not survive one
-    messages = ctx.Queue()
-    procs = [ctx.Process(target=worker_main, args=(job, rank, envs[rank], threads, messages),
-                         name=f"lab-worker-{rank}") for rank in range(jobs)]
-    echo(f"losslab: {len(job.cells())} run(s) on {jobs} worker processes, {threads} torch thread(s) each"
-         + "".join(f"; worker {r} on GPU {e['CUDA_VISIBLE_DEVICES']}" for r, e in enumerate(envs)
-                   if "CUDA_VISIBLE_DEVICES" in e))
-    for proc in procs:
-        proc.start()
-    display: Display | None = None
-    try:
-        if measure is not None:
-            measure()
-        display = Display(job, echo)
-        while True:
-            try:
-                display.handle(messages.get(timeout=0.5))
-            except queue.Empty:
-                if all(p.exitcode is not None for p in procs):
-                    break
-        while True:  # whatever the last workers sent before exiting
-            try:
-                display.handle(messages.get_nowait())
-            except queue.Empty:
-                break
-    except BaseException:
-        for proc in procs:  # on Ctrl-C they got the signal too and give their cells back; give them a moment
-            proc.join(timeout=10)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(timeout=10)
-        raise
-    finally:
-        if display is not None:
-            display.close()
-    for rank, proc in enumerate(procs):
-        proc.join()
-        if proc.exitcode:
-            where = f" while training {display.running[rank]}" if display and display.running.get(rank) else ""
-            echo(f"losslab: worker {rank} exited with code {proc.exitcode}" + (
-                f"{where}; that cell goes to another worker once its heartbeat is {job.heartbeat.grace} s old, "
-                "or is reported untrained if none is left" if where else ""))
-
-
-class Display:
-    """The host's one progress display: epochs trained over all cells, the runs in flight, the workers' lines."""
-
-    def __init__(self, job: CellJob, echo: Echo) -> None:
-        from losslab.core.progress import progress_bar
-
-        self.echo = echo
-        self.epochs = {label(c): job.epochs(c) for c in job.cells()}
-        self.seen: dict[str, int] = {}
-        self.running: dict[int, str] = {}
-        self.bar = progress_bar(total=sum(self.epochs.values()), unit="epoch", desc=f"{job.name}", dynamic_ncols=True)
-
-    def say(self, text: str) -> None:
-        writing = getattr(type(self.bar), "external_write_mode", None)
-        with writing() if writing is not None else nullcontext():
-            self.echo(text)
-
-    def _advance(self, run: str, epochs: int) -> None:
-        epochs = min(epochs, self.epochs.get(run, epochs))
-        if epochs > self.seen.get(run, 0):
-            self.bar.update(epochs - self.seen.get(run, 0))
-            self.seen[run] = epochs
-
-    def handle(self, message: tuple[Any, ...]) -> None:
-        kind, rank = message[0], message[1]
-        if kind == MSG_ECHO:
-            self.say(message[2])
-        elif kind == MSG_START:
-            self.running[rank] = message[2]
-        elif kind == MSG_EPOCH:
-            self._advance(message[2], int(message[3]) + 1)
-        elif kind == MSG_DONE:
-            self._advance(message[2], self.epochs.get(message[2], 0))
-            self.running.pop(rank, None)
-        self.bar.set_postfix_str(", ".join(self.running[r] for r in sorted(self.running)))
-
-    def close(self) -> None:
-        self.bar.close()
-
-
 def worker_main(job: CellJob, rank: int, env: dict[str, str], threads: int, messages: Any) -> None:
     """A spawned worker: claim and train cells until none is left, telling the host through ``messages``."""
     os.environ.update(env)  # before torch starts its thread pools or sees the GPUs
@@ -449,7 +328,7 @@ def worker_main(job: CellJob, rank: int, env: dict[str, str], threads: int, mess
         messages.put((MSG_ECHO, rank, text))
 
     try:
-        store = job.open_store(_stale_echo(job, echo))
+        store = job.open_store(stale_echo(job, echo))
         tracker = Tracker(job.tracking_uri)
         catalog = load_catalog()
 
