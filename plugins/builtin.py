@@ -53,6 +53,8 @@ def _augmentations(registry: Registry) -> None:
                  summary="flip and affine, identical on bg, fg_bg, mask and depth")
     registry.add("photometric", f"{_P}.augmentations:Photometric",
                  summary="colour jitter and optional noise, on images only")
+    registry.add("channel-mix", f"{_P}.augmentations:ChannelMix",
+                 summary="random channel order and inversion per sample, the same on bg and fg_bg")
 
 
 @hookimpl

@@ -13,7 +13,7 @@ import torch
 from losslab.core.data.compositor import Compositor
 from losslab.core.data.sources import SyntheticSources
 from losslab.core.plugin.manager import load_catalog
-from losslab.plugins.augmentations import AugmentationError, Geometric, Photometric
+from losslab.plugins.augmentations import AugmentationError, ChannelMix, Geometric, Photometric
 from losslab.plugins.generators import GridGenerator
 from losslab.plugins.ground_truth import GroundPlaneDepth
 
@@ -66,7 +66,7 @@ STRONG = {"affine_p": 1.0, "degrees": 20.0, "translate": 0.15, "scale": (0.8, 1.
 # -- registration and input checks ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["geometric", "photometric"])
+@pytest.mark.parametrize("name", ["geometric", "photometric", "channel-mix"])
 def test_registered_and_seeded_through_the_catalog(name, scene64):
     catalog = load_catalog(fresh=True)
     component = catalog.get("augmentation", name)
@@ -352,7 +352,8 @@ def test_drawn_jitter_covers_its_ranges():
 
 
 @pytest.mark.parametrize("factory", [lambda s: Geometric(seed=s, **STRONG),
-                                     lambda s: Photometric(seed=s, noise_std=0.03, independent=True)])
+                                     lambda s: Photometric(seed=s, noise_std=0.03, independent=True),
+                                     lambda s: ChannelMix(seed=s, invert_p=0.5)])
 def test_same_seed_same_stream_and_global_rng_untouched(scene64, factory):
     batch, _ = scene64
     first, second, other = factory(11), factory(11), factory(12)
@@ -376,3 +377,43 @@ def test_float64_batches_stay_float64(scene64):
     for aug in (Geometric(seed=0, **STRONG), Photometric(seed=0, noise_std=0.02)):
         out = aug(double)
         assert all(out[k].dtype == torch.float64 and out[k].device == double[k].device for k in double)
+
+
+# -- channel-mix ---------------------------------------------------------------------------------------
+
+
+def test_channel_mix_is_one_channel_order_per_pair_and_keeps_the_difference(scene64):
+    batch, _ = scene64
+    out = ChannelMix(seed=3)(batch)
+    order, _ = ChannelMix(seed=3).draw(batch["bg"].shape[0])
+    for i, perm in enumerate(order.tolist()):
+        assert sorted(perm) == [0, 1, 2]
+        for key in ("bg", "fg_bg"):  # output channel c is input channel perm[c], in both images alike
+            assert torch.equal(out[key][i], batch[key][i, perm])
+    diff_in = (batch["fg_bg"] - batch["bg"]).abs().sort(dim=1).values
+    diff_out = (out["fg_bg"] - out["bg"]).abs().sort(dim=1).values
+    assert torch.equal(diff_in, diff_out)  # what marks the mask is unchanged, per pixel
+    assert out["mask"] is batch["mask"] and out["depth"] is batch["depth"]
+
+
+def test_channel_mix_inverts_and_switches_off_as_asked(scene64):
+    batch, _ = scene64
+    b = batch["bg"].shape[0]
+    out = ChannelMix(seed=5, invert_p=1.0)(batch)
+    order, invert = ChannelMix(seed=5, invert_p=1.0).draw(b)
+    assert bool(invert.all())
+    for i, perm in enumerate(order.tolist()):
+        assert torch.allclose(out["fg_bg"][i], 1.0 - batch["fg_bg"][i, perm])
+    still = ChannelMix(seed=5, p=0.0)(batch)
+    assert all(torch.equal(still[k], batch[k]) for k in ("bg", "fg_bg"))
+    with pytest.raises(AugmentationError, match="channel-mix.*invert_p"):
+        ChannelMix(seed=0, invert_p=1.5)
+
+
+def test_channel_mix_draws_every_order_about_equally():
+    order, invert = ChannelMix(seed=0).draw(6000)
+    counts = {tuple(p): 0 for p in [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]}
+    for perm in order.tolist():
+        counts[tuple(perm)] += 1
+    # 1000 expected each; a binomial's standard deviation is about 29, so 5 sigma either side
+    assert all(850 < c < 1150 for c in counts.values()) and not bool(invert.any())
