@@ -406,7 +406,7 @@ def test_channel_mix_inverts_and_switches_off_as_asked(scene64):
         assert torch.allclose(out["fg_bg"][i], 1.0 - batch["fg_bg"][i, perm])
     still = ChannelMix(seed=5, p=0.0)(batch)
     assert all(torch.equal(still[k], batch[k]) for k in ("bg", "fg_bg"))
-    with pytest.raises(AugmentationError, match="channel-mix.*invert_p"):
+    with pytest.raises(AugmentationError, match=r"channel-mix.*invert_p"):
         ChannelMix(seed=0, invert_p=1.5)
 
 
