@@ -180,9 +180,9 @@ def sentence(b: Breakdown) -> str:
     (hi_lv, hi), (lo_lv, lo) = gains[0], gains[-1]
     units = "" if b.metric != "mask_fp" else " (share of pixels)"
     if hi_lv == lo_lv:
-        where = f"{_fmt_gain(hi)} on {hi_lv}"
+        where = f"{format_gain(hi)} on {hi_lv}"
     else:
-        where = f"{_fmt_gain(hi)} on {hi_lv} and {_fmt_gain(lo)} on {lo_lv}"
+        where = f"{format_gain(hi)} on {hi_lv} and {format_gain(lo)} on {lo_lv}"
     seeds = min((b.summaries[v][lv].n for v in (lead, second) for lv, _ in gains
                  if lv in b.summaries[v]), default=0)
     caveat = " (exploratory: fewer than 3 seeds)" if seeds < 3 else ""
@@ -190,7 +190,7 @@ def sentence(b: Breakdown) -> str:
             "positive means better for " + lead + ".")
 
 
-def _fmt_gain(x: float) -> str:
+def format_gain(x: float) -> str:
     """A signed difference to 3 significant digits: ``+0.05``, ``-0.00122``; a zero gain reads ``0``, never ``-0``."""
     return "0" if x == 0 else f"{x:+.3g}"
 
@@ -208,7 +208,7 @@ def table_rows(b: Breakdown) -> tuple[list[str], list[list[str]]]:
             row.append(_cell(s))
         if len(b.ranking) >= 2:
             g = b.gain(b.ranking[0], b.ranking[1], level)
-            row.append(_fmt_gain(g) if math.isfinite(g) else "n/a")
+            row.append(format_gain(g) if math.isfinite(g) else "n/a")
         rows.append(row)
     return headers, rows
 

@@ -13,37 +13,36 @@ from losslab.reports.collect import Study
 from losslab.reports.render import Block, Heading, Image, Paragraph, Table
 
 
-def where_blocks(study: Study) -> list[Block]:
-    found = breakdown.breakdowns(study)
-    if not found:
+def _tables_section(title: str, note: str, tables: list[tuple[str, list[str], list[list[str]], str]]) -> list[Block]:
+    """A heading, its note, then each (caption, headers, rows, sentence) as a table and the sentence under it."""
+    if not tables:
         return []
-    blocks: list[Block] = [Heading("Where the differences lie"), Paragraph(
+    blocks: list[Block] = [Heading(title), Paragraph(note, css="note")]
+    for caption, headers, rows, text in tables:
+        blocks += [Table(headers, rows, caption=caption), Paragraph(text)]
+    return blocks
+
+
+def where_blocks(study: Study) -> list[Block]:
+    return _tables_section(
+        "Where the differences lie",
         "Each score per variant, restricted to part of the held-out set: each seed's mean over the images "
         "(an image without pixels of a region does not count there), then the mean over seeds and its 95% "
         "interval. Regions come from the true mask and the scene's depth (docs/tracking.md, "
         "core/train/regions.py); the last column is the leading variant's gain over the runner-up "
-        "(positive: the leader is better).", css="note")]
-    for b in found:
-        headers, rows = breakdown.table_rows(b)
-        blocks += [Table(headers, rows, caption=b.title), Paragraph(breakdown.sentence(b))]
-    return blocks
+        "(positive: the leader is better).",
+        [(b.title, *breakdown.table_rows(b), breakdown.sentence(b)) for b in breakdown.breakdowns(study)])
 
 
 def fit_blocks(study: Study) -> list[Block]:
-    tables = generalization.fit_tables(study)
-    if not tables:
-        return []
-    blocks: list[Block] = [Heading("Why: fit or generalization"), Paragraph(
+    return _tables_section(
+        "Why: fit or generalization",
         "Each score on training backgrounds (the best weights on train.fit_check training samples, no "
         "augmentation) beside the held-out one: each seed's mean over the images, then the mean over seeds; the "
         "gap's 95% interval is over seeds. High on training and low held out: the model fits the scenes it saw "
         "and the fit does not carry over. Low on both: it does not fit them (core/train/fit_check.py).",
-        css="note")]
-    for t in tables:
-        headers, rows = generalization.table_rows(t)
-        blocks += [Table(headers, rows, caption=f"{t.label}: training against held-out backgrounds"),
-                   Paragraph(generalization.sentence(t))]
-    return blocks
+        [(f"{t.label}: training against held-out backgrounds", *generalization.table_rows(t),
+          generalization.sentence(t)) for t in generalization.fit_tables(study)])
 
 
 def why_blocks(study: Study) -> list[Block]:

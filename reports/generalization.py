@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from losslab.reports.breakdown import ALL, METRIC_LABELS, REGION_LABELS
+from losslab.reports.breakdown import ALL, METRIC_LABELS, REGION_LABELS, format_gain
 from losslab.reports.collect import ChildRun, PerImage, Study
 from losslab.reports.stats import Summary, format_value, summarize
 
@@ -100,10 +100,6 @@ def _interval(s: Summary) -> str:
     return f"[{format_value(s.low)}, {format_value(s.high)}]"
 
 
-def _signed(x: float) -> str:
-    return "0" if x == 0 else f"{x:+.3g}"
-
-
 def table_rows(t: FitTable) -> tuple[list[str], list[list[str]]]:
     """Header and rows: one row per (level, variant): training, held-out, gap with its interval."""
     headers = ["level", "variant", "training bgs", "held-out bgs", "gap (training better: +)"]
@@ -114,7 +110,7 @@ def table_rows(t: FitTable) -> tuple[list[str], list[list[str]]]:
             if c is None:
                 continue
             rows.append([level, variant, format_value(c.train.mean), format_value(c.held.mean),
-                         f"{_signed(c.gap.mean)} {_interval(c.gap)}"])
+                         f"{format_gain(c.gap.mean)} {_interval(c.gap)}"])
     return headers, rows
 
 
@@ -142,7 +138,7 @@ def sentence(t: FitTable) -> str:
     if c is None:
         return f"{t.label}: {lead} has no score on {widest}."
     numbers = (f"{lead}: {format_value(c.train.mean)} on training backgrounds, {format_value(c.held.mean)} held out, "
-               f"gap {_signed(c.gap.mean)} {_interval(c.gap)}")
+               f"gap {format_gain(c.gap.mean)} {_interval(c.gap)}")
     if c.gap.n < 3:
         verdict = "exploratory: fewer than 3 seeds, no claim"
     elif not (math.isfinite(c.gap.low) and c.gap.low > 0):

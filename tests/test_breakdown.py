@@ -192,8 +192,8 @@ def test_a_study_without_region_columns_has_no_region_breakdown():
 
 
 def test_a_zero_gain_reads_zero_never_minus_zero():
-    from losslab.reports.breakdown import _fmt_gain
+    from losslab.reports.breakdown import format_gain
 
     # two variants with no false positives on a region differ by -0.0 in floating point
-    assert _fmt_gain(0.0 - 0.0) == _fmt_gain(-0.0) == "0"
-    assert (_fmt_gain(0.05), _fmt_gain(-0.00122)) == ("+0.05", "-0.00122")
+    assert format_gain(0.0 - 0.0) == format_gain(-0.0) == "0"
+    assert (format_gain(0.05), format_gain(-0.00122)) == ("+0.05", "-0.00122")

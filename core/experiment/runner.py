@@ -492,7 +492,7 @@ def _log_child_outcome(tracker: Any, run_id: str, run_dir: Path, outcome: Any) -
     from losslab.core.experiment.visualize import save_prediction_grid
 
     best = {f"{names.BEST_PREFIX}{k}": v for k, v in outcome.best.items()}
-    tracker.log_metrics(run_id, {**best, **getattr(outcome, "fit", {}), names.TOTAL_TIME: outcome.total_s,
+    tracker.log_metrics(run_id, {**best, **outcome.fit, names.TOTAL_TIME: outcome.total_s,
                                  names.BEST_EPOCH: outcome.best_epoch},
                         step=max(outcome.best_epoch, 0))
     tracker.log_artifact(run_id, outcome.best_checkpoint, names.CHECKPOINT_DIR)

@@ -150,6 +150,18 @@ class Checkpointer(Callback):
         loop.load_checkpoint_state(state, path)
 
 
+def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Per-image rows as CSV (the first row's keys are the header), replaced atomically; nothing when empty."""
+    if not rows:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
 class EvalArtifacts(Callback):
     """The best epoch's ``val_per_image.csv``, ``val_samples.npz`` and ``val_calibration.json``, replaced atomically."""
 
@@ -159,13 +171,7 @@ class EvalArtifacts(Callback):
     def after_epoch(self, loop: LoopView, end: EpochEnd) -> None:
         if not end.improved or not loop.parts.dist.is_main:
             return
-        if end.rows:
-            tmp = self.run_dir / "val_per_image.csv.tmp"
-            with tmp.open("w", newline="") as handle:
-                writer = csv.DictWriter(handle, fieldnames=list(end.rows[0]))
-                writer.writeheader()
-                writer.writerows(end.rows)
-            os.replace(tmp, self.run_dir / names.PER_IMAGE_FILE)
+        write_rows(self.run_dir / names.PER_IMAGE_FILE, end.rows)
         if end.samples:
             tmp = self.run_dir / "val_samples.tmp.npz"
             np.savez_compressed(tmp, **end.samples)  # type: ignore[arg-type]  # numpy's stub mistypes **arrays

@@ -17,8 +17,6 @@ before, so a run with it trains the same bits as a run without.
 
 from __future__ import annotations
 
-import csv
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from losslab.core import names
 from losslab.core.data.datasets import BatchLoader
 from losslab.core.train import checkpoint
 from losslab.core.train.builder import Parts
-from losslab.core.train.callbacks import Callback, LoopView
+from losslab.core.train.callbacks import Callback, LoopView, write_rows
 from losslab.core.train.evaluation import evaluate
 
 
@@ -77,18 +75,6 @@ def score_training_fit(parts: Parts, best_checkpoint: Path) -> tuple[dict[str, f
     means = {f"{names.FIT_PREFIX}{k[len(names.VAL_PREFIX):]}": v for k, v in result.items()
              if k.startswith(names.VAL_PREFIX)}
     return means, rows
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    """The rows as CSV, replaced atomically (a kill never leaves half a file)."""
-    if not rows:
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 class FitCheck(Callback):
