@@ -467,3 +467,131 @@ class ChannelMix(SeededAugmentation):
             x = torch.gather(batch[key], 1, index)
             out[key] = torch.where(flip, 1.0 - x, x).contiguous()
         return out
+
+
+class HorizonZoom(SeededAugmentation):
+    """Zoom in by ``s`` about a point on the horizon row and divide the depth by ``s`` (Eigen et al. 2014's scale).
+
+    Eigen, Puhrsch and Fergus (NeurIPS 2014) train monocular depth with "input and target images scaled by
+    s in [1, 1.5], and the depths divided by s": a picture enlarged s times shows what the same camera would
+    see of a scene s times nearer. For a level camera over a ground plane this is exact, not an
+    approximation, when the zoom is centred on the horizon row: a ground point at depth Z seen ``f h / Z``
+    rows below the horizon lands ``s f h / Z`` rows below it, where that camera sees ground at depth
+    ``Z / s``; an upright object of height H at depth Z stays one of height H at ``Z / s``, standing where
+    the ground is that far; a wall at depth Z is a wall at ``Z / s``. So every pixel's depth stays the
+    row's ground depth where it is ground, and the scene stays one the camera could have taken. The
+    centre column is drawn anywhere along the row (depth does not depend on the column), which is
+    Eigen's random crop. Pixels at or beyond ``far`` (the sky, the far plane: depth / max_depth = 1 by
+    default) keep their depth; ground that was capped there (within a row or two of the horizon) stays
+    capped.
+
+    Why: with few backgrounds a network can learn each training wall's depth by how the wall looks
+    instead of by where it meets the ground; a zoomed copy shows the same wall nearer, so its
+    looks stop telling its depth, and only the rule that holds on new backgrounds is left.
+
+    Images are resampled bilinearly, mask and depth with nearest (no new mask or depth value is
+    made, only the depth divided). With ``s >= 1`` every output pixel comes from inside the input,
+    so no border is invented. A sample that does not zoom (probability ``1 - p``) is left bit-identical.
+
+    Args:
+        p: probability that a sample is zoomed.
+        scale: range ``(low, high)`` of ``s``, ``1 <= low <= high``.
+        horizon: the horizon row, as a fraction of the height from the top (the synthetic scenes'
+            camera: 1/3).
+        far: depth (in the batch's units, depth / max_depth) at or beyond which a pixel keeps its depth.
+    """
+
+    name = "horizon-zoom"
+
+    def __init__(
+        self,
+        seed: int = 0,
+        p: float = 0.5,
+        scale: Sequence[float] = (1.0, 1.5),
+        horizon: float = 1.0 / 3.0,
+        far: float = 1.0,
+    ) -> None:
+        super().__init__(seed)
+        _check_prob(self.name, "p", p)
+        scale_range = tuple(float(s) for s in scale)
+        if len(scale_range) != 2 or not 1.0 <= scale_range[0] <= scale_range[1]:
+            raise AugmentationError(
+                f"augmentation {self.name!r}: scale must be a (low, high) pair with 1 <= low <= high "
+                f"(a zoom in; zooming out would invent a border), got {scale!r}"
+            )
+        if not 0.0 <= horizon <= 1.0:
+            raise AugmentationError(
+                f"augmentation {self.name!r}: horizon is the horizon row's fraction of the height, "
+                f"from 0 (top) to 1 (bottom); got {horizon!r}"
+            )
+        if not far > 0:
+            raise AugmentationError(f"augmentation {self.name!r}: far must be above 0, got {far!r}")
+        self.p, self.scale, self.horizon, self.far = float(p), scale_range, float(horizon), float(far)
+
+    def draw(self, b: int, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One call's parameters, on the CPU: zoomed (B,) bool, s (B,) float64, matrices (B, 2, 3).
+
+        ``matrices`` are source-to-destination pixel matrices (pixel centres at integer coordinates,
+        as in :class:`Geometric`): ``x -> s (x - cx) + cx``, ``y -> s (y - cy) + cy`` with ``cy`` the
+        horizon row's centre coordinate ``horizon h - 1/2`` and ``cx`` uniform on ``[0, w - 1]``.
+        """
+        u = self._uniform(b, 3)
+        zoomed = u[:, 0] < self.p
+        low, high = self.scale
+        s = torch.where(zoomed, low + (high - low) * u[:, 1], torch.ones(b, dtype=torch.float64))
+        cx, cy = u[:, 2] * (w - 1), torch.full((b,), self.horizon * h - 0.5, dtype=torch.float64)
+        matrices = torch.zeros(b, 2, 3, dtype=torch.float64)
+        matrices[:, 0, 0], matrices[:, 1, 1] = s, s
+        matrices[:, 0, 2], matrices[:, 1, 2] = cx * (1 - s), cy * (1 - s)
+        return zoomed, s, matrices
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        b, h, w = check_batch(batch, self.name)
+        zoomed, s, matrices = self.draw(b, h, w)
+        out = dict(batch)
+        dev = batch["bg"].device
+        if (idx := _indices(zoomed, dev)) is None:
+            return out
+        grid = Geometric._grid(matrices[zoomed], h, w, dev, batch["bg"].dtype)
+        factor = upload(s[zoomed].to(batch["depth"].dtype), dev).view(-1, 1, 1, 1)
+        images = _zoom_sample(torch.cat([batch[key].index_select(0, idx) for key in IMAGE_KEYS], dim=1), grid)
+        mask, depth, nearest = self._zoom_targets(
+            batch["mask"].index_select(0, idx), batch["depth"].index_select(0, idx), grid
+        )
+        depth = torch.where(nearest >= self.far, nearest, depth / factor)  # the far plane stays where it is
+        for key, part in zip((*IMAGE_KEYS, *TARGET_KEYS), (images[:, :3], images[:, 3:], mask, depth), strict=True):
+            out[key] = batch[key].clone(memory_format=torch.contiguous_format)
+            out[key].index_copy_(0, idx, part.contiguous())
+        return out
+
+    @staticmethod
+    def _zoom_targets(
+        mask: torch.Tensor, depth: torch.Tensor, grid: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask by nearest; depth by nearest on the fg, by bilinear inverse depth over the background alone.
+
+        Returns the mask, that depth, and the nearest depth everywhere (which says where the far plane is:
+        an interpolated 50 m may round below 50).
+
+        Nearest depth would copy a neighbour row's value: on the ground, whose depth changes every
+        row, that is off by up to half a source row (a quarter of the depth a few rows below the
+        horizon). The background's inverse depth is linear in the row on the ground, constant on a
+        wall or the sky and continuous where they meet, so its bilinear interpolation is exact up to
+        that kink; the fg pixels are left out of it (a normalized interpolation), so no fg depth bleeds
+        into the background. A fg has one depth, so nearest is exact there.
+        """
+        mask_out = _zoom_sample(mask, grid, "nearest")
+        fg_depth = _zoom_sample(depth, grid, "nearest")
+        background = (mask < 0.5).to(depth.dtype)
+        inverse = background / depth.clamp_min(1e-6)
+        num = _zoom_sample(torch.cat([inverse, background], dim=1), grid, "bilinear")
+        covered = num[:, 1:] > 1e-6
+        bg_depth = torch.where(covered, num[:, 1:] / num[:, :1].clamp_min(1e-12), fg_depth)
+        return mask_out, torch.where(mask_out >= 0.5, fg_depth, bg_depth), fg_depth
+
+
+def _zoom_sample(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """``grid_sample`` as :class:`Geometric` calls it (half precision on the CPU sampled in float32)."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        return _zoom_sample(x.float(), grid.float(), mode).to(x.dtype)
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)

@@ -55,6 +55,8 @@ def _augmentations(registry: Registry) -> None:
                  summary="colour jitter and optional noise, on images only")
     registry.add("channel-mix", f"{_P}.augmentations:ChannelMix",
                  summary="random channel order and inversion per sample, the same on bg and fg_bg")
+    registry.add("horizon-zoom", f"{_P}.augmentations:HorizonZoom",
+                 summary="zoom in by s about the horizon row, depth divided by s (Eigen et al.'s scale)")
 
 
 @hookimpl

@@ -274,3 +274,40 @@ def test_mask_path_sees_each_pixel_at_full_resolution():
     changed = path_only.abs().sum(1)[0] > 0
     rows, cols = torch.nonzero(changed, as_tuple=True)
     assert rows.min() >= 13 and rows.max() <= 19 and cols.min() >= 13 and cols.max() <= 19
+
+
+def test_propagate_up_by_hand():
+    """out[y] = g[y] out[y + 1] + (1 - g[y]) v[y], bottom row first, worked by hand on one column."""
+    from losslab.plugins.architectures.blocks import propagate_up
+
+    value = torch.tensor([1.0, 2.0, 3.0, 4.0]).view(1, 1, 4, 1)
+    gate = torch.tensor([0.5, 1.0, 0.25, 0.9]).view(1, 1, 4, 1)  # the bottom row's gate is never read
+    # row 3: 4; row 2: 0.25 * 4 + 0.75 * 3 = 3.25; row 1: 3.25; row 0: 0.5 * 3.25 + 0.5 * 1 = 2.125
+    assert propagate_up(value, gate).flatten().tolist() == [2.125, 3.25, 3.25, 4.0]
+    v, g = torch.rand(2, 2, 6, 5), torch.rand(2, 2, 6, 5)
+    assert torch.equal(propagate_up(v, torch.zeros_like(g)), v)  # shut gates: every pixel its own value
+    opened = propagate_up(v, torch.ones_like(g))  # open gates: every pixel the column's bottom value
+    assert torch.equal(opened, v[..., -1:, :].expand_as(v))
+    v64, g64 = v.double().requires_grad_(), g.double().requires_grad_()
+    assert torch.autograd.gradcheck(propagate_up, (v64, g64))
+
+
+def test_layered_depth_blends_two_layers_by_the_detached_mask():
+    from losslab.plugins.architectures import UNet
+    from losslab.plugins.architectures.blocks import composite_layers
+
+    layers = torch.tensor([[[[2.0]], [[10.0]]]])  # fg layer 2, bg layer 10
+    for logit, expected in ((40.0, 2.0), (-40.0, 10.0), (0.0, 6.0)):
+        assert composite_layers(layers, torch.tensor([[[[logit]]]])).item() == pytest.approx(expected)
+    torch.manual_seed(0)
+    model = UNet(mask_path=8, coords=True, depth_output="log", layered=True, propagate=True)
+    assert model.depth_decoder.head.proj.out_channels == 4  # two layers, a gate each
+    x = torch.rand(2, 6, 61, 77)
+    out = model(x)
+    assert out["depth"].shape == out["mask"].shape == (2, 1, 61, 77) and (out["depth"] > 0).all()
+    out["depth"].mean().backward()  # the depth loss never trains the mask: the mask is read detached
+    assert model.mask_decoder.head.proj.weight.grad is None
+    assert all(p.grad is None for p in model.mask_path.parameters())
+    model.zero_grad(set_to_none=True)
+    model(x)["mask"].mean().backward()
+    assert model.depth_decoder.head.proj.weight.grad is None

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from losslab.core.data.compositor import Compositor
+from losslab.core.data.geometry import SceneGeometry
 from losslab.core.data.sources import SyntheticSources
 from losslab.core.plugin.manager import load_catalog
-from losslab.plugins.augmentations import AugmentationError, ChannelMix, Geometric, Photometric
+from losslab.plugins.augmentations import AugmentationError, ChannelMix, Geometric, HorizonZoom, Photometric
 from losslab.plugins.generators import GridGenerator
 from losslab.plugins.ground_truth import GroundPlaneDepth
 
@@ -66,7 +67,7 @@ STRONG = {"affine_p": 1.0, "degrees": 20.0, "translate": 0.15, "scale": (0.8, 1.
 # -- registration and input checks ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["geometric", "photometric", "channel-mix"])
+@pytest.mark.parametrize("name", ["geometric", "photometric", "channel-mix", "horizon-zoom"])
 def test_registered_and_seeded_through_the_catalog(name, scene64):
     catalog = load_catalog(fresh=True)
     component = catalog.get("augmentation", name)
@@ -353,7 +354,8 @@ def test_drawn_jitter_covers_its_ranges():
 
 @pytest.mark.parametrize("factory", [lambda s: Geometric(seed=s, **STRONG),
                                      lambda s: Photometric(seed=s, noise_std=0.03, independent=True),
-                                     lambda s: ChannelMix(seed=s, invert_p=0.5)])
+                                     lambda s: ChannelMix(seed=s, invert_p=0.5),
+                                     lambda s: HorizonZoom(seed=s, p=1.0, far=50.0)])
 def test_same_seed_same_stream_and_global_rng_untouched(scene64, factory):
     batch, _ = scene64
     first, second, other = factory(11), factory(11), factory(12)
@@ -417,3 +419,93 @@ def test_channel_mix_draws_every_order_about_equally():
         counts[tuple(perm)] += 1
     # 1000 expected each; a binomial's standard deviation is about 29, so 5 sigma either side
     assert all(850 < c < 1150 for c in counts.values()) and not bool(invert.any())
+
+
+# -- horizon-zoom --------------------------------------------------------------------------------------
+
+
+def _scene_batch(h: int, w: int, wall: float | None, fg: tuple[int, int, int] | None = None) -> dict:
+    """A ground-plane scene drawn from SceneGeometry (metres): bg depth, and a fg box standing on base row."""
+    geo = SceneGeometry(wall_depth=wall)
+    depth = torch.from_numpy(geo.depth_map(h, w))[None, None].double()
+    mask = torch.zeros(1, 1, h, w, dtype=torch.float64)
+    if fg is not None:
+        top, base, left = fg
+        mask[..., top : base + 1, left : left + 6] = 1.0
+        depth = torch.where(mask > 0, geo.ground_depth_at(base, h), depth)
+    image = torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    return {"bg": image, "fg_bg": image.clone(), "mask": mask, "depth": depth}
+
+
+@pytest.mark.parametrize("wall", [13.43, 7.0, None])
+def test_horizon_zoom_is_the_same_camera_seeing_a_nearer_scene(wall):
+    """Zoom s about the horizon, depth / s: the ground-plane depth of the same camera, the wall s times nearer.
+
+    The reference is SceneGeometry's own depth map (the data's ground truth) for a wall at depth / s; only
+    the row where wall and ground meet is interpolated across the kink, and the far plane (the sky, 50 m)
+    keeps its depth.
+    """
+    h = w = 48
+    batch = _scene_batch(h, w, wall)
+    zoom = HorizonZoom(seed=1, p=1.0, scale=(1.5, 1.5), far=50.0)
+    out = zoom(batch)
+    expected = torch.from_numpy(SceneGeometry(wall_depth=wall / 1.5 if wall else None).depth_map(h, w)).double()
+    got = out["depth"][0, 0]
+    if wall is None:  # the sky keeps 50 m; the ground below it is the same camera's, nearer rows exact
+        sky = batch["depth"][0, 0] >= 50.0
+        assert torch.equal(got[sky[:, :1].expand(h, w)], torch.full_like(got[sky[:, :1].expand(h, w)], 50.0))
+        # ground that the source capped at 50 m stays capped (the docstring's caveat): its first two rows
+        ground_rows = torch.nonzero(expected[:, 0] < 50.0 / 1.5)[:, 0][2:]
+        assert torch.equal(got[ground_rows[0] - 2], torch.full((w,), 50.0, dtype=torch.float64))
+    else:
+        kink = int(torch.nonzero(expected[:, 0] < wall / 1.5 - 1e-4)[0, 0])  # the first ground row
+        ground_rows = torch.tensor([r for r in range(h) if abs(r - kink) > 1])
+        assert torch.allclose(got[kink - 1], expected[kink - 1], rtol=0.04)  # within the kink's blend
+    rel = ((got[ground_rows] - expected[ground_rows]).abs() / expected[ground_rows]).max()
+    assert rel < 1e-6, float(rel)
+
+
+def test_horizon_zoom_keeps_a_fg_standing_where_the_ground_is_as_far():
+    h = w = 48
+    batch = _scene_batch(h, w, 13.43, fg=(14, 30, 18))
+    fg_depth = float(batch["depth"][0, 0, 30, 20])
+    out = HorizonZoom(seed=2, p=1.0, scale=(1.4, 1.4), far=50.0)(batch)
+    fg = out["mask"][0, 0] > 0.5
+    assert set(out["mask"].unique().tolist()) <= {0.0, 1.0}  # nearest: no new mask value
+    assert torch.allclose(out["depth"][0, 0][fg], torch.full((int(fg.sum()),), fg_depth / 1.4, dtype=torch.float64))
+    base = int(torch.nonzero(fg)[:, 0].max())  # the zoomed fg's lowest row stands on ground as far as it is
+    standing = SceneGeometry(wall_depth=13.43 / 1.4).ground_depth_at(base, h)
+    step = SceneGeometry().ground_depth_at(base - 1, h) - standing
+    assert abs(standing - fg_depth / 1.4) <= step
+
+
+def test_horizon_zoom_warps_images_like_opencv(scene64):
+    """The drawn matrices applied by cv2.warpAffine (bilinear, replicated border), an independent implementation."""
+    batch, _ = scene64
+    b, _, h, w = batch["bg"].shape
+    zoom = HorizonZoom(seed=4, p=1.0, scale=(1.0, 1.5), far=50.0)
+    zoomed, s, matrices = HorizonZoom(seed=4, p=1.0, scale=(1.0, 1.5), far=50.0).draw(b, h, w)
+    out = zoom(batch)
+    assert zoomed.all() and (s >= 1).all() and (s <= 1.5).all()
+    assert torch.allclose(matrices[:, 1, 2], (h / 3 - 0.5) * (1 - s))  # centred on the horizon row
+    for i in range(b):
+        src = batch["fg_bg"][i].permute(1, 2, 0).numpy()
+        ref = cv2.warpAffine(src, matrices[i].numpy(), (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        assert (out["fg_bg"][i] - torch.from_numpy(ref).permute(2, 0, 1)).abs().max() < 1e-4, i
+
+
+def test_horizon_zoom_leaves_unzoomed_samples_bit_identical_and_refuses_bad_params(scene64):
+    batch, _ = scene64
+    b = batch["bg"].shape[0]
+    assert all(torch.equal(v, batch[k]) for k, v in HorizonZoom(seed=0, p=0.0)(batch).items())
+    zoom = HorizonZoom(seed=6, p=0.5, far=50.0)
+    zoomed, _, _ = HorizonZoom(seed=6, p=0.5, far=50.0).draw(b, 64, 64)
+    assert 0 < int(zoomed.sum()) < b
+    out = zoom(batch)
+    for key in batch:
+        assert torch.equal(out[key][~zoomed], batch[key][~zoomed]), key
+        assert not torch.equal(out[key][zoomed], batch[key][zoomed]) or key == "mask", key
+    for params, match in (({"scale": (0.8, 1.2)}, "zoom in"), ({"horizon": 1.5}, "horizon"),
+                          ({"far": 0.0}, "far"), ({"p": 2.0}, "probability")):
+        with pytest.raises(AugmentationError, match=match):
+            HorizonZoom(**params)

@@ -115,6 +115,39 @@ _MIN_INVERSE = 0.01
 _INVERSE_SHIFT = 4.0
 
 
+def propagate_up(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+    """Carry values up each column: ``out[y] = gate[y] * out[y + 1] + (1 - gate[y]) * value[y]``.
+
+    A one-directional, one-channel spatial propagation (Liu et al. 2017's SPN,
+    Cheng et al. 2018's CSPN for depth), bottom row first. With the gate open
+    a pixel takes the value from below it, with the gate shut its own. An
+    object standing on the ground, or a wall rising from it, is as far away as
+    the ground where it stands: with gates open over it, its pixels take the
+    depth of its contact row, which the network reads off the ground (a
+    function of the row) instead of guessing it from how the object looks.
+    ``value`` and ``gate`` are ``(B, 1, H, W)``; a loop over the rows, each
+    step elementwise, which autograd differentiates exactly.
+    """
+    values, gates = value.unbind(-2), gate.unbind(-2)
+    rows = [values[-1]]
+    for y in range(len(values) - 2, -1, -1):
+        rows.append(torch.lerp(values[y], rows[-1], gates[y]))  # v + g (below - v)
+    return torch.stack(rows[::-1], dim=-2)
+
+
+def composite_layers(layers: torch.Tensor, mask_logits: torch.Tensor) -> torch.Tensor:
+    """One depth map from a fg layer and a bg layer ``(B, 2, H, W)``: ``p fg + (1 - p) bg``, ``p`` the mask's.
+
+    ``p = sigmoid(mask_logits)``, detached: the depth loss trains the two layers, never the mask, so a
+    mask-loss comparison stays one of mask losses. Why layers: a fg pixel's depth is the fg's (one
+    number, where it stands), while the pixel beside it, or above its head, shows the ground, a wall or
+    the sky far behind; one map has to jump there, and a decoder's smooth output blurs the jump over the
+    fg's outline and its upper half. Two layers are each smooth, and the jump is put where the mask has it.
+    """
+    p = torch.sigmoid(mask_logits.detach())
+    return p * layers[:, :1] + (1 - p) * layers[:, 1:]
+
+
 def check_depth_output(value: str, where: str) -> str:
     if value not in DEPTH_OUTPUTS:
         raise ValueError(f"{where}: depth_output must be one of {', '.join(DEPTH_OUTPUTS)}, got {value!r}")
@@ -140,15 +173,24 @@ class Head(nn.Module):
     small ReLU net represents exactly. Either way the head returns *depth*: a
     loss always scores the space it says it uses (``l1`` the depth, ``silog``
     its log); the parametrization changes only what the net has to represent.
+
+    ``channels`` values come out (two for a layered depth). With ``propagate``
+    the conv also predicts one gate per channel, and the values are carried up
+    each column by :func:`propagate_up` in the head's own space (the log depth
+    for ``log``) before the output transform.
     """
 
-    def __init__(self, cin: int, output: str = "linear") -> None:
+    def __init__(self, cin: int, output: str = "linear", propagate: bool = False, channels: int = 1) -> None:
         super().__init__()
         self.output = check_depth_output(output, "head")
-        self.proj = nn.Conv2d(cin, 1, 1)
+        self.propagate, self.channels = propagate, channels
+        self.proj = nn.Conv2d(cin, 2 * channels if propagate else channels, 1)  # values, then gates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.proj(x)
+        if self.propagate:
+            c = self.channels
+            y = propagate_up(y[:, :c], torch.sigmoid(y[:, c:]))
         if self.output == "log":
             return torch.exp(y.clamp(max=_MAX_LOG))
         if self.output == "inverse":

@@ -30,6 +30,7 @@ from losslab.plugins.architectures.blocks import (
     Head,
     check_depth_output,
     check_input,
+    composite_layers,
     crop,
     init_weights,
     pad_to_multiple,
@@ -48,7 +49,14 @@ class UNetDecoder(nn.Module):
     """From the deepest level back to full resolution: up-conv, merge the skip, convolve; 1x1 head."""
 
     def __init__(
-        self, widths: list[int], convs: int, merge: Merge, output: str = "linear", extra: int = 0
+        self,
+        widths: list[int],
+        convs: int,
+        merge: Merge,
+        output: str = "linear",
+        extra: int = 0,
+        propagate: bool = False,
+        channels: int = 1,
     ) -> None:
         super().__init__()
         self.merge = merge
@@ -56,7 +64,7 @@ class UNetDecoder(nn.Module):
         self.ups = nn.ModuleList(nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2) for i in levels)
         factor = 2 if merge == "concat" else 1
         self.stages = nn.ModuleList(_stage(factor * widths[i], widths[i], convs) for i in levels)
-        self.head = Head(widths[0] + extra, output)
+        self.head = Head(widths[0] + extra, output, propagate, channels)
 
     def forward(self, feats: list[torch.Tensor], extra: torch.Tensor | None = None) -> torch.Tensor:
         """``extra``: full-resolution features concatenated with the last stage's before the head."""
@@ -106,6 +114,17 @@ class UNet(nn.Module):
             is a per-pixel difference test sharpened by a little context; a shallow path
             keeps its boundary at full resolution, which the decoder's upsampled features
             blur. The depth decoder does not read it.
+        propagate: the depth head carries values up each column through learned gates
+            (:func:`~losslab.plugins.architectures.blocks.propagate_up`, a one-directional spatial
+            propagation as in SPN/CSPN): a pixel can take the depth of the pixel below it. Whatever
+            stands on the ground (a fg, a wall) is as far away as the ground where it stands, and the
+            ground's depth is a function of the row; with the gates open over it, an object's pixels
+            read their depth off its contact row instead of guessing it from how the object looks.
+        layered: the depth decoder predicts two layers, the fg's depth and the bg's, and the depth
+            is their blend by the mask head's probability, detached (the depth loss never trains the
+            mask): see :func:`~losslab.plugins.architectures.blocks.composite_layers`. A fg's depth is
+            one number while the scene beside and above it is far behind; one smooth map blurs that
+            jump over the outline, two layers put it where the mask has it.
 
     Shape:
         input ``(B, 6, H, W)`` float, any H and W (padded to a multiple of
@@ -131,6 +150,8 @@ class UNet(nn.Module):
         depth_output: str = "linear",
         coords: bool = False,
         mask_path: int = 0,
+        propagate: bool = False,
+        layered: bool = False,
     ) -> None:
         super().__init__()
         if base_channels < 1 or depth < 1 or convs_per_stage < 1:
@@ -163,7 +184,11 @@ class UNet(nn.Module):
             else None
         )
         self.mask_decoder = UNetDecoder(widths, convs_per_stage, merge, extra=mask_path)
-        self.depth_decoder = UNetDecoder(widths, convs_per_stage, merge, check_depth_output(depth_output, "unet"))
+        self.depth_decoder = UNetDecoder(
+            widths, convs_per_stage, merge, check_depth_output(depth_output, "unet"),
+            propagate=propagate, channels=2 if layered else 1,
+        )
+        self.layered = bool(layered)
         init_weights(self)
 
     def shared_parameters(self) -> list[nn.Parameter]:
@@ -195,7 +220,10 @@ class UNet(nn.Module):
             x = stage(x)
             feats.append(x)
         mask = crop(self.mask_decoder(feats), hw) if shallow is None else self._mask_with_path(feats, shallow, hw)
-        return {"mask": mask, "depth": crop(self.depth_decoder(feats), hw)}
+        depth = crop(self.depth_decoder(feats), hw)
+        if self.layered:
+            depth = composite_layers(depth, mask)
+        return {"mask": mask, "depth": depth}
 
     def _mask_with_path(self, feats: list[torch.Tensor], shallow: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """The mask head reads the decoder's last features (padded size) beside the shallow path's (true size)."""
