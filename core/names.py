@@ -59,8 +59,9 @@ VERSION_TAGS = (VERSION_TAG, TORCH_TAG, CUDA_TAG, GIT_COMMIT_TAG)
 #: ahead of every other (else ``tied``, ``exploratory`` or ``none``).
 VERDICT_TAG = "losslab.verdict"
 WINNER_TAG = "losslab.winner"
-#: Per task on the parent: ``losslab.winner.mask`` = the variant first above that task's floors.
-WINNER_TAG_PREFIX = "losslab.winner."
+#: Per task on the parent: ``losslab.first_above_floor.mask`` = the variant ranked first (by mean) among those
+#: above that task's floors. Not a winner: whether it is significantly ahead is the verdict's (``losslab.winner``).
+FIRST_ABOVE_FLOOR_TAG_PREFIX = "losslab.first_above_floor."
 #: JSON: the variants below a floor, with the tasks.
 BELOW_FLOOR_TAG = "losslab.below_floor"
 #: The backgrounds held out for validation (the floors are scored on the same images).

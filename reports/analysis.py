@@ -618,7 +618,7 @@ def apply_floors(study: Study, results: list[MetricResult]) -> None:
     """Mark each metric's floors (reference rows) and the variants below its task's floors.
 
     Both come from ``summary.json``, which ``lab run`` wrote from the one floor judgement that also set
-    the ``losslab.below_floor`` and ``losslab.winner.<task>`` tags: the analysis never judges floors itself.
+    the ``losslab.below_floor`` and ``losslab.first_above_floor.<task>`` tags: the analysis never judges floors itself.
     """
     summary = study.summary or {}
     below = (summary.get("claims") or {}).get("below_floor") or {}

@@ -259,13 +259,14 @@ def test_the_report_shows_the_verdicts_and_the_floors_as_marked_rows_from_the_su
         "floors": {"val_bgs": [1], "n_train": 10, "n_val": 4, "higher_is_better": {"val/mask_iou": True},
                    "rows": [{"name": "image-difference", "task": "mask", "scores": {"val/mask_iou": 0.9}}]},
         "claims": {"below_floor": {"a": [], "b": ["mask"]},
-                   "tasks": {"mask": {"winner": "a", "sentence": "mask winner: a, iou 0.950", "margin": 0.05}}},
+                   "tasks": {"mask": {"winner": "a", "sentence": "mask: a ranks first above the floors, iou 0.950",
+                                      "margin": 0.05}}},
     }
     study = Study("uri", "e", "0", "p", "p", "run", {}, {}, ["a", "b"], [0, 1],
                   children=[child("a", 0, 0.94), child("a", 1, 0.96), child("b", 0, 0.5), child("b", 1, 0.6)],
                   summary=summary)
     blocks = floor_blocks(study)
-    assert any(isinstance(b, Paragraph) and b.text == "mask winner: a, iou 0.950" for b in blocks)
+    assert any(isinstance(b, Paragraph) and b.text == "mask: a ranks first above the floors, iou 0.950" for b in blocks)
     (table,) = [b for b in blocks if isinstance(b, Table)]
     assert [list(r) for r in table.rows] == [["a", "0.950", "above every floor"], ["b", "0.550", "below floor: mask"],
                                              ["[floor] image-difference", "0.900", "mask floor"]]

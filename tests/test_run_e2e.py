@@ -120,7 +120,7 @@ def test_the_parent_holds_the_floors_the_split_and_each_tasks_winner(finished_ru
     assert all(0.0 <= floors[k] <= 1.0 for k in floors if k.endswith(("mask_iou", "delta1")))
     variants = {c.data.tags["losslab.variant"] for c in children}
     for task in ("mask", "depth"):
-        assert parent.data.tags[f"losslab.winner.{task}"] in variants | {"none"}
+        assert parent.data.tags[f"losslab.first_above_floor.{task}"] in variants | {"none"}
     for child in children:
         assert set(filter(None, child.data.tags["losslab.below_floor"].split(","))) <= {"mask", "depth"}
     out = finished_run.result.output
@@ -129,7 +129,7 @@ def test_the_parent_holds_the_floors_the_split_and_each_tasks_winner(finished_ru
                                                         str(finished_run.tmp))).read_text())
     assert summary["floors"]["val_bgs"] == val_bgs
     for task, verdict in summary["claims"]["tasks"].items():
-        assert verdict["winner"] == parent.data.tags[f"losslab.winner.{task}"]
+        assert verdict["winner"] == parent.data.tags[f"losslab.first_above_floor.{task}"]
         assert verdict["sentence"] in out  # the terminal says what the tags and summary say
 
 

@@ -35,7 +35,7 @@ from losslab.core.plugin.registry import Catalog
 FLOOR_METRIC_PREFIX = "floor"
 VAL_BGS_TAG = names.VAL_BGS_TAG
 BELOW_FLOOR_TAG = names.BELOW_FLOOR_TAG
-WINNER_TAG_PREFIX = names.WINNER_TAG_PREFIX
+FIRST_ABOVE_FLOOR_TAG_PREFIX = names.FIRST_ABOVE_FLOOR_TAG_PREFIX
 FLOORS_FILE = "floors.json"  # not logged yet
 
 #: Each task's headline metrics, the first of which ranks the task's variants.
@@ -383,7 +383,7 @@ def judge(per_seed: dict[str, dict[str, list[float]]], floors: Floors, trained: 
             winner = max(above, key=lambda v: sign * means[v])
             margin = means[winner] - best_floor.scores[rank_key]
             verdicts[task] = TaskVerdict(task, winner, (
-                f"{task} winner: {winner}, {metric} {_fmt(means[winner])}, {_fmt(abs(margin))} "
+                f"{task}: {winner} ranks first above the floors, {metric} {_fmt(means[winner])}, {_fmt(abs(margin))} "
                 f"{'above' if margin * sign > 0 else 'below'} the {best_floor.name} floor "
                 f"({_fmt(best_floor.scores[rank_key])})"), margin)
             continue
@@ -491,5 +491,6 @@ def apply_floors(result: Any, floors: Floors | None, configs: Sequence[Experimen
     for child in result.children:
         if child.status == "finished" and child.run_id:
             tracker.set_tags(child.run_id, {BELOW_FLOOR_TAG: ",".join(judgement.below.get(child.variant, []))})
-    tracker.set_tags(result.parent_run_id, {f"{WINNER_TAG_PREFIX}{t}": v.winner for t, v in judgement.tasks.items()})
+    tracker.set_tags(result.parent_run_id,
+                     {f"{FIRST_ABOVE_FLOOR_TAG_PREFIX}{t}": v.winner for t, v in judgement.tasks.items()})
     return {"floors": floors_to_dict(floors), "claims": judgement.to_dict()}
