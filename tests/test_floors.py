@@ -86,7 +86,9 @@ def test_judge_crowns_only_variants_above_every_floor_and_says_none_in_plain_wor
     assert verdict.below == {"bce": ["depth"], "dice": ["depth"], "lucky": ["mask", "depth"]}
     mask = verdict.tasks["mask"]
     assert mask.winner == "dice" and mask.margin == pytest.approx(0.98333 - 0.908, abs=1e-4)
-    assert "image-difference floor (0.908)" in mask.sentence
+    assert mask.sentence == ("mask: dice ranks first above the floors, iou 0.983, 0.075 above the "
+                             "image-difference floor (0.908)")
+    assert "winner" not in mask.sentence  # whether dice is ahead of bce is the verdict's claim, not the floors'
     depth = verdict.tasks["depth"]
     assert depth.winner == "none"
     assert depth.sentence == "no variant learned the depth: best delta1 0.590 (dice), the median-map floor scores 0.724"
