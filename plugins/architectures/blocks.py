@@ -118,14 +118,14 @@ _INVERSE_SHIFT = 4.0
 def propagate_up(value: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
     """Carry values up each column: ``out[y] = gate[y] * out[y + 1] + (1 - gate[y]) * value[y]``.
 
-    A one-directional, one-channel spatial propagation (Liu et al. 2017's SPN,
+    A one-directional spatial propagation, each channel on its own (Liu et al. 2017's SPN,
     Cheng et al. 2018's CSPN for depth), bottom row first. With the gate open
     a pixel takes the value from below it, with the gate shut its own. An
     object standing on the ground, or a wall rising from it, is as far away as
     the ground where it stands: with gates open over it, its pixels take the
     depth of its contact row, which the network reads off the ground (a
     function of the row) instead of guessing it from how the object looks.
-    ``value`` and ``gate`` are ``(B, 1, H, W)``; a loop over the rows, each
+    ``value`` and ``gate`` are ``(B, C, H, W)``; a loop over the rows, each
     step elementwise, which autograd differentiates exactly.
     """
     values, gates = value.unbind(-2), gate.unbind(-2)
