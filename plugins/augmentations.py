@@ -269,11 +269,16 @@ class Geometric(SeededAugmentation):
         return xs * t[..., 0] + (ys * t[..., 1] + t[..., 2])
 
     def _sample(self, x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
-        if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-            # torch's CPU half-precision grid_sample returns wrong values on larger images (see kornia's
-            # warp_affine, which samples these in float32 for the same reason)
-            return self._sample(x.float(), grid.float(), mode).to(x.dtype)
-        return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=self.padding_mode, align_corners=False)
+        return _grid_sample(x, grid, mode, self.padding_mode)
+
+
+def _grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+    """``F.grid_sample`` with pixel centres (``align_corners=False``), as every warp of this module samples."""
+    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+        # torch's CPU half-precision grid_sample returns wrong values on larger images (see kornia's
+        # warp_affine, which samples these in float32 for the same reason)
+        return _grid_sample(x.float(), grid.float(), mode, padding_mode).to(x.dtype)
+    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode=padding_mode, align_corners=False)
 
 
 class Photometric(SeededAugmentation):
@@ -554,7 +559,8 @@ class HorizonZoom(SeededAugmentation):
             return out
         grid = Geometric._grid(matrices[zoomed], h, w, dev, batch["bg"].dtype)
         factor = upload(s[zoomed].to(batch["depth"].dtype), dev).view(-1, 1, 1, 1)
-        images = _zoom_sample(torch.cat([batch[key].index_select(0, idx) for key in IMAGE_KEYS], dim=1), grid)
+        stacked = torch.cat([batch[key].index_select(0, idx) for key in IMAGE_KEYS], dim=1)
+        images = _grid_sample(stacked, grid, "bilinear", "border")  # s >= 1: the border is never reached
         mask, depth, nearest = self._zoom_targets(
             batch["mask"].index_select(0, idx), batch["depth"].index_select(0, idx), grid
         )
@@ -580,18 +586,11 @@ class HorizonZoom(SeededAugmentation):
         that kink; the fg pixels are left out of it (a normalized interpolation), so no fg depth bleeds
         into the background. A fg has one depth, so nearest is exact there.
         """
-        mask_out = _zoom_sample(mask, grid, "nearest")
-        fg_depth = _zoom_sample(depth, grid, "nearest")
+        nearest = _grid_sample(torch.cat([mask, depth], dim=1), grid, "nearest", "border")
+        mask_out, nearest_depth = nearest[:, :1], nearest[:, 1:]
         background = (mask < 0.5).to(depth.dtype)
         inverse = background / depth.clamp_min(1e-6)
-        num = _zoom_sample(torch.cat([inverse, background], dim=1), grid, "bilinear")
+        num = _grid_sample(torch.cat([inverse, background], dim=1), grid, "bilinear", "border")
         covered = num[:, 1:] > 1e-6
-        bg_depth = torch.where(covered, num[:, 1:] / num[:, :1].clamp_min(1e-12), fg_depth)
-        return mask_out, torch.where(mask_out >= 0.5, fg_depth, bg_depth), fg_depth
-
-
-def _zoom_sample(x: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """``grid_sample`` as :class:`Geometric` calls it (half precision on the CPU sampled in float32)."""
-    if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
-        return _zoom_sample(x.float(), grid.float(), mode).to(x.dtype)
-    return F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border", align_corners=False)
+        bg_depth = torch.where(covered, num[:, 1:] / num[:, :1].clamp_min(1e-12), nearest_depth)
+        return mask_out, torch.where(mask_out >= 0.5, nearest_depth, bg_depth), nearest_depth
